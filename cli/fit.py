@@ -1,0 +1,78 @@
+"""`seqcompress fit`: train a model on data files (or the domain's bundled sample) and save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def fit(
+    data: Optional[list[Path]] = typer.Argument(None, help="Data files; the domain's bundled sample when omitted."),
+    domain: str = typer.Option("text", "--domain", "-d", help="Data domain: text."),
+    output: Path = typer.Option(..., "--output", "-o", help="Model directory to write."),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Symbols per window (n_max); domain default when omitted."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="Latents per symbol, in (0, 1]; default 0.5."),
+    latent_len: Optional[int] = typer.Option(None, "--latent-len", help="Latents per full window (instead of --ratio)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the training windows (default 1)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop after this many minutes of training."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Windows per optimizer step."),
+    lr: float = typer.Option(1e-3, "--lr", help="Initial learning rate (paper: 1e-3)."),
+    lr_end: float = typer.Option(1e-4, "--lr-end", help="Learning rate after the decay (paper: 1e-4)."),
+    decay_epochs: float = typer.Option(5.0, "--decay-epochs", help="Epochs of linear LR decay (paper: 5)."),
+    warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warm-up steps."),
+    d_model: int = typer.Option(256, "--d-model", help="Model width."),
+    heads: int = typer.Option(4, "--heads", help="Attention heads."),
+    layers: int = typer.Option(2, "--layers", help="Blocks in the encoder and in the decoder."),
+    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Width of a stored latent (default d-model)."),
+    resize_init: str = typer.Option("pool", "--resize-init", help="W_S/W_E initialisation: pool or random."),
+    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Share of windows held out."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Also evaluate every N steps (0: each epoch)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (model, split, batch order)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in the output directory."),
+    force: bool = typer.Option(False, "--force", help="Replace a model already in the output directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a reducing-attention autoencoder and save it to a model directory."""
+    from seqcompress.api import fit as fit_model
+    from seqcompress.cli.output import TrainingProgress, console, key_value_table, print_json
+    from seqcompress.domains import get_domain
+    from seqcompress.train import TrainOptions
+
+    dom = get_domain(domain)
+    if epochs is None and max_steps is None and minutes is None:
+        epochs = 1.0
+    options = TrainOptions(
+        epochs=epochs, max_steps=max_steps, max_minutes=minutes, batch_size=batch_size, lr=lr, lr_end=lr_end,
+        decay_epochs=decay_epochs, warmup_steps=warmup_steps, seed=seed, device=device,
+        val_fraction=val_fraction, eval_every=eval_every,
+    )
+    model_options = {"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
+                     "latent_dim": latent_dim or d_model, "resize_init": resize_init}
+    bar = TrainingProgress(dom.metric_name, minutes * 60 if minutes else None, quiet=quiet or json_out)
+    with bar:
+        summary = fit_model(
+            dom, data, output, seq_len=seq_len, ratio=ratio, latent_len=latent_len, model_options=model_options,
+            options=options, resume=resume, force=force, on_step=bar.on_step, on_eval=bar.on_eval,
+        )
+    if json_out:
+        print_json(summary)
+        return
+    console.print(key_value_table(f"seqcompress fit: {summary['domain']} model saved to {summary['model_dir']}", [
+        (f"held-out {summary['metric']}", summary["value"]
+         if not summary["held_out_is_training_data"] else f"{summary['value']:.4g} (on training data: too little to hold out)"),
+        ("reduction", f"{summary['seq_len']} -> {summary['latent_len']} (ratio {summary['ratio']:.4g})"),
+        ("latent floats per symbol", summary["latent_floats_per_symbol"]),
+        ("parameters", f"{summary['parameters']:,}"),
+        ("steps / epochs", f"{summary['steps']} / {summary['epochs']:.2f}"),
+        ("windows (train / held out)", f"{summary['train_windows']} / {summary['held_out_windows']}"),
+        ("time", f"{summary['seconds']:.0f} s on {summary['device']} ({summary['symbols_per_s']:,.0f} symbols/s)"),
+    ]))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fit")(fit)

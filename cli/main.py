@@ -1,0 +1,73 @@
+"""The `seqcompress` command: one sub-command per module in this package.
+
+Every expected failure (a SeqCompressError) ends as one line on stderr and exit status 1;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from seqcompress.errors import SeqCompressError
+
+
+class _Group(TyperGroup):
+    """Turns expected failures into one readable line, for the console script and CliRunner alike."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure reaches the user as one line
+            if (ctx.obj or {}).get("debug"):
+                raise
+            if isinstance(exc, SeqCompressError):
+                message = f"error: {exc}"
+            elif isinstance(exc, KeyboardInterrupt):
+                message = "interrupted"
+            else:
+                message = f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+            click.echo(" ".join(message.split()), err=True)
+            ctx.exit(1)
+
+
+app = typer.Typer(
+    cls=_Group,
+    help="Shorten sequences (text, DNA, time series, audio) into latent sequences with a "
+    "reducing-attention autoencoder, and rebuild them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
+) -> None:
+    ctx.obj = {"debug": debug}
+
+
+def _register() -> None:
+    from seqcompress.cli import demo, evaluate, fit, info
+
+    for module in (fit, evaluate, info, demo):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="seqcompress")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

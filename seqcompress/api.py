@@ -1,0 +1,189 @@
+"""High-level library entry points: fit a model on files, evaluate it, describe it.
+
+These are what the CLI calls; they work the same from Python:
+
+    from seqcompress.api import fit, evaluate_files
+    from seqcompress.domains import get_domain
+    summary = fit(get_domain("text"), ["corpus.txt"], "model_dir", seq_len=128, ratio=0.5)
+    print(evaluate_files("model_dir", ["other.txt"]))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+
+from seqcompress.atomic import atomic_write_text
+from seqcompress.domain import Domain
+from seqcompress.errors import InputError, ModelFileError
+from seqcompress.model import CONFIG_FILE, ModelConfig, build_model, load_model
+from seqcompress.train import CHECKPOINT_DIR, TrainOptions, evaluate, pick_device, train
+
+_RUN_FILE = "run.json"  # inside the checkpoint folder: what a --resume needs to rebuild the run
+
+
+def resolve_ratio(seq_len: int, ratio: float | None, latent_len: int | None) -> float:
+    """The latents-per-symbol ratio from --ratio or --latent-len (latents for a full window)."""
+    if ratio is not None and latent_len is not None:
+        raise InputError("give either --ratio or --latent-len, not both")
+    if latent_len is not None:
+        if not 1 <= latent_len <= seq_len:
+            raise InputError(f"--latent-len must be between 1 and seq-len ({seq_len}), got {latent_len}")
+        return latent_len / seq_len
+    ratio = 0.5 if ratio is None else ratio
+    if not 0 < ratio <= 1:
+        raise InputError(f"--ratio must be in (0, 1], got {ratio}")
+    return ratio
+
+
+def fit(
+    domain: Domain,
+    paths: list[str | os.PathLike] | None,
+    out_dir: str | os.PathLike,
+    *,
+    seq_len: int | None = None,
+    ratio: float | None = None,
+    latent_len: int | None = None,
+    model_options: dict | None = None,
+    options: TrainOptions | None = None,
+    resume: bool = False,
+    force: bool = False,
+    on_step=None,
+    on_eval=None,
+) -> dict:
+    """Train a model on `paths` (the domain's bundled sample when empty) and save it in `out_dir`.
+
+    Returns the summary that `seqcompress fit --json` prints.
+    """
+    out_dir = Path(out_dir)
+    options = options or TrainOptions()
+    run_file = out_dir / CHECKPOINT_DIR / _RUN_FILE
+    if resume:
+        if not run_file.is_file():
+            raise ModelFileError(f"nothing to resume in {out_dir}: no unfinished or finished run was checkpointed there")
+        run = json.loads(run_file.read_text())
+        config = ModelConfig(**run["model"])
+        data = [Path(p) for p in run["data"]]
+    else:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError(f"{out_dir} exists and is not a directory")
+        if (out_dir / CONFIG_FILE).exists() and not force:
+            raise InputError(f"{out_dir} already holds a model; use --force to replace it or --resume to continue")
+        seq_len = seq_len or domain.default_seq_len
+        if seq_len < 1:
+            raise InputError(f"--seq-len must be at least 1, got {seq_len}")
+        known = {f.name for f in fields(ModelConfig)}
+        extra = {k: v for k, v in (model_options or {}).items() if v is not None}
+        unknown = set(extra) - known
+        if unknown:
+            raise InputError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+        config = ModelConfig(n_max=seq_len, ratio=resolve_ratio(seq_len, ratio, latent_len),
+                             **{**extra, **domain.model_fields()})
+        data = [Path(p) for p in paths] if paths else domain.default_data()
+
+    windows = domain.load_windows(data, config.n_max)
+    model = build_model(config, seed=options.seed)
+    if not resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_file, json.dumps({"model": asdict(config), "data": [str(p) for p in data]}, indent=2))
+    result = train(model, domain, windows, options, checkpoint_dir=out_dir, resume=resume,
+                   on_step=on_step, on_eval=on_eval)
+    summary = {
+        "domain": domain.name,
+        "metric": domain.metric_name,
+        "value": result.held_out[domain.metric_name],
+        "held_out": result.held_out,
+        "held_out_is_training_data": result.held_out_is_train,
+        "seq_len": config.n_max,
+        "latent_len": config.m_max,
+        "ratio": config.ratio,
+        "latent_floats_per_symbol": config.m_max * config.latent_dim / config.n_max,
+        "parameters": model.parameter_count(),
+        "steps": result.steps,
+        "epochs": round(result.epochs, 4),
+        "seconds": round(result.seconds, 1),
+        "symbols_per_s": round(result.symbols_per_s, 1),
+        "train_windows": result.train_windows,
+        "held_out_windows": result.held_out_windows,
+        "device": str(pick_device(options.device)),
+        "seed": options.seed,
+        "data": [str(p) for p in data],
+        "model_dir": str(out_dir),
+    }
+    training = {k: summary[k] for k in ("metric", "value", "steps", "epochs", "seconds", "seed", "data")}
+    training["val_fraction"] = options.val_fraction
+    training["history"] = result.history
+    model.save(out_dir, domain={**domain.state(), "training": training})
+    return summary
+
+
+def evaluate_files(
+    model_dir: str | os.PathLike,
+    paths: list[str | os.PathLike] | None,
+    batch_size: int = 32,
+    device: str = "auto",
+) -> dict:
+    """The domain's reconstruction metrics of a saved model on `paths` (its bundled sample when empty)."""
+    from seqcompress.domains import get_domain
+
+    model, meta = load_model(model_dir, pick_device(device))
+    domain = get_domain(meta["domain"].get("name", ""), meta["domain"])
+    data = [Path(p) for p in paths] if paths else domain.default_data()
+    windows = domain.load_windows(data, model.config.n_max)
+    if not windows:
+        raise InputError("no data: the input produced no sequences")
+    with torch.inference_mode():
+        values = evaluate(model, domain, windows, batch_size, next(model.parameters()).device)
+    return {
+        "domain": domain.name,
+        "metric": domain.metric_name,
+        "value": values[domain.metric_name],
+        "metrics": values,
+        "ratio": model.config.ratio,
+        "seq_len": model.config.n_max,
+        "latent_len": model.config.m_max,
+        "n_sequences": len(windows),
+        "n_symbols": sum(len(w) for w in windows),
+        "data": [str(p) for p in data],
+        "model_fingerprint": meta["fingerprint"],
+    }
+
+
+def held_out_example(model_dir: str | os.PathLike, limit: int = 160) -> dict:
+    """The first held-out window of a model's own training run, rendered before and after reconstruction."""
+    from seqcompress.domains import get_domain
+    from seqcompress.train import collate, split_held_out
+
+    model, meta = load_model(model_dir)
+    domain = get_domain(meta["domain"].get("name", ""), meta["domain"])
+    training = meta["domain"].get("training", {})
+    windows = domain.load_windows([Path(p) for p in training["data"]], model.config.n_max)
+    _, held_out, _ = split_held_out(windows, training["val_fraction"], training["seed"])
+    x, lengths = collate(held_out[:1])
+    with torch.inference_mode():
+        out, _, _ = model(x, lengths)
+    return {"original": domain.render(held_out[0], limit), "reconstructed": domain.render(domain.prediction(out)[0], limit)}
+
+
+def describe_model(model_dir: str | os.PathLike) -> dict:
+    """What `seqcompress info MODEL_DIR` shows: config, domain, fingerprint, size and training summary."""
+    model, meta = load_model(model_dir)
+    domain = dict(meta.get("domain", {}))
+    training = domain.pop("training", {})
+    training.pop("history", None)
+    return {
+        "model_dir": str(model_dir),
+        "domain": domain.get("name"),
+        "fingerprint": meta["fingerprint"],
+        "parameters": model.parameter_count(),
+        "seq_len": model.config.n_max,
+        "latent_len": model.config.m_max,
+        "config": asdict(model.config),
+        "domain_state": domain,
+        "training": training,
+    }

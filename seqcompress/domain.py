@@ -1,0 +1,89 @@
+"""What every domain adapter provides: files -> sequences -> files, its loss and its metric.
+
+The core trains and runs the model on lists of sequences, each a tensor of shape (L,) of
+token ids or (L, F) of vectors with L <= n_max. A domain owns everything specific to its
+data: parsing files, cutting them into windows, turning windows back into files, the loss
+the model is trained with and the metric users read. Domains register themselves in
+`seqcompress.domains`; the core never imports one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+
+from seqcompress.errors import InputError
+
+
+class Domain(ABC):
+    """Base class of a domain adapter. Subclasses set `name`, `metric_name` and implement the methods."""
+
+    name: str = ""
+    metric_name: str = ""  # the headline metric, e.g. "token_accuracy"
+    higher_is_better: bool = True
+    default_seq_len: int = 512
+
+    # ---- state saved with a model ---------------------------------------------------------
+    def state(self) -> dict:
+        """JSON-serialisable settings saved in the model's config.json (e.g. tokenizer, normalisation)."""
+        return {"name": self.name}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Domain":
+        return cls()
+
+    @abstractmethod
+    def model_fields(self) -> dict:
+        """ModelConfig fields this domain fixes: {"vocab_size": V} or {"feature_dim": F}."""
+
+    # ---- data -----------------------------------------------------------------------------
+    @abstractmethod
+    def default_data(self) -> list[Path]:
+        """The small sample bundled in the package, used when no data file is given."""
+
+    @abstractmethod
+    def load_windows(self, paths: list[Path], seq_len: int) -> list[torch.Tensor]:
+        """Read files and cut them into windows of at most seq_len symbols (the last one of a file shorter)."""
+
+    # ---- training and evaluation ------------------------------------------------------------
+    @abstractmethod
+    def loss(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean reconstruction loss over real positions: output (B, N, ...), target (B, N, ...), mask (B, N)."""
+
+    @abstractmethod
+    def metric_totals(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """Additive totals (sums and counts) over real positions; summed across batches."""
+
+    def prediction(self, output: torch.Tensor) -> torch.Tensor:
+        """Model output (B, N, ...) -> reconstructed windows in input form: token ids (B, N) or vectors."""
+        return output
+
+    def render(self, window: torch.Tensor, limit: int = 160) -> str:
+        """A short human-readable view of one window (its start), for demos and reports."""
+        text = " ".join(f"{float(v):.3g}" for v in window.flatten()[:32])
+        return text[:limit]
+
+    @abstractmethod
+    def metric_values(self, totals: dict[str, float]) -> dict[str, float]:
+        """Metrics from summed totals; must contain `metric_name`."""
+
+
+def check_data_paths(paths: list[Path]) -> list[Path]:
+    """Refuse a missing path, a directory or an empty file with a clear InputError."""
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        if path.is_dir():
+            raise InputError(f"{path} is a directory; give the data files inside it")
+        if path.stat().st_size == 0:
+            raise InputError(f"{path} is empty")
+    return paths
+
+
+def split_windows(sequence: torch.Tensor, seq_len: int) -> list[torch.Tensor]:
+    """Cut a sequence (L, ...) into consecutive windows of seq_len; the last one keeps the remainder."""
+    if seq_len < 1:
+        raise InputError(f"seq-len must be at least 1, got {seq_len}")
+    return [sequence[i : i + seq_len] for i in range(0, len(sequence), seq_len)]

@@ -1,0 +1,36 @@
+"""Shared fixtures: tiny seeded models and data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import seqcompress  # noqa: F401  (package import first, as the console script does)
+from seqcompress.model import ModelConfig, build_model
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    fields = dict(n_max=16, ratio=0.5, d_model=32, heads=4, layers=2, ffn_dim=64, latent_dim=32, vocab_size=50)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+@pytest.fixture
+def tiny_model():
+    return build_model(tiny_config(), seed=0).eval()
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    """A small UTF-8 text corpus of several documents (from the bundled sample)."""
+    from seqcompress.domains.text import sample_path
+
+    docs = sample_path().read_text(encoding="utf-8").split("\n\n")[:40]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

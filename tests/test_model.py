@@ -1,0 +1,73 @@
+"""Model persistence: safetensors + JSON, fingerprint, clear errors for a directory that is not a model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from seqcompress.errors import InputError, ModelFileError
+from seqcompress.model import ModelConfig, build_model, load_model, read_model_meta
+from tests.conftest import tiny_config
+
+
+def test_save_load_round_trip_is_exact(tmp_path, tiny_model):
+    tiny_model.save(tmp_path / "m", domain={"name": "text"})
+    loaded, meta = load_model(tmp_path / "m")
+    assert meta["fingerprint"] == tiny_model.fingerprint() == loaded.fingerprint()
+    assert meta["domain"] == {"name": "text"}
+    x = torch.randint(1, 50, (2, 16))
+    lengths = torch.tensor([16, 9])
+    with torch.no_grad():
+        assert torch.equal(tiny_model(x, lengths)[0], loaded(x, lengths)[0])
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_fingerprint_changes_with_any_weight_or_config(tiny_model):
+    before = tiny_model.fingerprint()
+    with torch.no_grad():
+        tiny_model.encoder[0].resize.weight[0, 0] += 1e-3
+    assert tiny_model.fingerprint() != before
+    a = build_model(tiny_config(), seed=0).fingerprint()
+    assert a == build_model(tiny_config(), seed=0).fingerprint()
+    assert a != build_model(tiny_config(dropout=0.1), seed=0).fingerprint()
+
+
+def test_altered_weights_are_detected(tmp_path, tiny_model):
+    tiny_model.save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "config.json").read_text())
+    meta["fingerprint"] = "0" * 32
+    (tmp_path / "m" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="do not match the fingerprint"):
+        load_model(tmp_path / "m")
+
+
+def test_not_a_model_directory(tmp_path):
+    with pytest.raises(ModelFileError, match="not a model directory"):
+        read_model_meta(tmp_path / "missing")
+    with pytest.raises(ModelFileError, match="missing"):
+        read_model_meta(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        read_model_meta(tmp_path)
+
+
+def test_corrupt_weights_file_is_a_model_file_error(tmp_path, tiny_model):
+    tiny_model.save(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(ModelFileError, match="cannot load"):
+        load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("bad", [dict(ratio=0), dict(ratio=1.5), dict(ratio=-0.1), dict(n_max=0),
+                                 dict(vocab_size=0), dict(positions="sinusoid"), dict(layers=0)])
+def test_bad_config_is_refused(bad):
+    with pytest.raises(InputError):
+        tiny_config(**bad)
+
+
+def test_m_max_follows_ratio():
+    assert ModelConfig(n_max=128, ratio=72 / 128, vocab_size=10).m_max == 72
+    assert ModelConfig(n_max=512, ratio=0.25, vocab_size=10).m_max == 128
