@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
 
 def info(
-    path: Path = typer.Argument(..., help="A model directory."),
+    path: Path = typer.Argument(..., help="A model directory or a .sqz latent file."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Show a model's configuration, fingerprint and training summary."""
+    """Show a model's configuration and training summary, or a latent file's header."""
     from seqcompress.api import describe_model
     from seqcompress.cli.output import console, key_value_table, print_json
+    from seqcompress.format import is_latent_file, read_header
 
+    if path.is_file() and is_latent_file(path):
+        header = read_header(path)
+        if json_out:
+            print_json(header)
+            return
+        rows = [(key, value) for key, value in _flatten(header) if not key.startswith("side.")]
+        side_bytes = len(json.dumps(header["side"]))
+        rows.append(("side", f"{len(header['side'])} field(s), {side_bytes:,} bytes of JSON"))
+        console.print(key_value_table(f"seqcompress latent file {path}", rows))
+        return
     described = describe_model(path)
     if json_out:
         print_json(described)
@@ -25,6 +37,17 @@ def info(
     rows += [(f"config.{k}", v) for k, v in described["config"].items()]
     rows += [(f"training.{k}", v) for k, v in described["training"].items()]
     console.print(key_value_table(f"seqcompress model {path}", rows))
+
+
+def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, object]]:
+    rows: list[tuple[str, object]] = []
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            text = str(value)
+            rows.append((f"{prefix}{key}", text if len(text) <= 80 else text[:77] + "..."))
+    return rows
 
 
 def register(app: typer.Typer) -> None:

@@ -55,9 +55,9 @@ def _options(
 
 
 def _register() -> None:
-    from seqcompress.cli import demo, evaluate, fit, info
+    from seqcompress.cli import decode, demo, encode, evaluate, fit, info
 
-    for module in (fit, evaluate, info, demo):
+    for module in (fit, encode, decode, evaluate, info, demo):
         module.register(app)
 
 

@@ -43,7 +43,7 @@ class TrainingProgress:
 
     def __init__(self, metric_name: str, total_seconds: float | None = None, quiet: bool = False):
         self.metric_name, self.total_seconds = metric_name, total_seconds
-        self.by_time = False
+        self.by_time = self.started = False
         self.progress = Progress(
             TextColumn("[bold]training"),
             BarColumn(),
@@ -58,14 +58,16 @@ class TrainingProgress:
         self.task = self.progress.add_task("train", total=None, count="", stats="loading data")
 
     def __enter__(self) -> "TrainingProgress":
-        self.progress.__enter__()
-        return self
+        return self  # the bar appears with the first step, so an early error prints only its own line
 
     def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
+        if self.started:
+            self.progress.stop()
 
     def on_step(self, p) -> None:
-        if self.progress.tasks[0].total is None:
+        if not self.started:
+            self.started = True
+            self.progress.start()
             self.by_time = p.total_steps is None and self.total_seconds is not None
             total = self.total_seconds if self.by_time else p.total_steps
             self.progress.update(self.task, total=total)

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from seqcompress.domain import Domain, check_data_paths, split_windows
-from seqcompress.errors import InputError
+from seqcompress.atomic import atomic_write_text
+from seqcompress.errors import FormatError, InputError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID = 0, 100, 101, 102
 VOCAB_SIZE = 30522
@@ -55,6 +56,7 @@ class TextDomain(Domain):
     name = "text"
     metric_name = "token_accuracy"
     default_seq_len = 512
+    output_suffix = ".txt"
 
     def model_fields(self) -> dict:
         return {"vocab_size": VOCAB_SIZE}
@@ -95,19 +97,37 @@ class TextDomain(Domain):
             docs.append(current)
         return [self.tokenizer.decode(doc, clean_up_tokenization_spaces=True) for doc in docs]
 
-    def read_ids(self, path: Path) -> list[int]:
-        documents = split_documents(read_text(path))
-        return self.encode_documents(documents)
-
     # ---- Domain interface -----------------------------------------------------------------
     def default_data(self) -> list[Path]:
         return [sample_path()]
 
-    def load_windows(self, paths: list[Path], seq_len: int) -> list[torch.Tensor]:
-        windows: list[torch.Tensor] = []
-        for path in check_data_paths(paths):
-            windows += split_windows(torch.tensor(self.read_ids(path), dtype=torch.long), seq_len)
-        return windows
+    def read(self, path: Path, seq_len: int) -> tuple[list[torch.Tensor], dict]:
+        """Windows of the file's token stream; side information: each document's token count."""
+        check_data_paths([path])
+        documents = split_documents(read_text(path))
+        ids = self.encode_documents(documents)
+        doc_tokens, count = [], 0
+        for token in ids:  # every document ends with exactly one [SEP]
+            if token == SEP_ID:
+                doc_tokens.append(count)
+                count = 0
+            else:
+                count += 1
+        return split_windows(torch.tensor(ids, dtype=torch.long), seq_len), {"documents": doc_tokens}
+
+    def write(self, path: Path, windows: list[torch.Tensor], side: dict) -> None:
+        """Text from reconstructed token ids. Document boundaries come from the side information, not from
+        predicted [SEP] tokens, so they survive any reconstruction error."""
+        ids = torch.cat(windows).tolist() if windows else []
+        counts = side.get("documents")
+        if not isinstance(counts, list) or sum(c + 1 for c in counts) != len(ids):
+            raise FormatError("text side information does not match the number of decoded tokens")
+        docs, start = [], 0
+        for count in counts:
+            doc = [t for t in ids[start : start + count] if t not in (SEP_ID, PAD_ID, CLS_ID)]
+            docs.append(self.tokenizer.decode(doc, clean_up_tokenization_spaces=True))
+            start += count + 1
+        atomic_write_text(path, "\n\n".join(docs) + "\n")
 
     def loss(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # output (B, N, V) logits, target (B, N) ids, mask (B, N): cross-entropy over real tokens only.

@@ -18,10 +18,12 @@ from pathlib import Path
 import torch
 
 from seqcompress.atomic import atomic_write_text
+from seqcompress.compress import DEFAULT_BATCH, evaluate_quantized
 from seqcompress.domain import Domain
 from seqcompress.errors import InputError, ModelFileError
+from seqcompress.format import DTYPES
 from seqcompress.model import CONFIG_FILE, ModelConfig, build_model, load_model
-from seqcompress.train import CHECKPOINT_DIR, TrainOptions, evaluate, pick_device, train
+from seqcompress.train import CHECKPOINT_DIR, TrainOptions, pick_device, train
 
 _RUN_FILE = "run.json"  # inside the checkpoint folder: what a --resume needs to rebuild the run
 
@@ -125,26 +127,36 @@ def fit(
 def evaluate_files(
     model_dir: str | os.PathLike,
     paths: list[str | os.PathLike] | None,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH,
     device: str = "auto",
+    dtype: str = "float32",
+    on_progress=None,
 ) -> dict:
-    """The domain's reconstruction metrics of a saved model on `paths` (its bundled sample when empty)."""
+    """The domain's reconstruction metrics of a saved model on `paths` (its bundled sample when empty).
+
+    The latents go through the same storage as `encode --dtype` (quantised per batch of windows),
+    so the value is what `decode` of a file encoded with the same dtype and batch size gives.
+    """
     from seqcompress.domains import get_domain
 
+    if dtype not in DTYPES:
+        raise InputError(f"unknown --dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     model, meta = load_model(model_dir, pick_device(device))
     domain = get_domain(meta["domain"].get("name", ""), meta["domain"])
     data = [Path(p) for p in paths] if paths else domain.default_data()
     windows = domain.load_windows(data, model.config.n_max)
     if not windows:
         raise InputError("no data: the input produced no sequences")
-    with torch.inference_mode():
-        values = evaluate(model, domain, windows, batch_size, next(model.parameters()).device)
+    values = evaluate_quantized(model, domain, windows, dtype, batch_size, on_progress)
     return {
         "domain": domain.name,
         "metric": domain.metric_name,
         "value": values[domain.metric_name],
         "metrics": values,
         "ratio": model.config.ratio,
+        "dtype": dtype,
         "seq_len": model.config.n_max,
         "latent_len": model.config.m_max,
         "n_sequences": len(windows),

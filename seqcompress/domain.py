@@ -43,9 +43,23 @@ class Domain(ABC):
     def default_data(self) -> list[Path]:
         """The small sample bundled in the package, used when no data file is given."""
 
+    output_suffix: str = ""  # the file suffix `decode` suggests, e.g. ".txt"
+
     @abstractmethod
+    def read(self, path: Path, seq_len: int) -> tuple[list[torch.Tensor], dict]:
+        """One file -> its windows of at most seq_len symbols (the last one of a sequence shorter) and the
+        JSON side information that `write` needs to rebuild the file's shape (kept in the .sqz header)."""
+
+    @abstractmethod
+    def write(self, path: Path, windows: list[torch.Tensor], side: dict) -> None:
+        """Reconstructed windows (in the form `prediction` gives) + side information -> a file, written atomically."""
+
     def load_windows(self, paths: list[Path], seq_len: int) -> list[torch.Tensor]:
-        """Read files and cut them into windows of at most seq_len symbols (the last one of a file shorter)."""
+        """The windows of every file, in order (for training and evaluation)."""
+        windows: list[torch.Tensor] = []
+        for path in check_data_paths(paths):
+            windows += self.read(path, seq_len)[0]
+        return windows
 
     # ---- training and evaluation ------------------------------------------------------------
     @abstractmethod

@@ -30,7 +30,7 @@ def test_documents_are_split_at_blank_lines():
 def test_windows_pack_documents_and_the_last_is_shorter(text, tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("one two three four five six seven\n\nalpha beta gamma\n", encoding="utf-8")
-    ids = text.read_ids(path)
+    ids = torch.cat(text.read(path, 4)[0]).tolist()
     assert ids.count(SEP_ID) == 2 and ids[-1] == SEP_ID
     windows = text.load_windows([path], 4)
     assert [len(w) for w in windows] == [4] * (len(ids) // 4) + ([len(ids) % 4] if len(ids) % 4 else [])

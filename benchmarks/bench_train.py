@@ -1,0 +1,131 @@
+"""Training throughput and attention cost, measured side by side in one run. Prints one JSON object.
+
+1. The machine's fp32 matmul rate (2048 x 2048 @ 2048 x 2048), the denominator of everything else.
+2. Training throughput of the default text configuration (seq-len 512, ratio 0.5, d_model 256,
+   batch 8) on the bundled sample: symbols/s, FLOPs per step counted by torch's FlopCounterMode,
+   and the achieved FLOP rate as a fraction of the matmul rate.
+3. The reducing-attention layer (W_S slicing + attention with n/2 queries) against plain SDPA
+   self-attention (n queries) on the same input, forward and forward+backward, at n = 512, 1024, 2048.
+
+Usage: python benchmarks/bench_train.py [--steps 20] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import seqcompress  # noqa: F401
+from seqcompress.attention import Attention, ResizeMatrix, latent_length, length_mask
+from seqcompress.domains.text import TextDomain
+from seqcompress.model import ModelConfig, build_model
+from seqcompress.train import collate
+
+
+def timed(fn, repeats: int, warmup: int = 2) -> float:
+    """Median seconds of fn() over `repeats` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    return 2 * size**3 / timed(lambda: a @ b, repeats)
+
+
+def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8) -> dict:
+    domain = TextDomain()
+    windows = [w for w in domain.load_windows(domain.default_data(), seq_len) if len(w) == seq_len]
+    config = ModelConfig(n_max=seq_len, ratio=0.5, **domain.model_fields())
+    model = build_model(config, seed=0).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batches = [collate(windows[i : i + batch_size]) for i in range(0, len(windows) - batch_size + 1, batch_size)]
+    full = torch.ones(batch_size, seq_len, dtype=torch.bool)
+
+    def step(i: int) -> None:
+        x, lengths = batches[i % len(batches)]
+        out, _, _ = model(x, lengths)
+        loss = domain.loss(out, x, full)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step(0)
+    flops_per_step = counter.get_total_flops()
+    for i in range(3):  # warm-up
+        step(i)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    seconds = (time.perf_counter() - start) / steps
+    return {
+        "seq_len": seq_len, "ratio": 0.5, "batch_size": batch_size, "parameters": model.parameter_count(),
+        "steps_timed": steps, "seconds_per_step": seconds, "symbols_per_s": batch_size * seq_len / seconds,
+        "flops_per_step": flops_per_step, "achieved_flops_per_s": flops_per_step / seconds,
+    }
+
+
+def attention_ratio(n: int, repeats: int, d_model: int = 256, heads: int = 4, batch: int = 4) -> dict:
+    """Reducing layer (n -> n/2 queries through W_S) vs plain self-attention (n queries), same input and module."""
+    torch.manual_seed(0)
+    attn = Attention(d_model, heads)
+    resize = ResizeMatrix(latent_length(n, 0.5), n, 0.5)
+    x = torch.randn(batch, n, d_model, requires_grad=True)
+    lengths = torch.full((batch,), n)
+    in_mask, out_mask = length_mask(lengths, n), length_mask(lengths.new_full((batch,), latent_length(n, 0.5)), n // 2)
+
+    def reducing():
+        return attn(resize(out_mask, in_mask) @ x, x, None)  # (B, n/2, D)
+
+    def plain():
+        return attn(x, x, None)  # (B, n, D)
+
+    def backward(fn):
+        return lambda: fn().sum().backward()
+
+    with torch.no_grad():
+        fwd_r, fwd_p = timed(reducing, repeats), timed(plain, repeats)
+    bwd_r, bwd_p = timed(backward(reducing), repeats), timed(backward(plain), repeats)
+    return {
+        "n": n, "batch": batch, "d_model": d_model, "heads": heads,
+        "forward_s": {"reducing": fwd_r, "self_attention": fwd_p, "ratio": fwd_r / fwd_p},
+        "forward_backward_s": {"reducing": bwd_r, "self_attention": bwd_p, "ratio": bwd_r / bwd_p},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--quick", action="store_true", help="few repeats, for a smoke run")
+    args = parser.parse_args()
+    repeats = 2 if args.quick else 10
+    rate = matmul_rate(repeats=2 if args.quick else 5)
+    train = training_throughput(2 if args.quick else args.steps)
+    train["fraction_of_matmul_rate"] = train["achieved_flops_per_s"] / rate
+    result = {
+        "benchmark": "train_throughput_and_attention",
+        "machine": {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "matmul_flops_per_s": rate,
+        "training": train,
+        "attention": [attention_ratio(n, repeats) for n in (512, 1024, 2048)],
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

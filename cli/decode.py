@@ -1,0 +1,38 @@
+"""`seqcompress decode`: a .sqz latent file -> the domain's native file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def decode(
+    input_path: Path = typer.Argument(..., metavar="IN.sqz", help="Latent file written by `seqcompress encode`."),
+    model_dir: Path = typer.Option(..., "--model", "-m", help="The model directory that encoded the file."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write, in the domain's format."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    force_model: bool = typer.Option(False, "--force-model", help="Decode even if the file names another model."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
+) -> None:
+    """Rebuild a data file from its latents."""
+    from seqcompress.cli.files import check_output, load_model_and_domain, windows_progress
+    from seqcompress.cli.output import console, print_json
+    from seqcompress.compress import decode_file
+    from seqcompress.format import LatentReader
+
+    check_output(output, force, inputs=[input_path])
+    LatentReader(input_path)  # a corrupt file fails here, before the model is loaded
+    model, meta, domain = load_model_and_domain(model_dir, device)
+    with windows_progress("decoding", quiet=json_out) as progress:
+        report = decode_file(model, meta, domain, input_path, output, force_model=force_model, on_progress=progress)
+    if json_out:
+        print_json(report)
+    else:
+        console.print(f"wrote {report['output']}: {report['windows']} windows, {report['symbols']:,} symbols "
+                      f"(from {report['source'].get('name')})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("decode")(decode)

@@ -1,0 +1,55 @@
+"""`seqcompress encode`: a data file -> a .sqz latent file, with an honest size report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def encode(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Data file to encode."),
+    model_dir: Path = typer.Option(..., "--model", "-m", help="Model directory written by `seqcompress fit`."),
+    output: Path = typer.Option(..., "--output", "-o", help="Latent file to write (.sqz)."),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored latent type: float32, float16, bfloat16 or int8."),
+    codec: str = typer.Option("zlib", "--codec", help="Payload codec: zlib or none."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Windows per batch (and per stored chunk)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    compare: bool = typer.Option(True, "--compare/--no-compare", help="Also measure gzip -9, bzip2 -9 and xz -9."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON object on stdout."),
+) -> None:
+    """Encode a data file into latents stored in a .sqz file."""
+    from seqcompress.cli.files import check_output, load_model_and_domain, windows_progress
+    from seqcompress.cli.output import console, key_value_table, print_json
+    from seqcompress.compress import classical_sizes, encode_file
+    from seqcompress.domain import check_data_paths
+    from seqcompress.errors import InputError
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    check_data_paths([input_path])
+    check_output(output, force, inputs=[input_path])
+    model, meta, domain = load_model_and_domain(model_dir, device)
+    with windows_progress("encoding", quiet=json_out) as progress:
+        report = encode_file(model, meta, domain, input_path, output, dtype=dtype, codec=codec,
+                             batch_size=batch_size, on_progress=progress)
+    if compare:
+        report["classical_bytes"] = classical_sizes(input_path)
+        report["classical_bits_per_symbol"] = {k: 8 * v / report["symbols"] for k, v in report["classical_bytes"].items()}
+    if json_out:
+        print_json(report)
+        return
+    rows = [("input", f"{report['input']} ({report['input_bytes']:,} bytes, {report['symbols']:,} symbols)"),
+            ("output", f"{report['output']} ({report['sqz_bytes']:,} bytes)"),
+            ("windows -> latents", f"{report['windows']} windows, {report['symbols']:,} -> {report['latents']:,} vectors"),
+            ("latent floats per symbol", report["latent_floats_per_symbol"]),
+            ("stored as", f"{report['dtype']}, {report['codec']}"),
+            ("sqz bits per symbol", report["sqz_bits_per_symbol"])]
+    for name, size in report.get("classical_bytes", {}).items():
+        rows.append((f"{name} (lossless)", f"{size:,} bytes, {report['classical_bits_per_symbol'][name]:.3f} bits/symbol"))
+    console.print(key_value_table("seqcompress encode", rows))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("encode")(encode)

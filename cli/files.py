@@ -1,0 +1,59 @@
+"""What encode and decode share: output-file checks, model loading, a progress bar over windows."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from seqcompress.errors import InputError
+
+
+def check_output(output: Path, force: bool, inputs: list[Path]) -> None:
+    """Refuse to overwrite an existing file without --force, and never write over an input."""
+    if output.is_dir():
+        raise InputError(f"{output} is a directory; give a file name for the output")
+    for source in inputs:
+        if source.exists() and output.exists() and os.path.samefile(source, output):
+            raise InputError(f"{output} is also the input; choose another output file")
+    if output.exists() and not force:
+        raise InputError(f"{output} already exists; use --force to overwrite it")
+    if not output.parent.exists():
+        raise InputError(f"{output.parent}: no such directory for the output")
+
+
+def load_model_and_domain(model_dir: Path, device: str):
+    from seqcompress.domains import get_domain
+    from seqcompress.model import load_model
+    from seqcompress.train import pick_device
+
+    model, meta = load_model(model_dir, pick_device(device))
+    return model, meta, get_domain(meta["domain"].get("name", ""), meta["domain"])
+
+
+@contextlib.contextmanager
+def windows_progress(label: str, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A Rich bar over windows; yields the `on_progress(done, total)` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from seqcompress.cli.output import console
+
+    progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("windows"),
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, disable=quiet,
+                        transient=True)
+    task = progress.add_task(label, total=None)
+    started = False
+
+    def update(done: int, total: int) -> None:
+        nonlocal started
+        if not started:
+            progress.start()
+            started = True
+        progress.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if started:
+            progress.stop()

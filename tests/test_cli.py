@@ -1,0 +1,145 @@
+"""The CLI through Typer's CliRunner and as a real subprocess: happy paths and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from seqcompress.cli.main import app
+
+runner = CliRunner()
+TINY = ["--seq-len", "32", "--d-model", "32", "--heads", "2", "--layers", "1", "--batch-size", "4"]
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny text model fitted through the CLI, with its JSON summary."""
+    from seqcompress.domains.text import sample_path
+
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(sample_path().read_text(encoding="utf-8").split("\n\n")[:30]), encoding="utf-8")
+    result = run("fit", "--domain", "text", corpus, "-o", root / "model", *TINY, "--max-steps", "3", "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    return root, corpus, json.loads(result.stdout)
+
+
+def test_fit_json_summary(trained):
+    root, corpus, summary = trained
+    assert summary["domain"] == "text" and summary["metric"] == "token_accuracy"
+    assert 0.0 <= summary["value"] <= 1.0 and summary["steps"] == 3
+    assert summary["seq_len"] == 32 and summary["latent_len"] == 16 and summary["ratio"] == 0.5
+    assert summary["held_out_windows"] >= 1 and summary["train_windows"] > summary["held_out_windows"]
+    assert (root / "model" / "config.json").is_file() and (root / "model" / "model.safetensors").is_file()
+
+
+def test_evaluate_json_matches_schema(trained):
+    root, corpus, _ = trained
+    result = run("evaluate", "-m", root / "model", corpus, "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert {"domain", "metric", "value", "ratio", "n_sequences"} <= set(out)
+    assert out["domain"] == "text" and out["metric"] == "token_accuracy" and out["ratio"] == 0.5
+    assert out["n_sequences"] == len(__import__("seqcompress.domains.text", fromlist=["x"]).TextDomain()
+                                     .load_windows([corpus], 32))
+    assert 0.0 <= out["value"] <= 1.0
+
+
+def test_info_shows_the_model(trained):
+    root, _, summary = trained
+    result = run("info", root / "model", "--json")
+    assert result.exit_code == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["domain"] == "text" and out["parameters"] == summary["parameters"] and len(out["fingerprint"]) == 32
+    assert out["training"]["steps"] == 3
+
+
+def test_fit_refuses_to_overwrite_a_model(trained):
+    root, corpus, _ = trained
+    line = one_error_line(run("fit", corpus, "-o", root / "model", *TINY, "--max-steps", "1"))
+    assert "already holds a model" in line
+
+
+def test_resume_continues_a_run(trained, tmp_path):
+    _, corpus, _ = trained
+    first = run("fit", corpus, "-o", tmp_path / "m", *TINY, "--max-steps", "2", "--json")
+    assert first.exit_code == 0, first.stderr
+    again = run("fit", "-o", tmp_path / "m", "--max-steps", "4", "--batch-size", "4", "--resume", "--json")
+    assert again.exit_code == 0, again.stderr
+    assert json.loads(again.stdout)["steps"] == 4
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "binary", "directory"])
+def test_bad_data_gives_one_clear_line(tmp_path, trained, case):
+    root, _, _ = trained
+    path = {"missing": tmp_path / "nope.txt", "empty": tmp_path / "empty.txt",
+            "binary": tmp_path / "blob.bin", "directory": tmp_path}[case]
+    if case == "empty":
+        path.write_bytes(b"")
+    if case == "binary":
+        path.write_bytes(bytes(range(256)) * 4)
+    expected = {"missing": "no such file", "empty": "is empty", "binary": "binary", "directory": "is a directory"}[case]
+    for args in (["fit", path, "-o", tmp_path / "out", *TINY, "--max-steps", "1"],
+                 ["evaluate", "-m", root / "model", path]):
+        line = one_error_line(run(*args))
+        assert line.startswith("error: ") and expected in line, line
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--domain", "klingon"], "unknown domain 'klingon'"),
+    (["--ratio", "0"], "--ratio must be in (0, 1]"),
+    (["--ratio", "1.5"], "--ratio must be in (0, 1]"),
+    (["--latent-len", "99"], "--latent-len must be between 1 and seq-len"),
+])
+def test_bad_fit_options_give_one_clear_line(tmp_path, args, expected):
+    line = one_error_line(run("fit", "-o", tmp_path / "out", *TINY, "--max-steps", "1", *args))
+    assert expected in line, line
+    assert not (tmp_path / "out" / "config.json").exists()
+
+
+def test_model_dir_that_is_not_a_model(tmp_path, trained):
+    _, corpus, _ = trained
+    for args in (["evaluate", "-m", tmp_path, corpus], ["info", tmp_path], ["evaluate", "-m", tmp_path / "x", corpus]):
+        assert "not a model directory" in one_error_line(run(*args))
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = runner.invoke(app, ["--debug", "info", str(tmp_path)])
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("seqcompress")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "seqcompress.cli.main"]
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_real_subprocess_fit_evaluate_and_error(tmp_path, trained):
+    _, corpus, _ = trained
+    fit = _cli("fit", str(corpus), "-o", "m", *TINY, "--max-steps", "2", "--quiet", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr
+    assert "held-out token_accuracy" in fit.stderr
+    ev = _cli("evaluate", "-m", "m", str(corpus), "--json", cwd=tmp_path)
+    assert ev.returncode == 0 and json.loads(ev.stdout)["domain"] == "text"
+    bad = _cli("evaluate", "-m", "m", "missing.txt", cwd=tmp_path)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines() == ["error: missing.txt: no such file"]
