@@ -79,9 +79,10 @@ class TextDomain(Domain):
     def encode_documents(self, documents: list[str]) -> list[int]:
         """Token ids of the documents, each followed by [SEP]."""
         ids: list[int] = []
-        for doc_ids in self.tokenizer(documents, add_special_tokens=False)["input_ids"]:
-            ids.extend(doc_ids)
-            ids.append(SEP_ID)
+        for start in range(0, len(documents), 2048):  # in batches: bounded memory on large files
+            for doc_ids in self.tokenizer(documents[start : start + 2048], add_special_tokens=False)["input_ids"]:
+                ids.extend(doc_ids)
+                ids.append(SEP_ID)
         return ids
 
     def decode_documents(self, ids: list[int]) -> list[str]:
