@@ -29,9 +29,11 @@ def decode(
         report = decode_file(model, meta, domain, input_path, output, force_model=force_model, on_progress=progress)
     if json_out:
         print_json(report)
-    else:
-        console.print(f"wrote {report['output']}: {report['windows']} windows, {report['symbols']:,} symbols "
-                      f"(from {report['source'].get('name')})")
+        return
+    if report.get("note"):
+        console.print(f"note: {report['note']}")
+    console.print(f"wrote {report['output']}: {report['windows']} windows, {report['symbols']:,} symbols "
+                  f"(from {report['source'].get('name')})")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,11 +13,11 @@ from typing import Optional
 import typer
 
 # (domain, seq_len, ratio, share of the time budget). Domains join this list as they land.
-DEMO_RUNS = [("text", 128, 0.5, 1.0)]
+DEMO_RUNS = [("text", 128, 0.5, 2 / 3), ("dna", 128, 0.5, 1 / 3)]
 
 
 def demo(
-    minutes: float = typer.Option(1.5, "--minutes", help="Total training time budget across domains."),
+    minutes: float = typer.Option(2.25, "--minutes", help="Total training time budget across domains."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Keep the trained models in this directory."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
@@ -40,8 +40,9 @@ def demo(
         for name, seq_len, ratio, share in DEMO_RUNS:
             dom = get_domain(name)
             budget = minutes * share
-            console.print(f"[bold]{name}[/]: training {seq_len} -> {int(seq_len * ratio)} on the bundled sample "
-                          f"for {budget:.1f} min")
+            if not json_out:
+                console.print(f"[bold]{name}[/]: training {seq_len} -> {int(seq_len * ratio)} on the bundled sample "
+                              f"for {budget:.1f} min")
             options = TrainOptions(epochs=None, max_minutes=budget, seed=seed, device="auto")
             bar = TrainingProgress(dom.metric_name, budget * 60, quiet=json_out)
             with bar:

@@ -15,6 +15,8 @@ def encode(
     codec: str = typer.Option("zlib", "--codec", help="Payload codec: zlib or none."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per batch (and per stored chunk)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    drop_qualities: bool = typer.Option(False, "--drop-qualities",
+                                        help="dna: do not keep FASTQ quality strings (decode then writes FASTA)."),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="Also measure gzip -9, bzip2 -9 and xz -9."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON object on stdout."),
@@ -31,6 +33,10 @@ def encode(
     check_data_paths([input_path])
     check_output(output, force, inputs=[input_path])
     model, meta, domain = load_model_and_domain(model_dir, device)
+    if drop_qualities:
+        if not hasattr(domain, "drop_qualities"):
+            raise InputError(f"--drop-qualities applies to DNA models, not to {domain.name}")
+        domain.drop_qualities = True
     with windows_progress("encoding", quiet=json_out) as progress:
         report = encode_file(model, meta, domain, input_path, output, dtype=dtype, codec=codec,
                              batch_size=batch_size, on_progress=progress)

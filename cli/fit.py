@@ -10,7 +10,8 @@ import typer
 
 def fit(
     data: Optional[list[Path]] = typer.Argument(None, help="Data files; the domain's bundled sample when omitted."),
-    domain: str = typer.Option("text", "--domain", "-d", help="Data domain: text."),
+    domain: str = typer.Option("text", "--domain", "-d", help="Data domain: text or dna."),
+    kmer: int = typer.Option(1, "--kmer", help="dna: bases per token (1, or non-overlapping k-mers, 2 to 6)."),
     output: Path = typer.Option(..., "--output", "-o", help="Model directory to write."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Symbols per window (n_max); domain default when omitted."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Latents per symbol, in (0, 1]; default 0.5."),
@@ -43,7 +44,11 @@ def fit(
     from seqcompress.domains import get_domain
     from seqcompress.train import TrainOptions
 
-    dom = get_domain(domain)
+    if kmer != 1 and domain != "dna":
+        from seqcompress.errors import InputError
+
+        raise InputError("--kmer applies to --domain dna only")
+    dom = get_domain(domain, {"name": domain, "k": kmer} if domain == "dna" else None)
     if epochs is None and max_steps is None and minutes is None:
         epochs = 1.0
     options = TrainOptions(

