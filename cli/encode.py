@@ -51,7 +51,11 @@ def encode(
             ("windows -> latents", f"{report['windows']} windows, {report['symbols']:,} -> {report['latents']:,} vectors"),
             ("latent floats per symbol", report["latent_floats_per_symbol"]),
             ("stored as", f"{report['dtype']}, {report['codec']}"),
-            ("sqz bits per symbol", report["sqz_bits_per_symbol"])]
+            ("sqz bits per symbol", report["sqz_bits_per_symbol"]),
+            ("of which side information", f"{report['side_bytes']:,} bytes, "
+                                          f"{8 * report['side_bytes'] / report['symbols']:.3f} bits/symbol")]
+    for name, bits in report["reference_bits_per_symbol"].items():
+        rows.append((name, f"{bits:.3f} bits/symbol"))
     for name, size in report.get("classical_bytes", {}).items():
         rows.append((f"{name} (lossless)", f"{size:,} bytes, {report['classical_bits_per_symbol'][name]:.3f} bits/symbol"))
     console.print(key_value_table("seqcompress encode", rows))

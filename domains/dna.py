@@ -314,6 +314,9 @@ class DnaDomain(Domain):
     def default_data(self) -> list[Path]:
         return [sample_path()]
 
+    def size_references(self) -> dict[str, float]:
+        return {"2-bit packing of A/C/G/T": 2.0}
+
     def decode_note(self, side: dict) -> str | None:
         if side.get("qualities_dropped"):
             return "the input was FASTQ encoded with --drop-qualities: the output is FASTA, without quality strings"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import json
 import lzma
 import os
 from collections.abc import Callable, Iterator
@@ -180,6 +181,8 @@ def encode_file(
         "input_bytes": path.stat().st_size, "sqz_bytes": out.stat().st_size,
         "raw_latent_bytes": sum(latent_lengths) * model.config.latent_dim * bytes_per_value(dtype),
         "sqz_bits_per_symbol": 8 * out.stat().st_size / symbols,
+        "side_bytes": len(json.dumps(side, sort_keys=True, separators=(",", ":"))),
+        "reference_bits_per_symbol": domain.size_references(),
     }
 
 

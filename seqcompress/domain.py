@@ -54,6 +54,10 @@ class Domain(ABC):
     def write(self, path: Path, windows: list[torch.Tensor], side: dict) -> None:
         """Reconstructed windows (in the form `prediction` gives) + side information -> a file, written atomically."""
 
+    def size_references(self) -> dict[str, float]:
+        """Bits per symbol of simple reference encodings, shown next to the .sqz size (e.g. 2 bits per base)."""
+        return {}
+
     def decode_note(self, side: dict) -> str | None:
         """Something a user must know about a decoded file (e.g. "qualities were dropped"), or None."""
         return None
