@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=2.0, help="training budget per run")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--domain-state", default=None, help='domain settings as JSON, e.g. \'{"k": 3}\' for DNA k-mers')
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args()
 
@@ -51,7 +52,8 @@ def main() -> None:
             if (ratio, seed) in done:
                 continue
             model_dir = out / f"r{ratio}-s{seed}"
-            summary = fit(get_domain(args.domain), args.train, model_dir, seq_len=args.seq_len, ratio=ratio,
+            state = {"name": args.domain, **json.loads(args.domain_state)} if args.domain_state else None
+            summary = fit(get_domain(args.domain, state), args.train, model_dir, seq_len=args.seq_len, ratio=ratio,
                           options=TrainOptions(epochs=None, max_minutes=args.minutes, seed=seed,
                                                batch_size=args.batch_size, val_fraction=0.02), force=True)
             held = evaluate_files(model_dir, args.test)
@@ -60,14 +62,14 @@ def main() -> None:
                    "latent_floats_per_symbol": summary["latent_floats_per_symbol"], "steps": summary["steps"],
                    "epochs": summary["epochs"], "seconds": summary["seconds"], "test_symbols": held["n_symbols"]}
             results["runs"].append(run)
-            results["setup"] = {"domain": args.domain, "train": args.train, "test": args.test,
+            results["setup"] = {"domain": args.domain, "domain_state": args.domain_state, "train": args.train, "test": args.test,
                                 "minutes_per_run": args.minutes, "batch_size": args.batch_size,
                                 "machine": {"processor": platform.machine(), "cpus": os.cpu_count()}}
             atomic_write_text(results_path, json.dumps(results, indent=2))
             print(json.dumps(run), flush=True)
 
     metric = results["runs"][0]["metric"]
-    print(f"\n| ratio | latents per {args.seq_len} | latent floats per symbol | held-out {metric} (mean ± std) | seeds |")
+    print(f"\n| ratio | latents per {args.seq_len} tokens | latent floats per token | held-out {metric} (mean ± std) | seeds |")
     print("|---|---:|---:|---:|---:|")
     for ratio in ratios:
         runs = [r for r in results["runs"] if r["ratio"] == ratio]

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from seqcompress.atomic import atomic_open
-from seqcompress.domain import Domain, check_data_paths, split_windows
+from seqcompress.domain import Domain, check_data_paths, decode_utf8, split_windows
 from seqcompress.errors import FormatError, InputError
 from seqcompress.format import run_length
 
@@ -104,14 +104,7 @@ def read_bytes(path: Path) -> bytes:
 
 def decode_text(path: Path, data: bytes) -> tuple[str, str]:
     """Text with LF line breaks and the file's own line ending ("\\n" or "\\r\\n")."""
-    if b"\x00" in data[:65536]:
-        raise InputError(f"{path} is binary data, not FASTA or FASTQ")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path} is not FASTA or FASTQ text (invalid UTF-8 at byte {exc.start})") from None
-    if not text.strip():
-        raise InputError(f"{path} holds no FASTA or FASTQ records, only whitespace")
+    text = decode_utf8(path, data, "FASTA or FASTQ")
     newline = "\n"
     crlf = text.count("\r\n")
     if crlf:

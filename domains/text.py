@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from seqcompress.domain import Domain, check_data_paths, split_windows
+from seqcompress.domain import Domain, check_data_paths, decode_utf8, split_windows
 from seqcompress.atomic import atomic_write_text
 from seqcompress.errors import FormatError, InputError
 
@@ -39,17 +39,8 @@ def split_documents(text: str) -> list[str]:
 
 
 def read_text(path: Path) -> str:
-    """The text of a UTF-8 file, or an InputError for binary or undecodable content."""
-    data = path.read_bytes()
-    if b"\x00" in data[:65536]:
-        raise InputError(f"{path} looks like a binary file, not text")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path} is not UTF-8 text (invalid byte at offset {exc.start})") from None
-    if not text.strip():
-        raise InputError(f"{path} contains no text")
-    return text
+    """The text of a UTF-8 file (a leading BOM dropped), or an InputError for binary or undecodable content."""
+    return decode_utf8(path, path.read_bytes(), "text").removeprefix("\ufeff")
 
 
 class TextDomain(Domain):

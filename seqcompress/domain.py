@@ -109,3 +109,17 @@ def split_windows(sequence: torch.Tensor, seq_len: int) -> list[torch.Tensor]:
     if seq_len < 1:
         raise InputError(f"seq-len must be at least 1, got {seq_len}")
     return [sequence[i : i + seq_len] for i in range(0, len(sequence), seq_len)]
+
+
+def decode_utf8(path: Path, data: bytes, kind: str) -> str:
+    """The UTF-8 text of a file's bytes (a leading BOM dropped), or an InputError naming `kind` ("text",
+    "FASTA or FASTQ") for binary data, invalid UTF-8 or nothing but whitespace."""
+    if b"\x00" in data[:65536]:
+        raise InputError(f"{path} is binary data, not {kind}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not {kind}: invalid UTF-8 at byte {exc.start}") from None
+    if not text.strip():
+        raise InputError(f"{path} holds no {kind}, only whitespace")
+    return text

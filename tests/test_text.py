@@ -43,7 +43,7 @@ def test_decode_documents_round_trips_lowercased_text(text):
 
 
 @pytest.mark.parametrize("content,message", [(b"", "empty"), (b"\x00\x01\x02binary", "binary"),
-                                             (b"\xff\xfe\xfa not utf8", "not UTF-8"), (b"  \n\n ", "no text")])
+                                             (b"\xff\xfe\xfa not utf8", "invalid UTF-8"), (b"  \n\n ", "holds no text")])
 def test_bad_text_files_are_refused(text, tmp_path, content, message):
     path = tmp_path / "bad.txt"
     path.write_bytes(content)
