@@ -13,6 +13,7 @@ from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,14 +68,14 @@ class TextDomain(Domain):
         return tok
 
     # ---- tokens <-> text ------------------------------------------------------------------
-    def encode_documents(self, documents: list[str]) -> list[int]:
-        """Token ids of the documents, each followed by [SEP]."""
-        ids: list[int] = []
-        for start in range(0, len(documents), 2048):  # in batches: bounded memory on large files
+    def encode_documents(self, documents: list[str]) -> tuple[torch.Tensor, list[int]]:
+        """Token ids (T,) of the documents, each followed by [SEP], and each document's token count."""
+        pieces, counts = [], []
+        for start in range(0, len(documents), 2048):  # in batches, into compact arrays: bounded memory
             for doc_ids in self.tokenizer(documents[start : start + 2048], add_special_tokens=False)["input_ids"]:
-                ids.extend(doc_ids)
-                ids.append(SEP_ID)
-        return ids
+                pieces.append(np.array([*doc_ids, SEP_ID], dtype=np.int64))
+                counts.append(len(doc_ids))
+        return torch.from_numpy(np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)), counts
 
     def decode_documents(self, ids: list[int]) -> list[str]:
         """Split a token stream at [SEP] and turn each document back into text."""
@@ -97,15 +98,9 @@ class TextDomain(Domain):
         """Windows of the file's token stream; side information: each document's token count."""
         check_data_paths([path])
         documents = split_documents(read_text(path))
-        ids = self.encode_documents(documents)
-        doc_tokens, count = [], 0
-        for token in ids:  # every document ends with exactly one [SEP]
-            if token == SEP_ID:
-                doc_tokens.append(count)
-                count = 0
-            else:
-                count += 1
-        return split_windows(torch.tensor(ids, dtype=torch.long), seq_len), {"documents": doc_tokens}
+        ids, doc_tokens = self.encode_documents(documents)
+        # Windows are views of one tensor; the side information keeps document boundaries exactly.
+        return split_windows(ids, seq_len), {"documents": doc_tokens}
 
     def write(self, path: Path, windows: list[torch.Tensor], side: dict) -> None:
         """Text from reconstructed token ids. Document boundaries come from the side information, not from

@@ -39,7 +39,9 @@ def test_windows_pack_documents_and_the_last_is_shorter(text, tmp_path):
 
 def test_decode_documents_round_trips_lowercased_text(text):
     docs = ["the quick brown fox jumps.", "second document, here!"]
-    assert text.decode_documents(text.encode_documents(docs)) == docs
+    ids, counts = text.encode_documents(docs)
+    assert counts == [6, 5] and int((ids == SEP_ID).sum()) == 2
+    assert text.decode_documents(ids.tolist()) == docs
 
 
 @pytest.mark.parametrize("content,message", [(b"", "empty"), (b"\x00\x01\x02binary", "binary"),
