@@ -68,6 +68,7 @@ def fit(
         if not run_file.is_file():
             raise ModelFileError(f"nothing to resume in {out_dir}: no unfinished or finished run was checkpointed there")
         run = json.loads(run_file.read_text())
+        domain = type(domain).from_state(run.get("domain") or domain.state())
         config = ModelConfig(**run["model"])
         data = [Path(p) for p in run["data"]]
     else:
@@ -83,16 +84,18 @@ def fit(
         unknown = set(extra) - known
         if unknown:
             raise InputError(f"unknown model option(s): {', '.join(sorted(unknown))}")
-        config = ModelConfig(n_max=seq_len, ratio=resolve_ratio(seq_len, ratio, latent_len),
-                             **{**extra, **domain.model_fields()})
+        ratio = resolve_ratio(seq_len, ratio, latent_len)
         data = [Path(p) for p in paths] if paths else domain.default_data()
+        domain.learn(data)  # before the config: a domain's model fields may depend on its data (channels)
+        config = ModelConfig(n_max=seq_len, ratio=ratio, **{**extra, **domain.model_fields()})
 
     windows = domain.load_windows(data, config.n_max)
     model = build_model(config, seed=options.seed)
     if not resume:
         out_dir.mkdir(parents=True, exist_ok=True)
         run_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_file, json.dumps({"model": asdict(config), "data": [str(p) for p in data]}, indent=2))
+        atomic_write_text(run_file, json.dumps({"model": asdict(config), "domain": domain.state(),
+                                                "data": [str(p) for p in data]}, indent=2))
     result = train(model, domain, windows, options, checkpoint_dir=out_dir, resume=resume,
                    on_step=on_step, on_eval=on_eval)
     summary = {

@@ -34,6 +34,13 @@ class Domain(ABC):
     def from_state(cls, state: dict) -> "Domain":
         return cls()
 
+    def learn(self, paths: list[Path]) -> None:
+        """Learn data-dependent settings (e.g. normalisation) from the training files before training.
+
+        Called once by `fit` (not on --resume: the state is restored instead); whatever is learned must
+        appear in `state()` so a loaded model sees the same settings. Default: nothing to learn.
+        """
+
     @abstractmethod
     def model_fields(self) -> dict:
         """ModelConfig fields this domain fixes: {"vocab_size": V} or {"feature_dim": F}."""
