@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+from fractions import Fraction
 from pathlib import Path
 
 import seqcompress  # noqa: F401
@@ -75,7 +76,7 @@ def main() -> None:
         runs = [r for r in results["runs"] if r["ratio"] == ratio]
         values = [r["value"] for r in runs]
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"| 1/{round(1 / ratio)} | {runs[0]['latent_len']} | {runs[0]['latent_floats_per_symbol']:.1f} | "
+        print(f"| {Fraction(ratio).limit_denominator(1000)} | {runs[0]['latent_len']} | {runs[0]['latent_floats_per_symbol']:.1f} | "
               f"{statistics.mean(values):.4f} ± {std:.4f} | {len(values)} |")
 
 

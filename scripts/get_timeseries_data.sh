@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Fetch the time-series CSVs used by the timeseries probe and CLI checks into a cache folder outside git.
+# They come out of the statsmodels wheel (its datasets are public domain; statsmodels itself is BSD-3-Clause
+# and is never installed or imported: only its CSV files are read).
+# Usage: bash scripts/get_timeseries_data.sh [CACHE_DIR]   (default: .cache/data in the repo)
+#   co2.csv        weekly Mauna Loa CO2, 1958-2001: date (YYYYMMDD), co2 (ppmv); 2,284 rows, 59 missing
+#   sunspots.csv   yearly sunspot activity: YEAR, SUNACTIVITY; 309 rows (1700-2008)
+#   macrodata.csv  US macroeconomic data, quarterly 1959-2009: year, quarter and 12 series; 203 rows
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cache=${1:-${SEQCOMPRESS_DATA:-$here/.cache/data}}
+version=0.15.0
+out="$cache/timeseries"
+mkdir -p "$out"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+if [ ! -s "$out/co2.csv" ] || [ ! -s "$out/sunspots.csv" ] || [ ! -s "$out/macrodata.csv" ]; then
+  pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "statsmodels==$version"
+  whl=$(ls "$tmp"/statsmodels-"$version"-*.whl | head -n 1)
+  for name in co2 sunspots macrodata; do
+    unzip -p "$whl" "statsmodels/datasets/$name/$name.csv" > "$out/$name.csv"
+  done
+fi
+echo "$out"
