@@ -10,8 +10,14 @@ import typer
 
 def fit(
     data: Optional[list[Path]] = typer.Argument(None, help="Data files; the domain's bundled sample when omitted."),
-    domain: str = typer.Option("text", "--domain", "-d", help="Data domain: text or dna."),
+    domain: str = typer.Option("text", "--domain", "-d", help="Data domain: text, dna or timeseries."),
     kmer: int = typer.Option(1, "--kmer", help="dna: bases per token (1, or non-overlapping k-mers, 2 to 6)."),
+    patch: Optional[int] = typer.Option(None, "--patch", help="timeseries: time steps per token (default 8)."),
+    time_col: Optional[str] = typer.Option(None, "--time-col", help="timeseries: the time column (default: detected)."),
+    no_time_col: bool = typer.Option(False, "--no-time-col", help="timeseries: the CSV has no time column."),
+    columns: Optional[str] = typer.Option(None, "--columns", help="timeseries: channels, comma-separated (default: all numeric)."),
+    keep_columns: bool = typer.Option(False, "--keep-columns", help="timeseries: keep non-numeric columns exactly."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="timeseries: mse (default) or huber."),
     output: Path = typer.Option(..., "--output", "-o", help="Model directory to write."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Symbols per window (n_max); domain default when omitted."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Latents per symbol, in (0, 1]; default 0.5."),
@@ -44,11 +50,18 @@ def fit(
     from seqcompress.domains import get_domain
     from seqcompress.train import TrainOptions
 
-    if kmer != 1 and domain != "dna":
-        from seqcompress.errors import InputError
+    from seqcompress.errors import InputError
 
+    series_options = {"patch": patch, "time_col": False if no_time_col else time_col,
+                      "columns": columns.split(",") if columns else None, "keep_columns": keep_columns or None,
+                      "loss": loss}
+    if kmer != 1 and domain != "dna":
         raise InputError("--kmer applies to --domain dna only")
-    dom = get_domain(domain, {"name": domain, "k": kmer} if domain == "dna" else None)
+    if domain != "timeseries" and any(v is not None for v in series_options.values()):
+        raise InputError("--patch, --time-col, --columns, --keep-columns and --loss apply to --domain timeseries only")
+    state = {"dna": {"name": "dna", "k": kmer},
+             "timeseries": {"name": "timeseries", **{k: v for k, v in series_options.items() if v is not None}}}
+    dom = get_domain(domain, state.get(domain))
     if epochs is None and max_steps is None and minutes is None:
         epochs = 1.0
     options = TrainOptions(

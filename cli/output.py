@@ -9,6 +9,7 @@ import json
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -25,7 +26,7 @@ def key_value_table(title: str, rows: list[tuple[str, object]]) -> Table:
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(key, _fmt(value))
+        table.add_row(escape(key), escape(_fmt(value)))
     return table
 
 
@@ -77,6 +78,8 @@ class TrainingProgress:
         self.progress.update(self.task, completed=p.elapsed_s if self.by_time else p.step, stats=stats, count=count)
 
     def on_eval(self, p) -> None:
+        if self.progress.disable:
+            return
         held = p.held_out or {}
         value = held.get(self.metric_name, float("nan"))
         self.progress.console.print(

@@ -15,6 +15,7 @@ from seqcompress.errors import InputError
 REGISTRY: dict[str, str] = {
     "text": "seqcompress.domains.text:TextDomain",
     "dna": "seqcompress.domains.dna:DnaDomain",
+    "timeseries": "seqcompress.domains.timeseries:TimeSeriesDomain",
 }
 
 

@@ -75,6 +75,7 @@ class CsvTable:
     cells: list[np.ndarray]  # one object array of str (rows,) per column
     newline: str  # "\n" or "\r\n"
     quoted_header: bool = False  # every name in the header line is in double quotes (R's write.csv does this)
+    bom: bool = False  # the file starts with a UTF-8 byte order mark (Excel's "CSV UTF-8" does this)
 
     @property
     def rows(self) -> int:
@@ -90,7 +91,9 @@ def read_csv(path: Path) -> CsvTable:
     import pandas as pd  # imported here: pandas takes a second to import, which `seqcompress --help` should not pay
 
     check_data_paths([path])
-    text = decode_utf8(path, path.read_bytes(), "CSV").removeprefix("\ufeff")
+    text = decode_utf8(path, path.read_bytes(), "CSV")
+    bom = text.startswith("\ufeff")
+    text = text.removeprefix("\ufeff")
     newline = "\r\n" if "\r\n" in text else "\n"
     try:
         frame = pd.read_csv(io.StringIO(text), header=None, dtype=str, keep_default_na=False, na_filter=False)
@@ -109,7 +112,7 @@ def read_csv(path: Path) -> CsvTable:
         seen.add(name)
     cells = [frame.iloc[1:, j].to_numpy(dtype=object) for j in range(frame.shape[1])]
     first_line = text.split("\n", 1)[0].removesuffix("\r")
-    return CsvTable(header, cells, newline, first_line == ",".join(_quoted(name) for name in header))
+    return CsvTable(header, cells, newline, first_line == ",".join(_quoted(name) for name in header), bom)
 
 
 def _quoted(name: str) -> str:
@@ -242,7 +245,7 @@ def encode_text_column(cells: np.ndarray) -> dict:
     """A text column, exactly: {"range": [start, step, count]} for evenly spaced integers (e.g. years),
     else {"zlib": base64 of the zlib-compressed JSON list of strings}."""
     texts = [str(c) for c in cells]
-    if len(texts) >= 2 and all(re.fullmatch(r"-?(?:0|[1-9]\d{0,17})", t) for t in texts):
+    if len(texts) >= 2 and all(re.fullmatch(r"0|-?[1-9]\d{0,17}", t) for t in texts):
         ints = np.array([int(t) for t in texts], dtype=np.int64)
         step = int(ints[1] - ints[0])
         if (np.diff(ints) == step).all():
@@ -362,7 +365,8 @@ class TimeSeriesDomain(Domain):
 
     Settings (saved in the model with everything learned):
       patch         time steps per model position (a symbol); seq_len counts patches
-      time_col      None: detect (first column with a usual time name), False: none, str: that column
+      time_col      None: detect (the first column, when its name is a usual time name or its cells are ISO
+                    8601 dates), False: none, str: that column
       columns       channel names (None: every numeric column but the time column, decided by `learn`)
       keep_columns  carry other columns (text, or numbers not chosen as channels) through exactly
       loss          "mse" or "huber" (delta `huber_delta`, in units of channel standard deviations)
@@ -394,7 +398,8 @@ class TimeSeriesDomain(Domain):
         self.loss_name, self.huber_delta = loss, float(huber_delta)
         self.mean = np.array(mean, dtype=np.float64) if mean is not None else None
         self.scale = np.array(scale, dtype=np.float64) if scale is not None else None
-        if self.mean is not None and (self.columns is None or not len(self.mean) == len(self.scale) == len(self.columns)):
+        if self.mean is not None and (self.columns is None
+                                      or not len(self.mean) == len(self.scale) == len(self.columns)):
             raise InputError("timeseries state: mean and scale need one entry per channel in columns")
 
     # ---- state ---------------------------------------------------------------------------------
@@ -430,9 +435,11 @@ class TimeSeriesDomain(Domain):
 
     @classmethod
     def from_state(cls, state: dict) -> "TimeSeriesDomain":
-        return cls(patch=int(state.get("patch", DEFAULT_PATCH)), time_col=state.get("time_col"),
-                   columns=state.get("columns"), keep_columns=bool(state.get("keep_columns", False)),
-                   loss=state.get("loss", "mse"), huber_delta=float(state.get("huber_delta", 1.0)),
+        """A saved (learned) state, or settings to learn with: missing or None entries take their defaults."""
+        patch = state.get("patch")
+        return cls(patch=DEFAULT_PATCH if patch is None else patch, time_col=state.get("time_col"),
+                   columns=state.get("columns"), keep_columns=bool(state.get("keep_columns")),
+                   loss=state.get("loss") or "mse", huber_delta=float(state.get("huber_delta") or 1.0),
                    mean=state.get("mean"), scale=state.get("scale"))
 
     def learn(self, paths: list[Path]) -> None:
@@ -481,8 +488,8 @@ class TimeSeriesDomain(Domain):
         too_big = np.abs(np.nan_to_num(z, nan=0.0)) > _FLOAT32_MAX
         if too_big.any():
             row, col = (int(i) for i in np.argwhere(too_big)[0])
-            raise InputError(f"{where}: channel {self.columns[col]!r}, row {row + 1} holds {float(values[row, col]):.6g}, "
-                             f"more than {_FLOAT32_MAX:.3g} standard deviations from the learned mean: too far for the "
+            raise InputError(f"{where}: channel {self.columns[col]!r}, row {row + 1} holds "
+                             f"{float(values[row, col]):.6g}, more than {_FLOAT32_MAX:.3g} standard deviations from the learned mean: too far for the "
                              "model's float32 input; fit on data of this magnitude")
         return z
 
@@ -510,9 +517,10 @@ class TimeSeriesDomain(Domain):
         """Windows (L, 2 * patch * C) in read order -> the series' first `rows` time steps (rows, C) float64,
         denormalised (every step, including those that were missing)."""
         c = self.channels
-        x = torch.cat(list(windows)).detach().cpu().double().numpy() if windows else np.zeros((0, 2 * self.values_width))
-        if x.ndim != 2 or x.shape[1] != 2 * self.values_width:
-            raise FormatError(f"timeseries windows must have {2 * self.values_width} features per patch, "
+        width = 2 * self.values_width
+        x = torch.cat(list(windows)).detach().cpu().double().numpy() if windows else np.zeros((0, width))
+        if x.ndim != 2 or x.shape[1] != width:
+            raise FormatError(f"timeseries windows must have {width} features per patch, "
                               f"got shape {tuple(x.shape)}")
         if len(x) != -(-rows // self.patch):
             raise FormatError(f"timeseries: {len(x)} patches decoded for a series of {rows} rows "
@@ -542,6 +550,7 @@ class TimeSeriesDomain(Domain):
             "rows": table.rows,
             "newline": table.newline,
             "quoted_header": table.quoted_header,
+            "bom": table.bom,
             "patch": self.patch,
             "time_col": time_name,
             "time": encode_text_column(table.cells[index[time_name]]) if time_name is not None else None,
@@ -590,6 +599,8 @@ class TimeSeriesDomain(Domain):
         if newline not in ("\n", "\r\n"):
             raise FormatError("timeseries side information: the line ending must be LF or CRLF")
         out = io.StringIO()
+        if side.get("bom"):
+            out.write("\ufeff")
         if side.get("quoted_header"):
             out.write(",".join(_quoted(name) for name in header) + newline)
         else:

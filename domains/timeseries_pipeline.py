@@ -26,6 +26,7 @@ including steps that were NaN in the input (the model's fill-in).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 
@@ -72,6 +73,23 @@ def _check_finite(series: np.ndarray, name: str) -> np.ndarray:
     return series
 
 
+def _with_threads(method):
+    """Run an estimator method with torch limited to `self.n_jobs` CPU threads (restored afterwards)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if self.n_jobs is None:
+            return method(self, *args, **kwargs)
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, int(self.n_jobs)))
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return wrapper
+
+
 class SequenceCompressor:
     """Compress time series into shorter latent sequences with a reducing-attention autoencoder.
 
@@ -85,7 +103,9 @@ class SequenceCompressor:
       batch_size, lr, lr_end   windows per step; the learning rate falls linearly from lr to lr_end over the run
       loss         "mse" or "huber" (robust; delta 1 standard deviation)
       seed         model initialisation and batch order
-      device       "cpu", "cuda" or "auto"
+      device       "cpu", "cuda" or "auto" for training; transform and inverse_transform run on the CPU
+      n_jobs       torch CPU threads while fitting and transforming (None: torch's default). Small models run
+                   fastest on 1, and several threads on a busy machine can be many times slower than one.
 
     Fitted attributes: model_ (SequenceAutoencoder), domain_ (TimeSeriesDomain: normalisation),
     n_channels_, series_length_ (common length of the training series, or None), history_ (held-in
@@ -96,7 +116,7 @@ class SequenceCompressor:
         self, patch: int = DEFAULT_PATCH, seq_len: int | None = None, ratio: float = 0.25, latent_dim: int = 16,
         d_model: int = 64, heads: int = 4, layers: int = 2, max_steps: int | None = 300, epochs: float | None = None,
         minutes: float | None = None, batch_size: int = 8, lr: float = 3e-3, lr_end: float = 3e-4,
-        loss: str = "mse", seed: int = 0, device: str = "cpu",
+        loss: str = "mse", seed: int = 0, device: str = "cpu", n_jobs: int | None = None,
     ) -> None:
         self.patch = patch
         self.seq_len = seq_len
@@ -114,6 +134,7 @@ class SequenceCompressor:
         self.loss = loss
         self.seed = seed
         self.device = device
+        self.n_jobs = n_jobs
 
     # ---- scikit-learn's parameter protocol ------------------------------------------------------------
     @classmethod
@@ -141,11 +162,12 @@ class SequenceCompressor:
         # Only scikit-learn calls this, so it may import scikit-learn.
         from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
 
-        return Tags(estimator_type=None, target_tags=TargetTags(required=False), transformer_tags=TransformerTags(),
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False), transformer_tags=TransformerTags(preserves_dtype=[]),
                     input_tags=InputTags(allow_nan=True, three_d_array=True, two_d_array=True),
                     non_deterministic=self.device != "cpu")
 
     # ---- fit / transform -----------------------------------------------------------------------------
+    @_with_threads
     def fit(self, X, y=None) -> "SequenceCompressor":
         """Learn the normalisation from X and train the model on it. `y` is ignored."""
         series = as_series(X)
@@ -192,6 +214,7 @@ class SequenceCompressor:
         self._check_fitted()
         return sum(self.model_.config.latent_length(n) for n in self._window_lengths(length))
 
+    @_with_threads
     def transform(self, X) -> np.ndarray:
         """Latents (n_series, latent_len, latent_dim) float32; rows past a shorter series' own latent length
         are zero."""
@@ -219,6 +242,7 @@ class SequenceCompressor:
     def fit_transform(self, X, y=None) -> np.ndarray:
         return self.fit(X, y).transform(X)
 
+    @_with_threads
     def inverse_transform(self, Z, lengths: list[int] | None = None):
         """Latents (n_series, latent_len, latent_dim) -> series (n_series, length, channels) float64, or a list
         of (length_i, channels) arrays when `lengths` differ. `lengths`: time steps of each series; default

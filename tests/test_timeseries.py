@@ -131,6 +131,15 @@ def test_patch_vector_is_values_then_observed_mask_time_major(tmp_path):
 
 
 # ---- columns, normalisation, state ------------------------------------------------------------------
+def test_crlf_line_endings_and_a_byte_order_mark_survive(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffdate,v\r\n2024-01-01,1.5\r\n2024-01-02,-0\r\n".encode("utf-8"))
+    domain = learned([path])
+    assert domain.time_col == "date"
+    round_trip(domain, path, tmp_path / "back.csv")
+    assert (tmp_path / "back.csv").read_bytes() == "\ufeffdate,v\r\n2024-01-01,1.5\r\n2024-01-02,0\r\n".encode("utf-8")
+
+
 def test_time_column_is_detected_by_name_or_given_or_absent(tmp_path):
     index_csv = write(tmp_path, ",value\n0,1.0\n1,2.0\n", "index.csv")  # pandas DataFrame.to_csv() with its index
     assert learned([index_csv]).time_col == ""
@@ -145,7 +154,8 @@ def test_time_column_is_detected_by_name_or_given_or_absent(tmp_path):
 
 
 def test_columns_choose_channels_and_the_rest_needs_keep_columns(tmp_path):
-    path = write(tmp_path, '"year","quarter","gdp","cpi"\n1959,1,2710.3,28.98\n1959,2,2778.8,29.15\n1959,3,2775.5,29.35\n')
+    rows = "1959,1,2710.3,28.98\n1959,2,2778.8,29.15\n1959,3,2775.5,29.35\n"
+    path = write(tmp_path, '"year","quarter","gdp","cpi"\n' + rows)
     with pytest.raises(InputError, match="'quarter' is not one of the chosen channels.*--keep-columns"):
         learned([path], columns=["gdp", "cpi"])
     domain = learned([path], columns=["cpi", "gdp"], keep_columns=True)
@@ -163,6 +173,10 @@ def test_state_restores_the_learned_domain(tmp_path):
     w1, s1 = domain.read(path, 4)
     w2, s2 = again.read(path, 4)
     assert s1 == s2 and all(torch.equal(a, b) for a, b in zip(w1, w2))
+    # settings as the CLI passes them (None: not given) take the defaults
+    fresh = TimeSeriesDomain.from_state({"name": "timeseries", "patch": None, "time_col": None, "columns": None,
+                                         "keep_columns": None, "loss": None})
+    assert (fresh.patch, fresh.time_col, fresh.keep_columns, fresh.loss_name, fresh.learned) == (8, None, False, "mse", False)
 
 
 def test_constant_and_empty_channels_get_scale_one_and_round_trip(tmp_path):
@@ -296,7 +310,8 @@ def test_metric_totals_add_up_across_batches(tmp_path):
     domain = learned([path], patch=4)
     windows, _ = domain.read(path, 3)  # 10 patches: windows of 3, 3, 3, 1
     outputs = [w + 0.1 * torch.randn_like(w) for w in windows]
-    whole = domain.metric_totals(torch.cat(outputs)[None], torch.cat(windows)[None], torch.ones(1, 10, dtype=torch.bool))
+    all_patches = torch.ones(1, 10, dtype=torch.bool)
+    whole = domain.metric_totals(torch.cat(outputs)[None], torch.cat(windows)[None], all_patches)
     split: dict[str, float] = {}
     for out, w in zip(outputs, windows):
         for key, value in domain.metric_totals(out[None], w[None], torch.ones(1, len(w), dtype=torch.bool)).items():
@@ -323,7 +338,8 @@ def test_sequence_compressor_in_a_sklearn_pipeline_reconstructs_and_feeds_a_ridg
     rng = np.random.default_rng(0)
     X, amp = sines(rng, 256)
     X_test, amp_test = sines(rng, 32)
-    compressor = SequenceCompressor(patch=8, ratio=0.5, latent_dim=8, d_model=64, heads=4, layers=1, max_steps=300)
+    compressor = SequenceCompressor(patch=8, ratio=0.5, latent_dim=8, d_model=64, heads=4, layers=1, max_steps=300,
+                                    n_jobs=1)
     Z = compressor.fit(X).transform(X_test)
     assert Z.shape == (32, 4, 8) and Z.dtype == np.float32  # 64 steps = 8 patches -> 4 latents
     X_hat = compressor.inverse_transform(Z)
@@ -353,6 +369,8 @@ def test_sequence_compressor_params_follow_sklearn_conventions():
     twin = sklearn.base.clone(compressor.set_params(latent_dim=4))
     assert twin.get_params() == compressor.get_params() and twin is not compressor
     assert repr(compressor) == "SequenceCompressor(patch=4, ratio=0.5, latent_dim=4)"
+    tags = sklearn.utils.get_tags(compressor)
+    assert tags.input_tags.three_d_array and tags.input_tags.allow_nan and tags.transformer_tags.preserves_dtype == []
     with pytest.raises(ValueError, match="invalid parameter 'patches'"):
         compressor.set_params(patches=3)
     with pytest.raises(InputError, match="not fitted"):
@@ -364,7 +382,8 @@ def test_sequence_compressor_takes_variable_length_lists_and_dataframes():
     series = [rng.standard_normal((n, 2)) for n in (20, 9, 33)]
     series[0][3, 1] = np.nan  # missing values are fine; they are not trained on
     compressor = SequenceCompressor(patch=4, seq_len=4, ratio=0.5, latent_dim=4, d_model=16, heads=2, layers=1,
-                                    max_steps=2).fit(series)
+                                    max_steps=2, n_jobs=2).fit(series)
+    assert torch.get_num_threads() == 1  # n_jobs applies while fitting only
     assert compressor.series_length_ is None and compressor.model_.config.n_max == 4
     Z = compressor.transform(series)
     # 20 steps = 5 patches -> windows of 4 + 1 -> 2 + 1 latents; 9 -> 3 patches -> 2; 33 -> 9 patches -> 2 + 2 + 1
