@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from seqcompress.attention import length_mask
 from seqcompress.domain import Domain
 from seqcompress.errors import InputError, ModelMismatchError
 from seqcompress.format import LatentReader, LatentWriter, bytes_per_value, check_model, dequantize, make_header, quantize
@@ -54,16 +55,9 @@ def encode_batches(
             yield m, torch.cat([z[b, : m[b]] for b in range(len(m))]).float().cpu()  # (sum m_b, latent_dim)
 
 
-def decode_rows(
-    model: SequenceAutoencoder,
-    rows: torch.Tensor,
-    lengths: list[int],
-    prediction: Callable[[torch.Tensor], torch.Tensor] = lambda out: out,
-) -> list[torch.Tensor]:
-    """Latent rows of consecutive windows (sum m_b, latent_dim) -> one reconstruction per window.
-
-    `prediction` turns model output (B, N, ...) into the form kept (e.g. logits -> token ids).
-    """
+def decode_padded(model: SequenceAutoencoder, rows: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Latent rows of consecutive windows (sum m_b, latent_dim) -> model output (B, N, ...) on the CPU,
+    N = max(lengths); positions past a window's length are zero."""
     model.eval()
     device = _device(model)
     m = [model.config.latent_length(n) for n in lengths]
@@ -74,9 +68,24 @@ def decode_rows(
     for b, count in enumerate(m):
         padded[b, :count] = rows[start : start + count]
         start += count
+    lengths_t = torch.tensor(lengths, device=device)
     with torch.inference_mode():
-        out = model.decode(padded.to(device), torch.tensor(m, device=device), torch.tensor(lengths, device=device))
-        pred = prediction(out).cpu()  # (B, N, ...)
+        out = model.decode(padded.to(device), torch.tensor(m, device=device), lengths_t)  # (B, N, ...)
+        mask = length_mask(lengths_t, out.shape[1])  # (B, N)
+        return out.masked_fill(~mask.view(*mask.shape, *[1] * (out.dim() - 2)), 0).cpu()
+
+
+def decode_rows(
+    model: SequenceAutoencoder,
+    rows: torch.Tensor,
+    lengths: list[int],
+    prediction: Callable[[torch.Tensor], torch.Tensor] = lambda out: out,
+) -> list[torch.Tensor]:
+    """Latent rows of consecutive windows (sum m_b, latent_dim) -> one reconstruction per window.
+
+    `prediction` turns model output (B, N, ...) into the form kept (e.g. logits -> token ids).
+    """
+    pred = prediction(decode_padded(model, rows, lengths))  # (B, N, ...)
     return [pred[b, :n] for b, n in enumerate(lengths)]
 
 
@@ -115,24 +124,15 @@ def evaluate_quantized(
         batch = windows[done : done + len(m)]
         stored = dequantize(quantize(rows, dtype))
         lengths = [len(w) for w in batch]
-        model_out = _decode_raw(model, stored, lengths)
+        model_out = decode_padded(model, stored, lengths).float()  # (B, N, ...)
         target, lengths_t = collate(batch)
-        mask = torch.arange(target.shape[1])[None, :] < lengths_t[:, None]  # (B, N)
+        mask = length_mask(lengths_t, target.shape[1])  # (B, N)
         for key, value in domain.metric_totals(model_out, target, mask).items():
             totals[key] = totals.get(key, 0.0) + value
         done += len(m)
         if on_progress:
             on_progress(done, len(windows))
     return domain.metric_values(totals)
-
-
-def _decode_raw(model: SequenceAutoencoder, rows: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-    """Model output (B, N, ...) padded, for metrics that need logits."""
-    pieces = decode_rows(model, rows, lengths)
-    padded = pieces[0].new_zeros((len(pieces), max(lengths), *pieces[0].shape[1:]))
-    for b, piece in enumerate(pieces):
-        padded[b, : len(piece)] = piece
-    return padded.float()
 
 
 # ---- files -------------------------------------------------------------------------------------

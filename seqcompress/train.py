@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from seqcompress.atomic import atomic_write_text
+from seqcompress.attention import length_mask
 from seqcompress.domain import Domain
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress.model import SequenceAutoencoder
@@ -157,7 +158,7 @@ def evaluate(
         x, lengths = x.to(device), lengths.to(device)
         with autocast_for(device):
             out, _, _ = model(x, lengths)
-        mask = torch.arange(x.shape[1], device=device)[None, :] < lengths[:, None]  # (B, N)
+        mask = length_mask(lengths, x.shape[1])  # (B, N)
         symbols = int(mask.sum())
         loss_sum += float(domain.loss(out, x, mask)) * symbols
         count += symbols
@@ -226,7 +227,7 @@ def train(
         lr = schedule(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        mask = torch.arange(x.shape[1], device=device)[None, :] < lengths[:, None]  # (B, N)
+        mask = length_mask(lengths, x.shape[1])  # (B, N)
         with autocast_for(device):
             out, _, _ = model(x, lengths)
             loss = domain.loss(out, x, mask)
