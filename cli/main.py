@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+from typer import exceptions as typer_exceptions
+from typer._click import exceptions as click_exceptions
 from typer.core import TyperGroup
 
 from seqcompress.errors import SeqCompressError
@@ -18,11 +19,11 @@ from seqcompress.errors import SeqCompressError
 class _Group(TyperGroup):
     """Turns expected failures into one readable line, for the console script and CliRunner alike."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
+        except (typer_exceptions.Exit, typer_exceptions.Abort, click_exceptions.ClickException):
+            raise  # --help, usage errors and aborts keep typer's own handling
         except Exception as exc:  # noqa: BLE001 - every failure reaches the user as one line
             if (ctx.obj or {}).get("debug"):
                 raise
@@ -32,7 +33,7 @@ class _Group(TyperGroup):
                 message = "interrupted"
             else:
                 message = f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
-            click.echo(" ".join(message.split()), err=True)
+            typer.echo(" ".join(message.split()), err=True)
             ctx.exit(1)
 
 

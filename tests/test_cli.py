@@ -143,3 +143,12 @@ def test_real_subprocess_fit_evaluate_and_error(tmp_path, trained):
     bad = _cli("evaluate", "-m", "m", "missing.txt", cwd=tmp_path)
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines() == ["error: missing.txt: no such file"]
+
+
+@pytest.mark.parametrize("command", ["fit", "encode", "decode", "evaluate", "info", "demo"])
+def test_help_and_usage_errors_keep_their_own_exit_codes(command):
+    shown = runner.invoke(app, [command, "--help"])
+    assert shown.exit_code == 0 and "Usage" in shown.output
+    assert "internal error" not in shown.output + shown.stderr
+    wrong = runner.invoke(app, [command, "--no-such-option"])
+    assert wrong.exit_code == 2 and "internal error" not in wrong.output + wrong.stderr
