@@ -10,11 +10,16 @@ the model is trained with and the metric users read. Domains register themselves
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from seqcompress.errors import InputError
+
+
+# A classical codec for the probe: (train_windows, test_windows, floats per test window) -> reconstructions.
+Baseline = Callable[[list[torch.Tensor], list[torch.Tensor], list[int]], list[torch.Tensor]]
 
 
 class Domain(ABC):
@@ -97,6 +102,16 @@ class Domain(ABC):
     @abstractmethod
     def metric_values(self, totals: dict[str, float]) -> dict[str, float]:
         """Metrics from summed totals; must contain `metric_name`."""
+
+    # ---- reduction probe --------------------------------------------------------------------
+    def classical_baselines(self) -> dict[str, Baseline]:
+        """Classical codecs the probe ranks next to the model at the same storage budget (e.g. truncated DCT).
+
+        name -> fn(train_windows, test_windows, floats) -> one reconstruction per test window, shaped like the
+        model's output for that window (so `metric_totals` scores it); floats[i] is the number of latent
+        floats the model stores for test_windows[i], the baseline's budget for that window. Domains without
+        a classical codec at equal floats return {} (text and DNA tokens, for example)."""
+        return {}
 
 
 def check_data_paths(paths: list[Path]) -> list[Path]:
