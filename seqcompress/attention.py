@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["latent_length", "length_mask", "ResizeMatrix", "Attention", "Block"]
+__all__ = ["latent_length", "length_mask", "pooling_matrix", "ResizeMatrix", "Attention", "Block"]
 
 
 def _as_fraction(ratio: float) -> Fraction:
@@ -59,7 +59,7 @@ class ResizeMatrix(nn.Module):
         self.out_max, self.in_max = out_max, in_max
         weight = torch.randn(out_max, in_max) / math.sqrt(in_max)  # (out_max, in_max)
         if init == "pool":
-            weight = 0.01 * weight + _pooling_matrix(out_max, in_max, ratio)
+            weight = 0.01 * weight + pooling_matrix(out_max, in_max, ratio)
         elif init != "random":
             raise ValueError(f"unknown resize init {init!r} (expected 'pool' or 'random')")
         self.weight = nn.Parameter(weight)
@@ -72,8 +72,13 @@ class ResizeMatrix(nn.Module):
         pair_mask = out_mask[:, :, None] & in_mask[:, None, :]  # (B, M, N)
         return self.weight[:m, :n] * pair_mask  # (B, M, N)
 
+    def mix(self, x, xn, attn, in_mask, out_mask, all_real) -> torch.Tensor:
+        """The length-changing sub-layer of a Block: W X + Attn(W LN(X), LN(X)), (B, N, D) -> (B, M, D)."""
+        w = self(out_mask, in_mask)  # (B, M, N)
+        return w @ x + attn(w @ xn, xn, None if all_real else in_mask)  # (B, M, D)
 
-def _pooling_matrix(out_max: int, in_max: int, ratio: float) -> torch.Tensor:
+
+def pooling_matrix(out_max: int, in_max: int, ratio: float) -> torch.Tensor:
     """Reducing: row i averages the inputs j with floor(j * ratio) == i. Expanding: the transpose as a copy."""
     r = _as_fraction(ratio)
     reducing = out_max <= in_max
@@ -124,6 +129,9 @@ class Block(nn.Module):
     y = W X + Attn(W LN(X), LN(X)) + P_out;  out = y + FFN(LN(y)), padded rows zeroed.
     The residual goes through W as well, because the input has N rows and the output M.
     P_out (learned positions of the output rows) tells an expanded row which copy it is.
+
+    `resize` may be any module with the ResizeMatrix.mix signature (the probe's baselines in
+    seqcompress/reducers.py); attention=False leaves out the attention a resize does not use.
     """
 
     def __init__(
@@ -132,13 +140,14 @@ class Block(nn.Module):
         heads: int,
         ffn_dim: int,
         dropout: float = 0.0,
-        resize: ResizeMatrix | None = None,
+        resize: nn.Module | None = None,
         out_positions: int = 0,
+        attention: bool = True,
     ) -> None:
         super().__init__()
         self.resize = resize
         self.norm1 = nn.LayerNorm(d_model)
-        self.attn = Attention(d_model, heads, dropout)
+        self.attn = Attention(d_model, heads, dropout) if attention else None
         self.norm2 = nn.LayerNorm(d_model)
         self.ffn = nn.Sequential(
             nn.Linear(d_model, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, d_model), nn.Dropout(dropout)
@@ -154,11 +163,9 @@ class Block(nn.Module):
         """
         xn = self.norm1(x)  # (B, N, D)
         if self.resize is not None:
-            w = self.resize(out_mask, in_mask)  # (B, M, N)
-            queries, residual = w @ xn, w @ x  # (B, M, D) each
+            y = self.resize.mix(x, xn, self.attn, in_mask, out_mask, all_real)  # (B, M, D)
         else:
-            queries, residual = xn, x  # (B, N, D), M == N
-        y = residual + self.attn(queries, xn, None if all_real else in_mask)  # (B, M, D)
+            y = x + self.attn(xn, xn, None if all_real else in_mask)  # (B, N, D), M == N
         if self.positions is not None:
             y = y + self.positions[: y.shape[1]]  # (B, M, D)
         y = y + self.ffn(self.norm2(y))  # (B, M, D)

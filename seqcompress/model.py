@@ -25,9 +25,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from seqcompress.attention import Block, ResizeMatrix, latent_length, length_mask
+from seqcompress.attention import Block, latent_length, length_mask
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress.atomic import atomic_write_bytes
+from seqcompress.reducers import REDUCERS, make_resize
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 MODEL_FORMAT = "seqcompress-model"
@@ -46,6 +47,7 @@ class ModelConfig:
     dropout: float = 0.0  # dropout in attention and feed-forward layers
     positions: str = "learned"  # "learned" position embeddings, or "none" (only W_S/W_E know order)
     resize_init: str = "pool"  # W_S/W_E start as segment pooling ("pool") or N(0, 1/n) ("random")
+    reducer: str = "attention"  # the length-changing layer: this project's, or a baseline (seqcompress/reducers.py)
     vocab_size: int = 0  # token domains: size of the vocabulary (0 for vector inputs)
     feature_dim: int = 0  # vector domains: features per input position (0 for token inputs)
 
@@ -60,6 +62,8 @@ class ModelConfig:
             raise InputError(f"positions must be 'learned' or 'none', got {self.positions!r}")
         if self.layers < 1:
             raise InputError(f"layers must be at least 1, got {self.layers}")
+        if self.reducer not in REDUCERS:
+            raise InputError(f"reducer must be one of {', '.join(REDUCERS)}, got {self.reducer!r}")
 
     @property
     def m_max(self) -> int:
@@ -82,16 +86,17 @@ class SequenceAutoencoder(nn.Module):
             self.embed = nn.Linear(c.feature_dim, c.d_model)
         self.in_positions = nn.Parameter(0.02 * torch.randn(c.n_max, c.d_model)) if pos else None
 
-        def blocks(first_resize: ResizeMatrix, out_positions: int) -> nn.ModuleList:
-            first = Block(c.d_model, c.heads, c.ffn_dim, c.dropout, first_resize, out_positions if pos else 0)
+        def blocks(out_max: int, in_max: int) -> nn.ModuleList:
+            resize, attention = make_resize(c.reducer, out_max, in_max, c.ratio, c.d_model, c.resize_init)
+            first = Block(c.d_model, c.heads, c.ffn_dim, c.dropout, resize, out_max if pos else 0, attention)
             rest = [Block(c.d_model, c.heads, c.ffn_dim, c.dropout) for _ in range(c.layers - 1)]
             return nn.ModuleList([first, *rest])
 
-        self.encoder = blocks(ResizeMatrix(c.m_max, c.n_max, c.ratio, c.resize_init), c.m_max)
+        self.encoder = blocks(c.m_max, c.n_max)
         self.enc_norm = nn.LayerNorm(c.d_model)
         self.to_latent = nn.Linear(c.d_model, c.latent_dim) if c.latent_dim != c.d_model else nn.Identity()
         self.from_latent = nn.Linear(c.latent_dim, c.d_model) if c.latent_dim != c.d_model else nn.Identity()
-        self.decoder = blocks(ResizeMatrix(c.n_max, c.m_max, c.ratio, c.resize_init), c.n_max)
+        self.decoder = blocks(c.n_max, c.m_max)
         self.dec_norm = nn.LayerNorm(c.d_model)
         # Token domains: logits through the (tied) embedding matrix; vector domains: a linear map back.
         self.head = None if c.vocab_size else nn.Linear(c.d_model, c.feature_dim)
@@ -165,7 +170,10 @@ class SequenceAutoencoder(nn.Module):
 
     def fingerprint(self) -> str:
         """Hash of the config and every weight: latent files record it to refuse a different model."""
-        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        config = asdict(self.config)
+        if config["reducer"] == "attention":
+            del config["reducer"]  # added after format 1: hashed only when set, so older models keep their hash
+        h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
             t = tensor.detach().cpu().contiguous()
             h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())

@@ -8,6 +8,7 @@ import torch
 from seqcompress.attention import latent_length
 from seqcompress.errors import InputError
 from seqcompress.model import build_model
+from seqcompress.reducers import REDUCERS
 from tests.conftest import tiny_config
 
 
@@ -24,9 +25,10 @@ def test_latent_length_is_exact_ceiling(length, ratio, expected):
     assert latent_length(length, ratio) == expected
 
 
-@pytest.mark.parametrize("resize_init", ["pool", "random"])
-def test_sample_alone_equals_sample_in_padded_batch(resize_init):
-    model = build_model(tiny_config(resize_init=resize_init), seed=1).eval()
+@pytest.mark.parametrize("reducer,resize_init", [("attention", "pool"), ("attention", "random"),
+                                                  *[(r, "pool") for r in REDUCERS if r != "attention"]])
+def test_sample_alone_equals_sample_in_padded_batch(reducer, resize_init):
+    model = build_model(tiny_config(resize_init=resize_init, reducer=reducer), seed=1).eval()
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(1, 50, (n,), generator=g) for n in (5, 16, 1, 11)]
     batch = _pad(seqs, 16, fill=7)
@@ -41,7 +43,9 @@ def test_sample_alone_equals_sample_in_padded_batch(resize_init):
             assert torch.all(z_b[i, m:] == 0), "padded latent rows must be exactly zero"
 
 
-def test_padded_values_change_nothing(tiny_model):
+@pytest.mark.parametrize("reducer", REDUCERS)
+def test_padded_values_change_nothing(reducer):
+    tiny_model = build_model(tiny_config(reducer=reducer), seed=0).eval()
     seqs = [torch.arange(1, 10), torch.arange(3, 19)]
     lengths = torch.tensor([9, 16])
     with torch.no_grad():
@@ -52,8 +56,9 @@ def test_padded_values_change_nothing(tiny_model):
     assert torch.equal(a[1], b[1])  # latents identical, padding included
 
 
-def test_no_gradient_reaches_padded_positions():
-    model = build_model(tiny_config(vocab_size=0, feature_dim=3), seed=0).train()
+@pytest.mark.parametrize("reducer", REDUCERS)
+def test_no_gradient_reaches_padded_positions(reducer):
+    model = build_model(tiny_config(vocab_size=0, feature_dim=3, reducer=reducer), seed=0).train()
     x = torch.randn(2, 16, 3, requires_grad=True)
     lengths = torch.tensor([6, 16])
     out, z, _ = model(x, lengths)
@@ -62,7 +67,9 @@ def test_no_gradient_reaches_padded_positions():
     assert x.grad[0, :6].abs().sum() > 0 and x.grad[1].abs().sum() > 0
 
 
-def test_length_one_and_fully_padded_rows_give_no_nan(tiny_model):
+@pytest.mark.parametrize("reducer", REDUCERS)
+def test_length_one_and_fully_padded_rows_give_no_nan(reducer):
+    tiny_model = build_model(tiny_config(reducer=reducer), seed=0).eval()
     batch = torch.randint(1, 50, (3, 16))
     lengths = torch.tensor([1, 0, 16])
     with torch.no_grad():

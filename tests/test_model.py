@@ -71,3 +71,37 @@ def test_bad_config_is_refused(bad):
 def test_m_max_follows_ratio():
     assert ModelConfig(n_max=128, ratio=72 / 128, vocab_size=10).m_max == 72
     assert ModelConfig(n_max=512, ratio=0.25, vocab_size=10).m_max == 128
+
+
+def test_default_reducer_keeps_the_fingerprint_of_models_saved_before_it_existed(tiny_model):
+    import hashlib
+    from dataclasses import asdict
+
+    config = asdict(tiny_model.config)
+    del config["reducer"]
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name, tensor in sorted(tiny_model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    assert tiny_model.fingerprint() == h.hexdigest()[:32]
+    assert build_model(tiny_config(reducer="perceiver")).fingerprint() != tiny_model.fingerprint()
+
+
+@pytest.mark.parametrize("reducer", ["perceiver", "linformer", "meanpool"])
+def test_baseline_reducers_save_and_load_exactly(tmp_path, reducer):
+    model = build_model(tiny_config(reducer=reducer), seed=3).eval()
+    model.save(tmp_path / "m")
+    loaded, meta = load_model(tmp_path / "m")
+    assert meta["model"]["reducer"] == reducer
+    x = torch.randint(1, 50, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, torch.tensor([16, 5]))[0], model(x, torch.tensor([16, 5]))[0],
+                                   atol=0, rtol=0)
+
+
+def test_meanpool_learns_nothing_about_the_length_change():
+    model = build_model(tiny_config(reducer="meanpool"), seed=0)
+    pool = model.encoder[0].resize.weight
+    assert not pool.requires_grad and "encoder.0.resize.weight" in model.state_dict()
+    assert torch.allclose(pool.sum(dim=1), torch.ones(len(pool)))  # each latent averages its segment
