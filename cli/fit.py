@@ -10,7 +10,7 @@ import typer
 
 def fit(
     data: Optional[list[Path]] = typer.Argument(None, help="Data files; the domain's bundled sample when omitted."),
-    domain: str = typer.Option("text", "--domain", "-d", help="Data domain: text, dna or timeseries."),
+    domain: str = typer.Option("text", "--domain", "-d", help="Data domain: text, dna, timeseries or audio."),
     kmer: int = typer.Option(1, "--kmer", help="dna: bases per token (1, or non-overlapping k-mers, 2 to 6)."),
     patch: Optional[int] = typer.Option(None, "--patch", help="timeseries: time steps per token (default 8)."),
     time_col: Optional[str] = typer.Option(None, "--time-col", help="timeseries: the time column (default: detected)."),
@@ -18,6 +18,8 @@ def fit(
     columns: Optional[str] = typer.Option(None, "--columns", help="timeseries: channels, comma-separated (default: all numeric)."),
     keep_columns: bool = typer.Option(False, "--keep-columns", help="timeseries: keep non-numeric columns exactly."),
     loss: Optional[str] = typer.Option(None, "--loss", help="timeseries: mse (default) or huber."),
+    sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="audio: the model's sample rate in Hz (default 16000)."),
+    frame_ms: Optional[float] = typer.Option(None, "--frame-ms", help="audio: milliseconds per frame token (default 20)."),
     output: Path = typer.Option(..., "--output", "-o", help="Model directory to write."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Symbols per window (n_max); domain default when omitted."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Latents per symbol, in (0, 1]; default 0.5."),
@@ -59,8 +61,12 @@ def fit(
         raise InputError("--kmer applies to --domain dna only")
     if domain != "timeseries" and any(v is not None for v in series_options.values()):
         raise InputError("--patch, --time-col, --columns, --keep-columns and --loss apply to --domain timeseries only")
+    audio_options = {"sample_rate": sample_rate, "frame_ms": frame_ms}
+    if domain != "audio" and any(v is not None for v in audio_options.values()):
+        raise InputError("--sample-rate and --frame-ms apply to --domain audio only")
     state = {"dna": {"name": "dna", "k": kmer},
-             "timeseries": {"name": "timeseries", **{k: v for k, v in series_options.items() if v is not None}}}
+             "timeseries": {"name": "timeseries", **{k: v for k, v in series_options.items() if v is not None}},
+             "audio": {"name": "audio", **{k: v for k, v in audio_options.items() if v is not None}}}
     dom = get_domain(domain, state.get(domain))
     if epochs is None and max_steps is None and minutes is None:
         epochs = 1.0

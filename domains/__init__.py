@@ -16,6 +16,7 @@ REGISTRY: dict[str, str] = {
     "text": "seqcompress.domains.text:TextDomain",
     "dna": "seqcompress.domains.dna:DnaDomain",
     "timeseries": "seqcompress.domains.timeseries:TimeSeriesDomain",
+    "audio": "seqcompress.domains.audio:AudioDomain",
 }
 
 
