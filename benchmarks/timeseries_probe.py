@@ -35,7 +35,6 @@ import statistics
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import seqcompress  # noqa: F401
@@ -57,63 +56,17 @@ def split_file(path: Path, fraction: float, out: Path) -> tuple[Path, Path]:
     return train, test
 
 
-def dct_basis(n: int) -> np.ndarray:
-    """Orthonormal DCT-II basis (n, n): column k is the k-th cosine."""
-    t = np.arange(n)[:, None]
-    k = np.arange(n)[None, :]
-    basis = np.cos(np.pi * (t + 0.5) * k / n) * math.sqrt(2 / n)
-    basis[:, 0] /= math.sqrt(2)
-    return basis
-
-
-def least_squares(basis: np.ndarray, x: np.ndarray, observed: np.ndarray) -> np.ndarray:
-    """basis (n, k) fit to x (n,) on the observed rows only; the reconstruction (n,)."""
-    if not observed.any() or basis.shape[1] == 0:
-        return np.zeros(len(x))
-    coef, *_ = np.linalg.lstsq(basis[observed], x[observed], rcond=None)
-    return basis @ coef
-
-
-def window_values(domain: TimeSeriesDomain, window: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """A window (L, 2PC) -> normalised values (L*P, C) and observed mask (L*P, C)."""
-    x = window.double().numpy()
-    w, c = domain.values_width, domain.channels
-    return x[:, :w].reshape(-1, c), x[:, w:].reshape(-1, c) > 0.5
-
-
-def as_window(domain: TimeSeriesDomain, values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    """Reconstructed normalised values (L*P, C) -> a window shaped like the model's output (L, 2PC)."""
-    out = like.clone()
-    out[:, : domain.values_width] = torch.from_numpy(values.reshape(len(like), -1)).float()
-    return out
-
-
-def baseline_windows(domain, train_windows, test_windows, floats_per_window, steps):
-    """DCT and PCA reconstructions of every test window with the model's storage budget per window."""
-    c = domain.channels
-    full = [window_values(domain, w) for w in train_windows]
-    full = np.stack([v.reshape(-1) for v, seen in full if v.shape[0] == steps and seen.all()]) if full else None
-    components = None
-    if full is not None and len(full) > 1:
-        _, _, vt = np.linalg.svd(full - full.mean(0), full_matrices=False)
-        components, pca_mean = vt, full.mean(0)  # (r, steps*C), r <= number of training windows
-    dct, pca = [], []
-    for window, m_floats in zip(test_windows, floats_per_window):
-        values, seen = window_values(domain, window)
-        n = len(values)
-        per_channel = max(0, min(n, m_floats // c))
-        basis = dct_basis(n)[:, :per_channel]
-        rec = np.stack([least_squares(basis, values[:, j], seen[:, j]) for j in range(c)], axis=1)  # (n, C)
-        dct.append(as_window(domain, rec, window))
-        if components is None:
-            pca.append(None)
-            continue
-        k = min(m_floats, len(components))
-        comp = components[:k].T.reshape(steps, c, k)[:n].reshape(n * c, k)  # (n*C, k), a shorter window's rows
-        flat, obs = (values - pca_mean.reshape(steps, c)[:n]).reshape(-1), seen.reshape(-1)
-        rec = least_squares(comp, flat, obs).reshape(n, c) + pca_mean.reshape(steps, c)[:n]
-        pca.append(as_window(domain, rec, window))
-    return dct, pca
+def shifted_copies(paths: list[Path], shifts: int, steps: int, out: Path) -> list[Path]:
+    """Each training CSV, and `shifts - 1` copies that start steps/shifts, 2 steps/shifts, ... rows later, so the
+    model sees windows cut at several offsets (the PCA baseline gets windows at every patch offset)."""
+    copies = list(paths)
+    for path in paths:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        for k in range(1, shifts):
+            copy = out / f"{path.stem}.shift{k}.csv"
+            atomic_write_text(copy, "".join(lines[:1] + lines[1 + k * steps // shifts:]))
+            copies.append(copy)
+    return copies
 
 
 def score(domain, outputs, targets) -> dict[str, float]:
@@ -136,7 +89,13 @@ def main() -> None:
     parser.add_argument("--ratios", default="0.5,0.25,0.125,0.0625")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=2.0, help="training budget per run")
+    parser.add_argument("--epochs", type=float, default=None, help="train this many epochs instead of --minutes")
+    parser.add_argument("--decay-epochs", type=float, default=5.0,
+                        help="epochs of linear LR decay 1e-3 -> 1e-4 (the paper's 5; small data sets need more)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--train-shifts", type=int, default=1,
+                        help="train on each file cut into windows at this many offsets (data augmentation)")
+    parser.add_argument("--model", default=None, help='model settings as JSON, e.g. \'{"d_model": 64, "dropout": 0.1}\'')
     parser.add_argument("--domain-state", default=None, help='domain settings as JSON, e.g. \'{"keep_columns": true}\'')
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args()
@@ -150,6 +109,7 @@ def main() -> None:
         train, test = [a for a, _ in pieces], [b for _, b in pieces]
     if not test:
         parser.error("give --test files or --split")
+    fit_files = shifted_copies(train, args.train_shifts, args.steps, out / "data") if args.train_shifts > 1 else train
     settings = {"patch": args.patch, **(json.loads(args.domain_state) if args.domain_state else {})}
     probe = TimeSeriesDomain.from_state(settings)
     probe.learn(train)
@@ -165,9 +125,10 @@ def main() -> None:
             if (ratio, seed) in done:
                 continue
             model_dir = out / f"r{ratio}-s{seed}"
-            summary = fit(TimeSeriesDomain.from_state(settings), train, model_dir, seq_len=seq_len, ratio=ratio,
-                          model_options={"latent_dim": latent_dim},
-                          options=TrainOptions(epochs=None, max_minutes=args.minutes, seed=seed,
+            summary = fit(TimeSeriesDomain.from_state(settings), fit_files, model_dir, seq_len=seq_len, ratio=ratio,
+                          model_options={**(json.loads(args.model) if args.model else {}), "latent_dim": latent_dim},
+                          options=TrainOptions(epochs=args.epochs, max_minutes=None if args.epochs else args.minutes,
+                                               decay_epochs=args.decay_epochs, seed=seed,
                                                batch_size=args.batch_size, val_fraction=0.02), force=True)
             model, meta = load_model(model_dir)
             domain = TimeSeriesDomain.from_state(meta["domain"])
@@ -180,16 +141,19 @@ def main() -> None:
                     outputs += [y[b, :n] for b, n in enumerate(lengths.tolist())]
             floats = [model.config.latent_length(len(w)) * latent_dim for w in test_windows]
             train_windows = shifted_windows(domain, train, args.steps, seq_len)
-            dct, pca = baseline_windows(domain, train_windows, test_windows, floats, args.steps)
+            dct = domain.dct_baseline(train_windows, test_windows, floats)
+            pca = domain.pca_baseline(train_windows, test_windows, floats)
             run = {"ratio": ratio, "seed": seed, "latent_dim": latent_dim, "steps": args.steps, "patch": args.patch,
                    "model": score(domain, outputs, test_windows), "dct": score(domain, dct, test_windows),
-                   "pca": score(domain, pca, test_windows) if all(p is not None for p in pca) else None,
+                   "pca": score(domain, pca, test_windows),
                    "stored_floats_per_value": sum(floats) / sum(len(w) * domain.values_width for w in test_windows),
                    "train_steps": summary["steps"], "epochs": summary["epochs"], "seconds": summary["seconds"],
                    "test_windows": len(test_windows)}
             results["runs"].append(run)
             results["setup"] = {"train": [str(p) for p in train], "test": [str(p) for p in test],
-                                "domain_state": settings, "minutes_per_run": args.minutes,
+                                "domain_state": settings, "minutes_per_run": None if args.epochs else args.minutes,
+                                "epochs_per_run": args.epochs, "decay_epochs": args.decay_epochs,
+                                "train_shifts": args.train_shifts, "model": json.loads(args.model) if args.model else {},
                                 "batch_size": args.batch_size,
                                 "machine": {"processor": platform.machine(), "cpus": os.cpu_count()}}
             atomic_write_text(results_path, json.dumps(results, indent=2))

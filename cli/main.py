@@ -56,9 +56,9 @@ def _options(
 
 
 def _register() -> None:
-    from seqcompress.cli import decode, demo, encode, evaluate, fit, info
+    from seqcompress.cli import decode, demo, encode, evaluate, fit, info, probe
 
-    for module in (fit, encode, decode, evaluate, info, demo):
+    for module in (fit, encode, decode, evaluate, info, probe, demo):
         module.register(app)
 
 

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from seqcompress.atomic import atomic_write_text
+from seqcompress.classical import WindowPCA, truncated_dct
 from seqcompress.domain import Domain, check_data_paths, decode_utf8, split_windows
 from seqcompress.errors import FormatError, InputError
 from seqcompress.format import expand_runs
@@ -668,6 +669,31 @@ class TimeSeriesDomain(Domain):
             out[f"nrmse[{name}]"] = math.sqrt(sq[i] / n[i]) if n[i] else nan
             out[f"mae[{name}]"] = ab[i] * float(self.scale[i]) / n[i] if n[i] else nan
         return out
+
+    # ---- classical baselines for the probe --------------------------------------------------------
+    def classical_baselines(self) -> dict:
+        """Truncated DCT per channel and PCA on windows, each keeping the model's number of floats per window."""
+        return {"dct": self.dct_baseline, "pca": self.pca_baseline}
+
+    def window_values(self, window: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """A window (L, 2PC) -> normalised values (L*P, C) and observed mask (L*P, C)."""
+        x = window.double().numpy()
+        w, c = self.values_width, self.channels
+        return x[:, :w].reshape(-1, c), x[:, w:].reshape(-1, c) > 0.5
+
+    def as_window(self, values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        """Normalised values (L*P, C) -> a window shaped like the model's output (L, 2PC)."""
+        out = like.clone().float()
+        out[:, : self.values_width] = torch.from_numpy(values.reshape(len(like), -1)).float()
+        return out
+
+    def dct_baseline(self, train_windows, test_windows, floats) -> list[torch.Tensor]:
+        return [self.as_window(truncated_dct(*self.window_values(w), f), w) for w, f in zip(test_windows, floats)]
+
+    def pca_baseline(self, train_windows, test_windows, floats) -> list[torch.Tensor]:
+        steps = max(len(w) for w in [*train_windows, *test_windows]) * self.patch
+        pca = WindowPCA([self.window_values(w) for w in train_windows], steps)
+        return [self.as_window(pca.reconstruct(*self.window_values(w), f), w) for w, f in zip(test_windows, floats)]
 
     def render(self, window: torch.Tensor, limit: int = 160) -> str:
         """The first channel's values of the window, denormalised; '·' where the observed mask is exactly 0 (a

@@ -6,6 +6,10 @@
 #   co2.csv        weekly Mauna Loa CO2, 1958-2001: date (YYYYMMDD), co2 (ppmv); 2,284 rows, 59 missing
 #   sunspots.csv   yearly sunspot activity: YEAR, SUNACTIVITY; 309 rows (1700-2008)
 #   macrodata.csv  US macroeconomic data, quarterly 1959-2009: year, quarter and 12 series; 203 rows
+# and two longer series out of the pmdarima wheel (MIT; only its data files are read):
+#   sunspots_monthly.csv  monthly mean sunspot numbers, 1749-1983: month (YYYY-MM), sunspots; 2,820 rows
+#   msft.csv              Microsoft daily stock prices, 1986-2017: Date, Open, High, Low, Close, Volume,
+#                         OpenInt (always 0); 7,983 rows
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${1:-${SEQCOMPRESS_DATA:-$here/.cache/data}}
@@ -20,5 +24,16 @@ if [ ! -s "$out/co2.csv" ] || [ ! -s "$out/sunspots.csv" ] || [ ! -s "$out/macro
   for name in co2 sunspots macrodata; do
     unzip -p "$whl" "statsmodels/datasets/$name/$name.csv" > "$out/$name.csv"
   done
+fi
+if [ ! -s "$out/sunspots_monthly.csv" ] || [ ! -s "$out/msft.csv" ]; then
+  pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "pmdarima==2.1.1"
+  whl=$(ls "$tmp"/pmdarima-2.1.1-*.whl | head -n 1)
+  unzip -p "$whl" pmdarima/datasets/data/msft.tar.gz | tar -xzO msft.csv 2>/dev/null | tr -d '\r' > "$tmp/msft.csv"
+  mv "$tmp/msft.csv" "$out/msft.csv"
+  # sunspots.txt.gz: one row per year (1749-1983), twelve monthly values per row
+  unzip -p "$whl" pmdarima/datasets/data/sunspots.txt.gz | gunzip \
+    | awk 'BEGIN { print "month,sunspots" } NF { for (m = 1; m <= NF; m++) printf "%d-%02d,%s\n", 1748 + NR, m, $m }' \
+    > "$tmp/sunspots_monthly.csv"
+  mv "$tmp/sunspots_monthly.csv" "$out/sunspots_monthly.csv"
 fi
 echo "$out"

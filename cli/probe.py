@@ -1,0 +1,137 @@
+"""`seqcompress probe`: train one model per (seq-len, ratio, seed) and report the held-out metric.
+
+Writes REPORT_DIR/results.json (after every cell, so a killed probe resumes), results.csv,
+report.md and PNG plots. See seqcompress/probe.py for what is measured and docs/results.md for
+the tables it produced.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _domain_options(items: list[str]) -> dict:
+    """-D key=value pairs -> domain settings; a value is read as JSON when it parses (3, true, ["a"])."""
+    from seqcompress.errors import InputError
+
+    state = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--domain-option takes KEY=VALUE, got {item!r}")
+        try:
+            state[key] = json.loads(value)
+        except json.JSONDecodeError:
+            state[key] = value.split(",") if key == "columns" else value
+    return state
+
+
+def probe(
+    data: Optional[list[Path]] = typer.Argument(None, help="Training files; the domain's bundled sample when omitted."),
+    domain: str = typer.Option("text", "--domain", "-d", help="Data domain (text, dna, timeseries, ...)."),
+    domain_option: list[str] = typer.Option([], "--domain-option", "-D",
+                                            help="Domain setting KEY=VALUE, e.g. -D k=3 (dna) or -D patch=8."),
+    test: list[Path] = typer.Option([], "--test", help="Held-out files (default: hold out a share of the windows)."),
+    held_out: float = typer.Option(0.1, "--held-out", help="Share of windows held out when no --test is given."),
+    ratios: str = typer.Option("0.5,0.25,0.125,0.0625", "--ratios", help="Latents per symbol, comma-separated."),
+    seq_lens: Optional[str] = typer.Option(None, "--seq-lens", help="Window lengths, comma-separated "
+                                           "(default: the domain's)."),
+    cells: Optional[str] = typer.Option(None, "--cells", help="Explicit SEQ_LEN:LATENT_LEN pairs instead of the "
+                                        "grid, e.g. 512:256,128:72."),
+    seeds: int = typer.Option(3, "--seeds", help="Runs per cell, seeds 0..N-1."),
+    budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", help="Training minutes per run."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs per run (instead of minutes)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Also stop each run after this many steps."),
+    baselines: bool = typer.Option(False, "--baselines", help="Also run Perceiver-, Linformer- and mean-pool "
+                                   "reducers and the domain's classical codecs."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Windows per optimizer step."),
+    lr: float = typer.Option(1e-3, "--lr", help="Initial learning rate (paper: 1e-3)."),
+    lr_end: float = typer.Option(1e-4, "--lr-end", help="Final learning rate (paper: 1e-4)."),
+    decay_epochs: float = typer.Option(5.0, "--decay-epochs", help="Epochs of linear LR decay (paper: 5)."),
+    d_model: int = typer.Option(256, "--d-model", help="Model width."),
+    heads: int = typer.Option(4, "--heads", help="Attention heads."),
+    layers: int = typer.Option(2, "--layers", help="Blocks in the encoder and in the decoder."),
+    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Width of a stored latent (default d-model)."),
+    dtype: str = typer.Option("float16", "--dtype", help="Score latents stored as float32, float16, bfloat16 or int8."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    output: Path = typer.Option(..., "--output", "-o", help="Report directory (resumes the probe already there)."),
+    force: bool = typer.Option(False, "--force", help="Discard a probe with other settings in the report directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary rows as JSON on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Measure how far sequences can be reduced: held-out metric per seq-len, ratio and seed."""
+    from seqcompress.cli.output import console, print_json
+    from seqcompress.domain import check_data_paths
+    from seqcompress.domains import get_domain
+    from seqcompress.errors import InputError
+    from seqcompress.probe import RESULTS, Probe, ProbePlan, grid, int_list, parse_cells, ratio_list, summarise
+    from seqcompress.reducers import REDUCERS
+
+    if budget_minutes is None and epochs is None and max_steps is None:
+        raise InputError("give a training budget per run: --budget-minutes M or --epochs E")
+    state = _domain_options(domain_option)
+    dom = get_domain(domain, {"name": domain, **state} if state else None)
+    if cells:
+        plan_cells = parse_cells(cells)
+    else:
+        plan_cells = grid(int_list(seq_lens, "--seq-lens") if seq_lens else [dom.default_seq_len], ratio_list(ratios))
+    training = {"epochs": epochs, "max_minutes": budget_minutes, "max_steps": max_steps, "batch_size": batch_size,
+                "lr": lr, "lr_end": lr_end, "decay_epochs": decay_epochs, "device": device}
+    plan = ProbePlan(
+        domain=domain, domain_state=dom.state(), data=[str(p) for p in check_data_paths(data)] if data else [],
+        test=[str(p) for p in check_data_paths(test)] if test else [], held_out=held_out, cells=plan_cells,
+        seeds=seeds, methods=list(REDUCERS) if baselines else ["attention"], classical=baselines,
+        model={"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
+               "latent_dim": latent_dim or d_model},
+        training=training, dtype=dtype,
+    )
+    if force and (output / RESULTS).is_file():
+        (output / RESULTS).unlink()
+    runner = Probe(plan, dom, output)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]probe[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+                   disable=quiet or json_out, transient=False)
+    state_ = {"task": None, "start": time.perf_counter()}
+
+    def on_cell(finished: int, total: int, cell: dict | None) -> None:
+        if state_["task"] is None:
+            state_["task"] = bar.add_task("cells", total=total, completed=finished)
+            return
+        note = f"{cell['method']} n={cell['seq_len']} ratio={cell['ratio']:.4g} seed={cell['seed']}: " \
+               f"{dom.metric_name} {cell['value']:.4f}"
+        bar.update(state_["task"], completed=finished, description=note)
+
+    with bar:
+        runner.run(on_cell)
+    written = runner.write_reports()
+    rows = summarise(runner.results)
+    if json_out:
+        print_json({"report_dir": str(output), "metric": dom.metric_name, "rows": rows,
+                    "files": [str(p) for p in written]})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"seqcompress probe: {domain}, held-out {dom.metric_name}, mean±std over seeds, "
+                        "ranked within each cell", title_justify="left")
+    for column, width in (("n", 4), ("ratio", 6), ("method", 9), ("held-out", 13), ("floats/sym", 6),
+                          (f"bits/sym {dtype}", 7), ("params", 6)):
+        table.add_column(column, min_width=width)
+    for r in rows:
+        table.add_row(str(r["seq_len"]), f"{r['ratio']:.4g}", r["method"], f"{r['mean']:.4f}±{r['std']:.4f}",
+                      f"{r['latent_floats_per_symbol']:.3g}", f"{r['bits_per_symbol']:.4g}",
+                      f"{r['parameters'] / 1e6:.2f}M")
+    console.print(table)
+    console.print(f"report: {', '.join(str(p) for p in written)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("probe")(probe)

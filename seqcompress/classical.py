@@ -1,0 +1,70 @@
+"""Classical codecs for continuous windows, used as baselines at the model's storage budget.
+
+Both keep a given number of floats per window and fit them by least squares on the observed
+values only, so missing values and a shorter last window are handled the way the model handles
+them (not scored, not used):
+
+- truncated DCT: per channel, the lowest-frequency orthonormal DCT-II coefficients;
+- PCA on windows: the leading principal components of full training windows.
+
+Arrays are numpy float64: a window is (n, C) values with an (n, C) boolean `observed` mask.
+Domains wrap these in their own `classical_baselines` (they know how windows are laid out).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def dct_basis(n: int) -> np.ndarray:
+    """Orthonormal DCT-II basis (n, n): column k is the k-th cosine."""
+    t = np.arange(n)[:, None]
+    k = np.arange(n)[None, :]
+    basis = np.cos(np.pi * (t + 0.5) * k / n) * math.sqrt(2 / n)
+    basis[:, 0] /= math.sqrt(2)
+    return basis
+
+
+def least_squares(basis: np.ndarray, x: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """basis (n, k) fit to x (n,) on the observed rows only; the reconstruction (n,)."""
+    if not observed.any() or basis.shape[1] == 0:
+        return np.zeros(len(x))
+    coef, *_ = np.linalg.lstsq(basis[observed], x[observed], rcond=None)
+    return basis @ coef
+
+
+def truncated_dct(values: np.ndarray, observed: np.ndarray, floats: int) -> np.ndarray:
+    """(n, C) -> (n, C) from floats // C low-frequency coefficients per channel."""
+    n, c = values.shape
+    basis = dct_basis(n)[:, : max(0, min(n, floats // c))]
+    return np.stack([least_squares(basis, values[:, j], observed[:, j]) for j in range(c)], axis=1)
+
+
+class WindowPCA:
+    """Principal components of full training windows (each flattened to n_max * C values)."""
+
+    def __init__(self, windows: list[tuple[np.ndarray, np.ndarray]], n_max: int) -> None:
+        full = [v.reshape(-1) for v, seen in windows if v.shape[0] == n_max and seen.all()]
+        if len(full) < 2:
+            full = []  # one window has no variance to analyse: keep only the mean (of nothing: zero)
+        self.n_max = n_max
+        self.channels = windows[0][0].shape[1] if windows else 1
+        if full:
+            data = np.stack(full)  # (windows, n_max * C)
+            self.mean = data.mean(0)
+            _, _, vt = np.linalg.svd(data - self.mean, full_matrices=False)
+            self.components = vt  # (r, n_max * C), r = min(windows, n_max * C)
+        else:
+            self.mean = np.zeros(n_max * self.channels)
+            self.components = np.zeros((0, n_max * self.channels))
+
+    def reconstruct(self, values: np.ndarray, observed: np.ndarray, floats: int) -> np.ndarray:
+        """(n, C) -> (n, C) from the first `floats` components (fewer when the training data has fewer)."""
+        n, c = values.shape
+        k = min(floats, len(self.components))
+        mean = self.mean.reshape(self.n_max, c)[:n]  # (n, C)
+        comp = self.components[:k].T.reshape(self.n_max, c, k)[:n].reshape(n * c, k)  # a shorter window's rows
+        rec = least_squares(comp, (values - mean).reshape(-1), observed.reshape(-1))
+        return rec.reshape(n, c) + mean

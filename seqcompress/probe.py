@@ -1,0 +1,411 @@
+"""The reduction probe: how far can a domain's sequences be shortened before information is lost?
+
+For every cell (method, seq_len, ratio, seed) the probe trains one model under the same budget on
+the same training windows, then scores it on the same held-out windows through the stored latent
+dtype. Methods are the reducing-attention model ("attention", this project) and, with baselines,
+the other length-changing layers in seqcompress/reducers.py plus the domain's classical codecs at
+the same number of stored floats (Domain.classical_baselines). Every cell is written to
+REPORT_DIR/results.json as soon as it finishes, so a killed probe resumes where it stopped.
+
+Reported next to every metric: the latent length, latent floats per input symbol and bits per
+symbol at the stored dtype, so that "reduction" (fewer, wider vectors) is never mistaken for
+"compression" (fewer bits).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+from seqcompress.atomic import atomic_write_bytes, atomic_write_text
+from seqcompress.compress import evaluate_quantized
+from seqcompress.domain import Domain
+from seqcompress.errors import InputError
+from seqcompress.format import DTYPES
+from seqcompress.model import ModelConfig, build_model
+from seqcompress.reducers import REDUCERS
+from seqcompress.train import TrainOptions, pick_device, split_held_out, train
+
+RESULTS, CSV_FILE, REPORT, PLOT, METHODS_PLOT = "results.json", "results.csv", "report.md", "metric_vs_ratio.png", \
+    "methods_vs_ratio.png"
+SCHEMA = "seqcompress-probe/1"
+HELD_OUT_SEED = 12_345  # the held-out split is the same for every method and seed
+BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8}
+
+
+@dataclass
+class ProbePlan:
+    """Everything that decides a probe's numbers; a resumed probe must have the same plan."""
+
+    domain: str
+    domain_state: dict
+    data: list[str]  # training files (empty: the domain's bundled sample)
+    test: list[str] = field(default_factory=list)  # held-out files; empty: hold out `held_out` of the windows
+    held_out: float = 0.1
+    cells: list[tuple[int, float]] = field(default_factory=list)  # (seq_len, ratio)
+    seeds: int = 3
+    methods: list[str] = field(default_factory=lambda: ["attention"])
+    classical: bool = False  # also score the domain's classical codecs
+    model: dict = field(default_factory=dict)  # ModelConfig fields (d_model, layers, ...)
+    training: dict = field(default_factory=dict)  # TrainOptions fields (epochs or max_minutes, lr, ...)
+    dtype: str = "float16"  # latents are scored after storing them as this dtype
+
+    def __post_init__(self) -> None:
+        if not self.cells:
+            raise InputError("the probe needs at least one (seq-len, ratio) cell")
+        for seq_len, ratio in self.cells:
+            if seq_len < 1:
+                raise InputError(f"--seq-lens must be positive, got {seq_len}")
+            if not 0 < ratio <= 1:
+                raise InputError(f"--ratios must be in (0, 1], got {ratio}")
+        if self.seeds < 1:
+            raise InputError(f"--seeds must be at least 1, got {self.seeds}")
+        unknown = [m for m in self.methods if m not in REDUCERS]
+        if unknown or not self.methods:
+            raise InputError(f"unknown method(s) {unknown}; choose from {', '.join(REDUCERS)}")
+        if self.dtype not in DTYPES:
+            raise InputError(f"unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if not 0 < self.held_out < 1:
+            raise InputError(f"--held-out must be in (0, 1), got {self.held_out}")
+        known = {f.name for f in fields(ModelConfig)} - {"n_max", "ratio", "vocab_size", "feature_dim", "reducer"}
+        bad = set(self.model) - known
+        if bad:
+            raise InputError(f"unknown model option(s): {', '.join(sorted(bad))}")
+        TrainOptions(**self.training)  # validates budget and schedule
+
+    def as_json(self) -> dict:
+        plan = asdict(self)
+        plan["cells"] = [list(c) for c in self.cells]
+        return plan
+
+
+def grid(seq_lens: list[int], ratios: list[float]) -> list[tuple[int, float]]:
+    return [(n, r) for n in seq_lens for r in ratios]
+
+
+def parse_cells(text: str) -> list[tuple[int, float]]:
+    """"512:256,128:72" -> [(512, 0.5), (128, 0.5625)]: explicit input:latent lengths (the paper's table)."""
+    cells = []
+    for item in text.split(","):
+        try:
+            n, m = (int(v) for v in item.split(":"))
+        except ValueError:
+            raise InputError(f"--cells takes SEQ_LEN:LATENT_LEN pairs like 512:256, got {item!r}") from None
+        if not 0 < m <= n:
+            raise InputError(f"--cells: latent length must be in 1..{n}, got {item!r}")
+        cells.append((n, m / n))
+    return cells
+
+
+def cell_key(method: str, seq_len: int, ratio: float, seed: int | None) -> str:
+    return f"{method}|{seq_len}|{Fraction(ratio).limit_denominator(1_000_000)}|{seed}"
+
+
+def machine() -> dict:
+    device = pick_device("auto")
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+            "device": str(device), "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
+            "torch": torch.__version__}
+
+
+# ---- running ---------------------------------------------------------------------------------------
+class Probe:
+    def __init__(self, plan: ProbePlan, domain: Domain, out_dir: str | os.PathLike) -> None:
+        self.plan, self.domain, self.out = plan, domain, Path(out_dir)
+        self.results = self._load_or_start()
+
+    def _load_or_start(self) -> dict:
+        path = self.out / RESULTS
+        if path.is_file():
+            try:
+                results = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise InputError(f"{path} is not valid JSON ({exc}); remove it to start over") from None
+            if results.get("schema") != SCHEMA or results.get("plan") != self.plan.as_json():
+                raise InputError(f"{self.out} holds a probe with different settings; use another --output "
+                                 "directory, or --force to start over")
+            return results
+        return {"schema": SCHEMA, "plan": self.plan.as_json(), "machine": machine(), "metric": self.domain.metric_name,
+                "higher_is_better": self.domain.higher_is_better, "cells": []}
+
+    def todo(self) -> list[tuple[str, int, float, int | None]]:
+        """Every cell of the plan, in run order: (method, seq_len, ratio, seed); seed None for classical codecs."""
+        cells = []
+        classical = sorted(self.domain.classical_baselines()) if self.plan.classical else []
+        for seq_len, ratio in self.plan.cells:
+            cells += [(name, seq_len, ratio, None) for name in classical]
+            for seed in range(self.plan.seeds):
+                cells += [(method, seq_len, ratio, seed) for method in self.plan.methods]
+        return cells
+
+    def done(self) -> set[str]:
+        return {c["key"] for c in self.results["cells"]}
+
+    def run(self, on_cell: Callable[[int, int, dict | None], None] | None = None) -> dict:
+        """Run every unfinished cell; on_cell(finished, total, cell) after each one (cell None at the start)."""
+        todo, done = self.todo(), self.done()
+        if on_cell:
+            on_cell(len(done), len(todo), None)
+        self.domain.learn([Path(p) for p in self.plan.data] or self.domain.default_data())
+        windows: dict[int, tuple[list, list]] = {}
+        for method, seq_len, ratio, seed in todo:
+            key = cell_key(method, seq_len, ratio, seed)
+            if key in done:
+                continue
+            if seq_len not in windows:
+                windows[seq_len] = self.split(seq_len)
+            train_w, test_w = windows[seq_len]
+            cell = (self.classical_cell(method, seq_len, ratio, train_w, test_w) if seed is None
+                    else self.model_cell(method, seq_len, ratio, seed, train_w, test_w))
+            cell["key"] = key
+            self.results["cells"].append(cell)
+            self.save()
+            done.add(key)
+            if on_cell:
+                on_cell(len(done), len(todo), cell)
+        return self.results
+
+    def split(self, seq_len: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        data = [Path(p) for p in self.plan.data] or self.domain.default_data()
+        windows = self.domain.load_windows(data, seq_len)
+        if self.plan.test:
+            return windows, self.domain.load_windows([Path(p) for p in self.plan.test], seq_len)
+        train_w, test_w, same = split_held_out(windows, self.plan.held_out, HELD_OUT_SEED)
+        if same:
+            raise InputError(f"the data gives a single window of {seq_len} symbols: nothing to hold out; "
+                             "give more data, --test files or a shorter --seq-lens")
+        return train_w, test_w
+
+    def config(self, method: str, seq_len: int, ratio: float) -> ModelConfig:
+        return ModelConfig(n_max=seq_len, ratio=ratio, reducer=method,
+                           **{**self.plan.model, **self.domain.model_fields()})
+
+    def _budget(self, config: ModelConfig, windows: list[torch.Tensor]) -> dict:
+        lengths = [len(w) for w in windows]
+        floats = sum(config.latent_length(n) for n in lengths) * config.latent_dim
+        per_symbol = floats / max(sum(lengths), 1)
+        return {"latent_len": config.m_max, "latent_dim": config.latent_dim,
+                "latent_floats_per_symbol": per_symbol, "bits_per_symbol": per_symbol * BITS[self.plan.dtype],
+                "dtype": self.plan.dtype, "test_windows": len(windows), "test_symbols": sum(lengths)}
+
+    def model_cell(self, method, seq_len, ratio, seed, train_w, test_w) -> dict:
+        config = self.config(method, seq_len, ratio)
+        model = build_model(config, seed=seed)
+        options = TrainOptions(**{"val_fraction": 0.02, **self.plan.training, "seed": seed})
+        result = train(model, self.domain, train_w, options)
+        model.cpu().eval()
+        metrics = evaluate_quantized(model, self.domain, test_w, self.plan.dtype, batch_size=32)
+        return {"method": method, "kind": "model", "seq_len": seq_len, "ratio": ratio, "seed": seed,
+                "metrics": metrics, "value": metrics[self.domain.metric_name], **self._budget(config, test_w),
+                "parameters": model.parameter_count(), "steps": result.steps, "epochs": round(result.epochs, 4),
+                "seconds": round(result.seconds, 1), "train_windows": result.train_windows}
+
+    def classical_cell(self, name, seq_len, ratio, train_w, test_w) -> dict:
+        config = self.config("attention", seq_len, ratio)
+        floats = [config.latent_length(len(w)) * config.latent_dim for w in test_w]
+        start = time.perf_counter()
+        outputs = self.domain.classical_baselines()[name](train_w, test_w, floats)
+        totals: dict[str, float] = {}
+        for out, target in zip(outputs, test_w):
+            mask = torch.ones(1, len(target), dtype=torch.bool)
+            for k, v in self.domain.metric_totals(out[None].float(), target[None], mask).items():
+                totals[k] = totals.get(k, 0.0) + v
+        metrics = self.domain.metric_values(totals)
+        return {"method": name, "kind": "classical", "seq_len": seq_len, "ratio": ratio, "seed": None,
+                "metrics": metrics, "value": metrics[self.domain.metric_name], **self._budget(config, test_w),
+                "parameters": 0, "steps": 0, "epochs": 0, "seconds": round(time.perf_counter() - start, 1),
+                "train_windows": len(train_w)}
+
+    # ---- outputs ---------------------------------------------------------------------------------
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / RESULTS, json.dumps(self.results, indent=2) + "\n")
+
+    def write_reports(self) -> list[Path]:
+        """results.csv, report.md and the PNG plots from results.json."""
+        self.save()
+        rows = summarise(self.results)
+        atomic_write_text(self.out / CSV_FILE, cells_csv(self.results["cells"]))
+        atomic_write_text(self.out / REPORT, report_markdown(self.results, rows))
+        written = [self.out / RESULTS, self.out / CSV_FILE, self.out / REPORT]
+        written += write_plots(self.results, rows, self.out)
+        return written
+
+
+# ---- summaries -----------------------------------------------------------------------------------
+def summarise(results: dict) -> list[dict]:
+    """One row per (seq_len, ratio, method): mean and std over seeds, ranked within each (seq_len, ratio)."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in results["cells"]:
+        groups.setdefault((c["seq_len"], c["ratio"], c["method"]), []).append(c)
+    rows = []
+    for (seq_len, ratio, method), cells in groups.items():
+        values = [c["value"] for c in cells]
+        first = cells[0]
+        rows.append({"seq_len": seq_len, "ratio": ratio, "method": method, "kind": first["kind"],
+                     "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                     "runs": len(values), "latent_len": first["latent_len"],
+                     "latent_floats_per_symbol": first["latent_floats_per_symbol"],
+                     "bits_per_symbol": first["bits_per_symbol"], "parameters": first["parameters"],
+                     "steps": statistics.fmean(c["steps"] for c in cells)})
+    sign = -1 if results["higher_is_better"] else 1
+    rows.sort(key=lambda r: (r["seq_len"], -r["ratio"], sign * r["mean"]))
+    rank, previous = 0, None
+    for r in rows:
+        rank = rank + 1 if previous == (r["seq_len"], r["ratio"]) else 1
+        previous, r["rank"] = (r["seq_len"], r["ratio"]), rank
+    return rows
+
+
+def cells_csv(cells: list[dict]) -> str:
+    metric_keys = sorted({k for c in cells for k in c["metrics"]})
+    base = ["method", "kind", "seq_len", "ratio", "seed", "latent_len", "latent_dim", "latent_floats_per_symbol",
+            "bits_per_symbol", "dtype", "value", "parameters", "steps", "epochs", "seconds", "train_windows",
+            "test_windows", "test_symbols"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(base + metric_keys)
+    for c in cells:
+        writer.writerow([c.get(k) for k in base] + [c["metrics"].get(k) for k in metric_keys])
+    return buf.getvalue()
+
+
+def _ratio(r: float) -> str:
+    return str(Fraction(r).limit_denominator(1000))
+
+
+def report_markdown(results: dict, rows: list[dict]) -> str:
+    plan, metric = results["plan"], results["metric"]
+    better = "higher is better" if results["higher_is_better"] else "lower is better"
+    budget = plan["training"]
+    m = results["machine"]
+    lines = [f"# Reduction probe: {plan['domain']}", "",
+             f"Held-out **{metric}** ({better}), mean ± std over seeds, latents stored as {plan['dtype']}. "
+             f"Training budget per run: {json.dumps(budget)}; model: {json.dumps(plan['model']) or 'defaults'}. "
+             f"Machine: {m['processor']}, {m['cpus']} CPUs, {m['device']}, torch {m['torch']}.", ""]
+    models = [r for r in rows if r["method"] == "attention"]
+    seq_lens = sorted({r["seq_len"] for r in rows})
+    ratios = sorted({r["ratio"] for r in rows}, reverse=True)
+    if models:
+        lines += ["## Reducing attention by input length", "",
+                  "| ratio | " + " | ".join(f"n = {n}" for n in seq_lens) + " |",
+                  "|---|" + "---:|" * len(seq_lens)]
+        for ratio in ratios:
+            cells = []
+            for n in seq_lens:
+                hit = [r for r in models if r["seq_len"] == n and r["ratio"] == ratio]
+                cells.append(f"{hit[0]['mean']:.4f} ± {hit[0]['std']:.4f}" if hit else "")
+            lines.append(f"| {_ratio(ratio)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## All methods, ranked within each cell", "",
+              "| n | ratio | rank | method | " + metric + " | runs | latents | floats/symbol | bits/symbol | "
+              "parameters | steps |",
+              "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['seq_len']} | {_ratio(r['ratio'])} | {r['rank']} | {r['method']} | "
+                     f"{r['mean']:.4f} ± {r['std']:.4f} | {r['runs']} | {r['latent_len']} | "
+                     f"{r['latent_floats_per_symbol']:.3f} | {r['bits_per_symbol']:.2f} | "
+                     f"{r['parameters']:,} | {r['steps']:.0f} |")
+    lines += ["", "Floats/symbol counts stored latent values per input symbol (the same for every method in a "
+              "cell); bits/symbol multiplies it by the stored dtype's width. A ratio below 1 is a shorter "
+              "sequence of wider vectors, not necessarily fewer bits.", ""]
+    counts = {(r["seq_len"], r["ratio"]): r["parameters"] for r in models}
+    off = [r for r in rows if r["kind"] == "model" and r["method"] != "attention"
+           and counts.get((r["seq_len"], r["ratio"])) and
+           abs(r["parameters"] / counts[(r["seq_len"], r["ratio"])] - 1) > 0.10]
+    if off:
+        lines += ["Parameter counts differing from the reducing-attention model by more than 10 %: " +
+                  ", ".join(f"{r['method']} at n = {r['seq_len']}, ratio {_ratio(r['ratio'])}" for r in off), ""]
+    return "\n".join(lines)
+
+
+def write_plots(results: dict, rows: list[dict], out: Path) -> list[Path]:
+    """metric_vs_ratio.png (reducing attention, one line per seq-len) and, with several methods,
+    methods_vs_ratio.png (one panel per seq-len, one line per method)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = results["metric"]
+    seq_lens = sorted({r["seq_len"] for r in rows})
+    written = []
+
+    def draw(ax, subset, label):
+        ax.set_xscale("log", base=2)
+        subset = sorted(subset, key=lambda r: r["ratio"])
+        ax.errorbar([r["ratio"] for r in subset], [r["mean"] for r in subset], yerr=[r["std"] for r in subset],
+                    marker="o", capsize=3, label=label)
+        ratios = sorted({r["ratio"] for r in rows})
+        ax.set_xticks(ratios, [_ratio(r) for r in ratios])
+        ax.minorticks_off()
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n in seq_lens:
+        subset = [r for r in rows if r["method"] == "attention" and r["seq_len"] == n]
+        if subset:
+            draw(ax, subset, f"n = {n}")
+    ax.set_xlabel("ratio (latents per input symbol)")
+    ax.set_ylabel(f"held-out {metric}")
+    ax.set_title(f"{results['plan']['domain']}: reducing attention")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    written.append(_save_png(fig, out / PLOT))
+    plt.close(fig)
+
+    methods = sorted({r["method"] for r in rows})
+    if len(methods) > 1:
+        fig, axes = plt.subplots(1, len(seq_lens), figsize=(5 * len(seq_lens), 4), squeeze=False)
+        for ax, n in zip(axes[0], seq_lens):
+            for method in methods:
+                subset = [r for r in rows if r["method"] == method and r["seq_len"] == n]
+                if subset:
+                    draw(ax, subset, method)
+            ax.set_xlabel("ratio")
+            ax.set_title(f"n = {n}")
+            ax.grid(True, alpha=0.3)
+        axes[0][0].set_ylabel(f"held-out {metric}")
+        axes[0][-1].legend()
+        fig.tight_layout()
+        written.append(_save_png(fig, out / METHODS_PLOT))
+        plt.close(fig)
+    return written
+
+
+def _save_png(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def ratio_list(text: str) -> list[float]:
+    try:
+        values = [float(Fraction(v.strip())) for v in text.split(",") if v.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise InputError(f"--ratios takes numbers like 0.5,0.25 or 1/2,1/4, got {text!r}") from None
+    if not values:
+        raise InputError("--ratios is empty")
+    return values
+
+
+def int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{name} takes whole numbers like 128,256, got {text!r}") from None
+    if not values:
+        raise InputError(f"{name} is empty")
+    return values
+
