@@ -94,7 +94,7 @@ def read_audio(path: Path) -> tuple[np.ndarray, dict]:
         frame, channel = (int(i) for i in np.argwhere(bad)[0])
         kind = "NaN" if np.isnan(data[frame, channel]) else "an infinite value"
         raise InputError(f"{path}: channel {channel + 1}, sample {frame + 1} is {kind}; only finite samples can "
-                         f"be compressed ({int(bad.sum()):,} such samples in all)")
+                         f"be compressed ({int(bad.sum()):,} non-finite sample(s) in all)")
     props = {"sample_rate": int(rate), "channels": int(data.shape[1]), "frames": int(data.shape[0]),
              "format": info.format, "subtype": info.subtype}
     return data, props
@@ -116,8 +116,10 @@ class AudioDomain(Domain):
     Settings (saved in the model):
       sample_rate   the model's rate in Hz (CLI fit --sample-rate); files are resampled to it and back
       frame_ms      frame length in milliseconds (CLI fit --frame-ms); sample_rate * frame_ms / 1000 samples
-      stft_weight   weight of the multi-resolution STFT loss next to the waveform L1 (times l1_weight)
-      l1_weight     weight of the waveform L1 loss
+      stft_weight   weight of the multi-resolution STFT loss (default 0.1)
+      l1_weight     weight of the waveform L1 loss (default 1)
+      scale         learned by `fit`: the RMS level of the training audio; the model sees samples / scale,
+                    so its inputs and targets have unit level whatever the recording level (1 until learned)
     """
 
     name = "audio"
@@ -127,7 +129,7 @@ class AudioDomain(Domain):
     output_suffix = ".wav"
 
     def __init__(self, sample_rate: int = DEFAULT_RATE, frame_ms: float = DEFAULT_FRAME_MS,
-                 l1_weight: float = 10.0, stft_weight: float = 1.0) -> None:
+                 l1_weight: float = 1.0, stft_weight: float = 0.1, scale: float | None = None) -> None:
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 1000 <= sample_rate <= 384000:
             raise InputError(f"sample rate must be a whole number of Hz from 1000 to 384000, got {sample_rate!r}")
         samples = sample_rate * float(frame_ms) / 1000
@@ -139,6 +141,9 @@ class AudioDomain(Domain):
         self.sample_rate, self.frame_ms = sample_rate, float(frame_ms)
         self.frame_samples = int(round(samples))
         self.l1_weight, self.stft_weight = float(l1_weight), float(stft_weight)
+        if scale is not None and not (math.isfinite(scale) and scale > 0):
+            raise InputError(f"audio scale must be a positive number, got {scale!r}")
+        self.scale = None if scale is None else float(scale)
         self._flac_bits_per_frame: float | None = None  # of the last file read, for size_references
 
     # ---- state ---------------------------------------------------------------------------------
@@ -147,9 +152,9 @@ class AudioDomain(Domain):
 
     def state(self) -> dict:
         return {"name": self.name, "sample_rate": self.sample_rate, "frame_ms": self.frame_ms,
-                "l1_weight": self.l1_weight, "stft_weight": self.stft_weight,
-                "features": f"per frame: {self.frame_samples} samples at {self.sample_rate} Hz, then the share "
-                            "of them that is real (not padding)"}
+                "l1_weight": self.l1_weight, "stft_weight": self.stft_weight, "scale": self.scale,
+                "features": f"per frame: {self.frame_samples} samples at {self.sample_rate} Hz divided by scale, "
+                            "then the share of them that is real (not padding)"}
 
     @classmethod
     def from_state(cls, state: dict) -> "AudioDomain":
@@ -158,7 +163,27 @@ class AudioDomain(Domain):
             return default if state.get(key) is None else state[key]
 
         return cls(sample_rate=int(get("sample_rate", DEFAULT_RATE)), frame_ms=float(get("frame_ms", DEFAULT_FRAME_MS)),
-                   l1_weight=float(get("l1_weight", 10.0)), stft_weight=float(get("stft_weight", 1.0)))
+                   l1_weight=float(get("l1_weight", 1.0)), stft_weight=float(get("stft_weight", 0.1)),
+                   scale=state.get("scale"))
+
+    @property
+    def gain(self) -> float:
+        """What samples are divided by before the model sees them (1 until `learn`)."""
+        return self.scale or 1.0
+
+    def learn(self, paths: list[Path]) -> None:
+        """The RMS level of every training file's samples, pooled: the model then sees unit-level audio, which
+        it learns far faster than speech at its usual level of -20 to -30 dBFS. Silence only: scale 1."""
+        paths = check_data_paths([Path(p) for p in paths])
+        if not paths:
+            raise InputError("no data files to learn from")
+        energy, count = 0.0, 0
+        for path in paths:
+            data, _ = read_audio(path)
+            energy += float(np.square(data).sum())
+            count += data.size
+        rms = math.sqrt(energy / count)
+        self.scale = rms if rms > 1e-5 else 1.0
 
     def default_data(self) -> list[Path]:
         return [sample_path()]
@@ -183,7 +208,7 @@ class AudioDomain(Domain):
     def channel_windows(self, samples: np.ndarray | torch.Tensor, rate: int, seq_len: int) -> list[torch.Tensor]:
         """One channel (T,) at `rate` Hz -> windows (L, S + 1) float32 of at most seq_len frames at the
         model rate: S samples, then the share of them that is real."""
-        x = resample(torch.as_tensor(samples, dtype=torch.float32), rate, self.sample_rate)  # (n,)
+        x = resample(torch.as_tensor(samples, dtype=torch.float32), rate, self.sample_rate) / self.gain  # (n,)
         s = self.frame_samples
         frames = -(-len(x) // s)
         padded = torch.zeros(frames * s)
@@ -198,7 +223,8 @@ class AudioDomain(Domain):
         return frames if rate == self.sample_rate else math.ceil(frames * self.sample_rate / rate)
 
     def windows_waveform(self, windows: list[torch.Tensor], samples: int) -> torch.Tensor:
-        """Windows (L, S + 1) of one channel, in order -> its first `samples` samples (samples,) at the model rate."""
+        """Windows (L, S + 1) of one channel, in order -> its first `samples` samples (samples,) at the model rate,
+        at the file's level (times scale)."""
         s = self.frame_samples
         if any(w.ndim != 2 or w.shape[1] != s + 1 for w in windows):
             raise FormatError(f"audio windows must have {s + 1} features per frame")
@@ -206,7 +232,7 @@ class AudioDomain(Domain):
         if len(x) != -(-samples // s) * s:
             raise FormatError(f"audio: {len(x) // s} frames decoded for a channel of {samples} samples "
                               f"({-(-samples // s)} frames of {s})")
-        return x[:samples]
+        return x[:samples] * self.gain
 
     # ---- files ---------------------------------------------------------------------------------------
     def read(self, path: Path, seq_len: int) -> tuple[list[torch.Tensor], dict]:
@@ -305,7 +331,7 @@ class AudioDomain(Domain):
         signal and error energy, absolute error, and absolute log-mel differences (dB) over real mel frames."""
         y, x, m = self._waveforms(output, target, mask)
         mf = m.double()
-        y, x = y.double() * mf, x.double() * mf
+        y, x = y.double() * mf * self.gain, x.double() * mf * self.gain  # at the file's level
         count = mf.sum(1)  # (B,)
         energy = x.square().sum(1)
         error = (y - x).square().sum(1)
@@ -379,8 +405,8 @@ class AudioDomain(Domain):
         out = []
         for window, budget in zip(windows, floats):
             real = int((window[:, s].float() * s).round().sum())
-            x = window[:, :s].float().reshape(-1)[:real]
-            y = codec(x, min(int(budget), real)) if real else x
+            x = window[:, :s].float().reshape(-1)[:real] * self.gain  # at the file's level
+            y = (codec(x, min(int(budget), real)) if real else x) / self.gain
             rebuilt = torch.zeros(len(window) * s)
             rebuilt[:real] = y
             out.append(torch.cat([rebuilt.view(len(window), s), window[:, s:].float()], dim=1))  # (L, S + 1)

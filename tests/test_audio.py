@@ -393,3 +393,22 @@ def test_cli_fit_encode_decode_evaluate_on_real_files(tmp_path):
     garbage.write_bytes(b"RIFF" + b"\x00" * 100)
     result = runner.invoke(app, ["encode", str(garbage), "-m", str(model), "-o", str(tmp_path / "g.sqz")])
     assert result.exit_code != 0 and "is not a readable audio file" in result.output
+
+
+def test_learned_scale_gives_the_model_unit_level_input_and_files_their_own_level(tmp_path):
+    path = tmp_path / "quiet.wav"
+    sf.write(path, tone(16000, 0.5, amp=0.05), 16000, subtype="FLOAT")
+    domain = AudioDomain()
+    domain.learn([path])
+    assert domain.scale == pytest.approx(math.sqrt(0.05**2 / 2 + 0.01**2), rel=0.02)
+    windows, side = domain.read(path, 25)
+    level = float(torch.cat([w[:, :320] for w in windows]).square().mean().sqrt())
+    assert level == pytest.approx(1.0, rel=0.02)
+    domain.write(tmp_path / "out.wav", windows, side)
+    np.testing.assert_allclose(sf.read(tmp_path / "out.wav")[0], sf.read(path)[0], atol=1e-6)
+    x, mask = batch(windows)
+    out = x.clone()
+    out[..., :320] += 0.1  # 0.1 model units = 0.1 * scale at the file's level
+    assert domain.metric_values(domain.metric_totals(out, x, mask))["mae"] == pytest.approx(0.1 * domain.scale, rel=1e-4)
+    restored = AudioDomain.from_state(json.loads(json.dumps(domain.state())))
+    assert restored.scale == domain.scale
