@@ -47,8 +47,12 @@ def probe(
     budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", help="Training minutes per run."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs per run (instead of minutes)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Also stop each run after this many steps."),
-    baselines: bool = typer.Option(False, "--baselines", help="Also run Perceiver-, Linformer- and mean-pool "
-                                   "reducers and the domain's classical codecs."),
+    baselines: bool = typer.Option(False, "--baselines", help="Also run the Perceiver-, Linformer- and mean-pool "
+                                   "reducers (same as --methods with all four)."),
+    methods: str = typer.Option("attention", "--methods", help="Reducers to train, comma-separated: attention, "
+                                "perceiver, linformer, meanpool."),
+    classical: bool = typer.Option(True, "--classical/--no-classical", help="Also score the domain's classical "
+                                   "codecs at the same stored floats (time series: DCT, PCA)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per optimizer step."),
     lr: float = typer.Option(1e-3, "--lr", help="Initial learning rate (paper: 1e-3)."),
     lr_end: float = typer.Option(1e-4, "--lr-end", help="Final learning rate (paper: 1e-4)."),
@@ -85,7 +89,8 @@ def probe(
     plan = ProbePlan(
         domain=domain, domain_state=dom.state(), data=[str(p) for p in check_data_paths(data)] if data else [],
         test=[str(p) for p in check_data_paths(test)] if test else [], held_out=held_out, cells=plan_cells,
-        seeds=seeds, methods=list(REDUCERS) if baselines else ["attention"], classical=baselines,
+        seeds=seeds, methods=list(REDUCERS) if baselines else [m.strip() for m in methods.split(",") if m.strip()],
+        classical=classical,
         model={"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
                "latent_dim": latent_dim or d_model},
         training=training, dtype=dtype,

@@ -152,6 +152,7 @@ def test_paper_cells_and_ratio_lists_parse():
     (["--ratios", "2", "--max-steps", "1"], "--ratios must be in (0, 1]"),
     (["--seeds", "0", "--max-steps", "1"], "--seeds must be at least 1"),
     (["--dtype", "int4", "--max-steps", "1"], "unknown --dtype"),
+    (["--methods", "attention,lstm", "--max-steps", "1"], "unknown method(s) ['lstm']"),
 ])
 def test_bad_probe_options_give_one_clear_line(tmp_path, args, expected):
     result = probe("--domain", "text", *args, "-o", tmp_path / "r")
