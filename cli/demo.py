@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 
 # (domain, seq_len, ratio, share of the time budget). Domains join this list as they land.
-DEMO_RUNS = [("text", 128, 0.5, 0.6), ("dna", 128, 0.5, 0.3), ("timeseries", 4, 0.5, 0.1)]
+DEMO_RUNS = [("text", 128, 0.5, 0.5), ("dna", 128, 0.5, 0.25), ("timeseries", 4, 0.5, 0.1), ("audio", 32, 0.5, 0.15)]
 
 
 def demo(

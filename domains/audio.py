@@ -378,11 +378,18 @@ class AudioDomain(Domain):
             "silent_windows": get("silent_windows", 0.0),
         }
 
+    def prediction(self, output: torch.Tensor) -> torch.Tensor:
+        """Model output (B, N, S + 1) with its last feature set to 1: the real share is not trained (the side
+        information knows each channel's length), so a reconstructed frame counts as whole."""
+        out = output.clone()
+        out[..., self.frame_samples] = 1.0
+        return out
+
     def render(self, window: torch.Tensor, limit: int = 160) -> str:
-        """Loudness and the first samples of a window (model output or input)."""
+        """Duration, loudness and a few samples (at the file's level) from the middle of a window's first frame."""
         s = self.frame_samples
         real = (window[:, s].float() * s).round().clamp(0, s).long() if window.shape[0] else torch.zeros(0)
-        x = torch.cat([window[i, : int(k)].float() for i, k in enumerate(real)]) if len(real) else torch.zeros(0)
+        x = torch.cat([window[i, : int(k)].float() for i, k in enumerate(real)]) * self.gain if len(real) else torch.zeros(0)
         rms = float(x.square().mean().sqrt()) if len(x) else 0.0
         level = f"{20 * math.log10(rms):.1f} dBFS" if rms > 0 else "silence"
         text = f"{len(x) / self.sample_rate * 1000:.0f} ms, rms {level}: " + " ".join(f"{float(v):+.3f}" for v in x[s // 2 : s // 2 + 16])

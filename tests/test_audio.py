@@ -412,3 +412,14 @@ def test_learned_scale_gives_the_model_unit_level_input_and_files_their_own_leve
     assert domain.metric_values(domain.metric_totals(out, x, mask))["mae"] == pytest.approx(0.1 * domain.scale, rel=1e-4)
     restored = AudioDomain.from_state(json.loads(json.dumps(domain.state())))
     assert restored.scale == domain.scale
+
+
+def test_prediction_marks_frames_whole_and_render_shows_the_file_level():
+    domain = AudioDomain(scale=0.1)
+    window = torch.zeros(3, 321)
+    window[:, :320] = 1.0  # 0.1 at the file's level: -20 dBFS
+    window[:, 320] = torch.tensor([1.0, 1.0, 0.5])
+    assert domain.render(window).startswith("50 ms, rms -20.0 dBFS: +0.100")
+    output = torch.randn(1, 3, 321)
+    predicted = domain.prediction(output)
+    assert (predicted[..., 320] == 1).all() and torch.equal(predicted[..., :320], output[..., :320])
