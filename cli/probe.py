@@ -54,6 +54,11 @@ def probe(
     classical: bool = typer.Option(True, "--classical/--no-classical", help="Also score the domain's classical "
                                    "codecs at the same stored floats (time series: DCT, PCA)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per optimizer step."),
+    batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Symbols per optimizer step instead: "
+                                               "batch size = this // seq-len in each cell."),
+    paper: Optional[str] = typer.Option(None, "--paper", help="Reproduce the paper's table on text: 'cpu' (under 2 "
+                                        "hours on 2 cores, smaller model) or 'full' (the paper's setting, CUDA); "
+                                        "sets cells, baselines, model and budget (docs/reproduction.md)."),
     lr: float = typer.Option(1e-3, "--lr", help="Initial learning rate (paper: 1e-3)."),
     lr_end: float = typer.Option(1e-4, "--lr-end", help="Final learning rate (paper: 1e-4)."),
     decay_epochs: float = typer.Option(5.0, "--decay-epochs", help="Epochs of linear LR decay (paper: 5)."),
@@ -73,10 +78,23 @@ def probe(
     from seqcompress.domain import check_data_paths
     from seqcompress.domains import get_domain
     from seqcompress.errors import InputError
-    from seqcompress.probe import RESULTS, Probe, ProbePlan, grid, int_list, parse_cells, ratio_list, summarise
+    from seqcompress.probe import (PAPER_CELLS, PAPER_PROTOCOLS, RESULTS, Probe, ProbePlan, grid, int_list,
+                                   parse_cells, ratio_list, summarise)
     from seqcompress.reducers import REDUCERS
 
-    if budget_minutes is None and epochs is None and max_steps is None:
+    model = {"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
+             "latent_dim": latent_dim or d_model}
+    training = {"epochs": epochs, "max_minutes": budget_minutes, "max_steps": max_steps, "batch_size": batch_size,
+                "lr": lr, "lr_end": lr_end, "decay_epochs": decay_epochs, "device": device}
+    if paper is not None:
+        if paper not in PAPER_PROTOCOLS:
+            raise InputError(f"--paper takes {' or '.join(PAPER_PROTOCOLS)}, got {paper!r}")
+        if domain != "text":
+            raise InputError("--paper reproduces the paper's text table: use it with --domain text")
+        preset = PAPER_PROTOCOLS[paper]
+        cells, baselines, model, batch_tokens = PAPER_CELLS, True, dict(preset["model"]), preset["batch_tokens"]
+        training = {**training, "epochs": None, "max_minutes": None, **preset["training"]}
+    if training["epochs"] is None and training["max_minutes"] is None and training["max_steps"] is None:
         raise InputError("give a training budget per run: --budget-minutes M or --epochs E")
     state = _domain_options(domain_option)
     dom = get_domain(domain, {"name": domain, **state} if state else None)
@@ -84,16 +102,12 @@ def probe(
         plan_cells = parse_cells(cells)
     else:
         plan_cells = grid(int_list(seq_lens, "--seq-lens") if seq_lens else [dom.default_seq_len], ratio_list(ratios))
-    training = {"epochs": epochs, "max_minutes": budget_minutes, "max_steps": max_steps, "batch_size": batch_size,
-                "lr": lr, "lr_end": lr_end, "decay_epochs": decay_epochs, "device": device}
     plan = ProbePlan(
         domain=domain, domain_state=dom.state(), data=[str(p) for p in check_data_paths(data)] if data else [],
         test=[str(p) for p in check_data_paths(test)] if test else [], held_out=held_out, cells=plan_cells,
         seeds=seeds, methods=list(REDUCERS) if baselines else [m.strip() for m in methods.split(",") if m.strip()],
         classical=classical,
-        model={"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
-               "latent_dim": latent_dim or d_model},
-        training=training, dtype=dtype,
+        model=model, training=training, dtype=dtype, batch_tokens=batch_tokens,
     )
     if force and (output / RESULTS).is_file():
         (output / RESULTS).unlink()

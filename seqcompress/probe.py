@@ -60,6 +60,7 @@ class ProbePlan:
     model: dict = field(default_factory=dict)  # ModelConfig fields (d_model, layers, ...)
     training: dict = field(default_factory=dict)  # TrainOptions fields (epochs or max_minutes, lr, ...)
     dtype: str = "float16"  # latents are scored after storing them as this dtype
+    batch_tokens: int | None = None  # symbols per optimizer step: batch size = batch_tokens // seq_len per cell
 
     def __post_init__(self) -> None:
         if not self.cells:
@@ -83,11 +84,31 @@ class ProbePlan:
         if bad:
             raise InputError(f"unknown model option(s): {', '.join(sorted(bad))}")
         TrainOptions(**self.training)  # validates budget and schedule
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise InputError(f"--batch-tokens must be positive, got {self.batch_tokens}")
 
     def as_json(self) -> dict:
         plan = asdict(self)
         plan["cells"] = [list(c) for c in self.cells]
         return plan
+
+
+# The paper's table (arXiv 2310.14837): input:latent lengths on Wikipedia text with the BERT tokenizer,
+# AdamW, LR 1e-3 -> 1e-4 linearly over the first 5 epochs.
+PAPER_CELLS = "512:256,512:128,128:64,128:72"
+PAPER_PROTOCOLS = {
+    # Finishes in under 2 hours on 2 CPU cores: a narrower model (d_model 128), 0.3 epochs per run with the
+    # paper's decay compressed into it, 1,024 tokens per step at every length (steps, not tokens, limit
+    # early progress on CPU), all four reducers, 3 seeds.
+    "cpu": {"model": {"d_model": 128, "heads": 4, "layers": 2, "ffn_dim": 512, "latent_dim": 128},
+            "training": {"epochs": 0.3, "decay_epochs": 0.3, "lr": 1e-3, "lr_end": 1e-4},
+            "batch_tokens": 1024},
+    # The paper's setting for a CUDA machine: the default model, 10 epochs, decay over the first 5,
+    # 8 windows of 512 tokens per step. Not run on the project's CPU machine.
+    "full": {"model": {"d_model": 256, "heads": 4, "layers": 2, "ffn_dim": 1024, "latent_dim": 256},
+             "training": {"epochs": 10.0, "decay_epochs": 5.0, "lr": 1e-3, "lr_end": 1e-4},
+             "batch_tokens": 4096},
+}
 
 
 def grid(seq_lens: list[int], ratios: list[float]) -> list[tuple[int, float]]:
@@ -202,7 +223,8 @@ class Probe:
     def model_cell(self, method, seq_len, ratio, seed, train_w, test_w) -> dict:
         config = self.config(method, seq_len, ratio)
         model = build_model(config, seed=seed)
-        options = TrainOptions(**{"val_fraction": 0.02, **self.plan.training, "seed": seed})
+        batch = {"batch_size": max(1, self.plan.batch_tokens // seq_len)} if self.plan.batch_tokens else {}
+        options = TrainOptions(**{"val_fraction": 0.02, **self.plan.training, **batch, "seed": seed})
         result = train(model, self.domain, train_w, options)
         model.cpu().eval()
         metrics = evaluate_quantized(model, self.domain, test_w, self.plan.dtype, batch_size=32)

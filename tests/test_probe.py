@@ -159,3 +159,17 @@ def test_bad_probe_options_give_one_clear_line(tmp_path, args, expected):
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_paper_protocol_sets_the_papers_cells_and_all_reducers(tmp_path, text_file):
+    out = tmp_path / "r"
+    result = probe("--paper", "cpu", text_file, "--seeds", "1", "--max-steps", "1", "-o", out, "-q")
+    assert result.exit_code == 0, result.output + result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["plan"]["cells"] == [[512, 0.5], [512, 0.25], [128, 0.5], [128, 0.5625]]
+    assert results["plan"]["model"]["d_model"] == 128 and results["plan"]["batch_tokens"] == 1024
+    assert results["plan"]["training"]["decay_epochs"] == results["plan"]["training"]["epochs"] == 0.3
+    assert {c["method"] for c in results["cells"]} == {"attention", "perceiver", "linformer", "meanpool"}
+    assert {(c["seq_len"], c["latent_len"]) for c in results["cells"]} == {(512, 256), (512, 128), (128, 64),
+                                                                           (128, 72)}
+    assert probe("--paper", "gpu", text_file, "-o", tmp_path / "x").exit_code == 1
