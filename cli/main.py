@@ -6,6 +6,7 @@ Every expected failure (a SeqCompressError) ends as one line on stderr and exit 
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -24,6 +25,8 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except (typer_exceptions.Exit, typer_exceptions.Abort, click_exceptions.ClickException):
             raise  # --help, usage errors and aborts keep typer's own handling
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): main() ends quietly
         except Exception as exc:  # noqa: BLE001 - every failure reaches the user as one line
             if (ctx.obj or {}).get("debug"):
                 raise
@@ -67,7 +70,12 @@ _register()
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="seqcompress")
+    try:
+        app(prog_name="seqcompress")
+    except BrokenPipeError:
+        # Output piped into e.g. `head` that stopped reading: no traceback, and none at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, as a shell reports it
 
 
 if __name__ == "__main__":
