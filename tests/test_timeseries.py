@@ -30,13 +30,7 @@ MULTI = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models run fastest on one thread, and a busy machine does not stall them (no spinning OpenMP workers).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write(tmp_path, text: str, name: str = "series.csv"):
