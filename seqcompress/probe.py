@@ -178,7 +178,7 @@ class Probe:
         todo, done = self.todo(), self.done()
         if on_cell:
             on_cell(len(done), len(todo), None)
-        self.domain.learn([Path(p) for p in self.plan.data] or self.domain.default_data())
+        self.domain.learn(self.training_files())
         windows: dict[int, tuple[list, list]] = {}
         for method, seq_len, ratio, seed in todo:
             key = cell_key(method, seq_len, ratio, seed)
@@ -197,9 +197,11 @@ class Probe:
                 on_cell(len(done), len(todo), cell)
         return self.results
 
+    def training_files(self) -> list[Path]:
+        return [Path(p) for p in self.plan.data] or self.domain.default_data()
+
     def split(self, seq_len: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        data = [Path(p) for p in self.plan.data] or self.domain.default_data()
-        windows = self.domain.load_windows(data, seq_len)
+        windows = self.domain.load_windows(self.training_files(), seq_len)
         if self.plan.test:
             return windows, self.domain.load_windows([Path(p) for p in self.plan.test], seq_len)
         train_w, test_w, same = split_held_out(windows, self.plan.held_out, HELD_OUT_SEED)
