@@ -333,6 +333,18 @@ def report_markdown(results: dict, rows: list[dict]) -> str:
                 cells.append(f"{hit[0]['mean']:.4f} ± {hit[0]['std']:.4f}" if hit else "")
             lines.append(f"| {_ratio(ratio)} | " + " | ".join(cells) + " |")
         lines.append("")
+    methods = list(dict.fromkeys(r["method"] for r in sorted(rows, key=lambda r: r["method"] != "attention")))
+    if len(methods) > 1:
+        lines += ["## Methods side by side (best in bold)", "",
+                  "| n → latents | ratio | " + " | ".join(methods) + " |",
+                  "|---|---|" + "---:|" * len(methods)]
+        for n, ratio in dict.fromkeys((r["seq_len"], r["ratio"]) for r in rows):
+            here = {r["method"]: r for r in rows if (r["seq_len"], r["ratio"]) == (n, ratio)}
+            cells = [("**{}**" if here[k]["rank"] == 1 else "{}").format(f"{here[k]['mean']:.4f} ± {here[k]['std']:.4f}")
+                     if k in here else "" for k in methods]
+            latents = next(iter(here.values()))["latent_len"]
+            lines.append(f"| {n} → {latents} | {_ratio(ratio)} | " + " | ".join(cells) + " |")
+        lines.append("")
     lines += ["## All methods, ranked within each cell", "",
               "| n | ratio | rank | method | " + metric + " | runs | latents | floats/symbol | bits/symbol | "
               "parameters | steps |",

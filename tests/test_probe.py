@@ -74,6 +74,13 @@ def test_baselines_run_side_by_side_and_are_ranked(tmp_path, text_file):
     params = {r["method"]: r["parameters"] for r in rows}
     assert all(abs(p / params["attention"] - 1) < 0.10 for p in params.values())
     assert_png(out / "methods_vs_ratio.png")
+    report = (out / "report.md").read_text()  # one row per cell, ours first, the winner in bold
+    header = next(line for line in report.splitlines() if line.startswith("| n → latents"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[:3] == ["n → latents", "ratio", "attention"] and set(columns[2:]) == set(params)
+    row = next(line for line in report.splitlines() if line.startswith("| 16 → 8 | 1/2 |"))
+    best = max(rows, key=lambda r: r["mean"])
+    assert f"**{best['mean']:.4f} ± {best['std']:.4f}**" in row and row.count("**") == 2
 
 
 def test_classical_baselines_of_a_domain_get_the_same_float_budget(tmp_path):
