@@ -5,8 +5,8 @@ decoder with one that turns M rows back into N. `ModelConfig.reducer` chooses ho
 
   attention  (default, this project) Q = W_S LN(X) W_Q with a learned W_S (m x n); keys and values
              from all n inputs; residual W_S X. See seqcompress/attention.py.
-  perceiver  Perceiver-style learned latent queries: m learned vectors cross-attend to the input
-             (the decoder: n learned output queries, as in Perceiver IO); residual = the queries.
+  perceiver  Perceiver-style learned latent queries: m learned vectors, layer-normed, cross-attend to the
+             input (the decoder: n learned output queries, as in Perceiver IO); residual = the queries.
   linformer  Linformer-style projection of the sequence axis: E (k x n) applied to the values,
              E LN(X) W_V W_O, with no softmax; residual E X.
   meanpool   Funnel-style mean pooling: the queries are the fixed means of consecutive segments
@@ -35,13 +35,16 @@ class LearnedQueries(nn.Module):
     def __init__(self, out_max: int, d_model: int) -> None:
         super().__init__()
         self.queries = nn.Parameter(0.02 * torch.randn(out_max, d_model))  # (out_max, D)
+        # Perceiver normalises the latent array before it cross-attends; without it these 0.02-scale queries
+        # give near-uniform attention, every latent starts as the same average and training stalls.
+        self.norm = nn.LayerNorm(d_model)
 
     def mix(self, x, xn, attn, in_mask, out_mask, all_real) -> torch.Tensor:
         m = out_mask.shape[1]
         if m > len(self.queries):
             raise ValueError(f"sequence of length {m} exceeds this model's maximum ({len(self.queries)})")
         q = self.queries[:m].expand(x.shape[0], m, -1)  # (B, M, D)
-        return q + attn(q, xn, None if all_real else in_mask)  # (B, M, D)
+        return q + attn(self.norm(q), xn, None if all_real else in_mask)  # (B, M, D)
 
 
 class SequenceProjection(nn.Module):
