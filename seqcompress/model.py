@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 from torch import nn
 
 from seqcompress.attention import Block, latent_length, length_mask
@@ -185,9 +185,7 @@ class SequenceAutoencoder(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = directory / f".{WEIGHTS_FILE}.tmp"
-        save_file(weights, str(tmp))
-        os.replace(tmp, directory / WEIGHTS_FILE)
+        atomic_write_bytes(directory / WEIGHTS_FILE, safetensors_bytes(weights))  # save_file would make it mode 0600
         meta = {
             "format": MODEL_FORMAT,
             "version": MODEL_FORMAT_VERSION,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 
-from seqcompress.atomic import atomic_write_text
+from seqcompress.atomic import atomic_write_bytes, atomic_write_text
 from seqcompress.attention import length_mask
 from seqcompress.domain import Domain
 from seqcompress.errors import InputError, ModelFileError
@@ -285,9 +285,7 @@ def _save_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, step: int
     for pid, pstate in state["state"].items():
         for key, value in pstate.items():
             tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    tmp = ckpt / ".train.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, ckpt / "train.safetensors")
+    atomic_write_bytes(ckpt / "train.safetensors", safetensors_bytes(tensors))
     meta = {"step": step, "elapsed_s": elapsed, "options": asdict(opts), "history": history,
             "param_groups": state["param_groups"]}
     atomic_write_text(ckpt / "state.json", json.dumps(meta, indent=2))

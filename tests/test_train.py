@@ -86,3 +86,20 @@ def test_lr_schedule_is_the_papers_linear_decay():
     assert sched(0) == pytest.approx(1e-3)
     assert sched(25) == pytest.approx(5.5e-4)
     assert sched(50) == pytest.approx(1e-4) and sched(500) == pytest.approx(1e-4)
+
+
+def test_weights_and_checkpoints_get_the_umask_mode(tmp_path):
+    """safetensors' save_file creates mode-0600 files; weights go through atomic_write_bytes instead."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        model = build_model(tiny_config(), seed=0)
+        train(model, TinyTokens(), _windows(), TrainOptions(epochs=None, max_steps=1), checkpoint_dir=tmp_path / "ckpt")
+        model.save(tmp_path / "model")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()}
+    assert set(modes) >= {"model.safetensors", "config.json", "train.safetensors", "state.json"}
+    assert modes == dict.fromkeys(modes, 0o644)
