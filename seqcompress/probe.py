@@ -379,20 +379,22 @@ def write_plots(results: dict, rows: list[dict], out: Path) -> list[Path]:
     seq_lens = sorted({r["seq_len"] for r in rows})
     written = []
 
-    def draw(ax, subset, label):
+    def draw(ax, subset, label, ratios):
+        """One line; x ticks at `ratios` (those of this panel), with room so no end point sits on the frame."""
         ax.set_xscale("log", base=2)
         subset = sorted(subset, key=lambda r: r["ratio"])
         ax.errorbar([r["ratio"] for r in subset], [r["mean"] for r in subset], yerr=[r["std"] for r in subset],
                     marker="o", capsize=3, label=label)
-        ratios = sorted({r["ratio"] for r in rows})
         ax.set_xticks(ratios, [_ratio(r) for r in ratios])
+        ax.set_xlim(min(ratios) / 1.25, max(ratios) * 1.25)
         ax.minorticks_off()
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    ratios = sorted({r["ratio"] for r in rows if r["method"] == "attention"})
     for n in seq_lens:
         subset = [r for r in rows if r["method"] == "attention" and r["seq_len"] == n]
         if subset:
-            draw(ax, subset, f"n = {n}")
+            draw(ax, subset, f"n = {n}", ratios)
     ax.set_xlabel("ratio (latents per input symbol)")
     ax.set_ylabel(f"held-out {metric}")
     ax.set_title(f"{results['plan']['domain']}: reducing attention")
@@ -405,10 +407,11 @@ def write_plots(results: dict, rows: list[dict], out: Path) -> list[Path]:
     if len(methods) > 1:
         fig, axes = plt.subplots(1, len(seq_lens), figsize=(5 * len(seq_lens), 4), squeeze=False)
         for ax, n in zip(axes[0], seq_lens):
+            ratios = sorted({r["ratio"] for r in rows if r["seq_len"] == n})
             for method in methods:
                 subset = [r for r in rows if r["method"] == method and r["seq_len"] == n]
                 if subset:
-                    draw(ax, subset, method)
+                    draw(ax, subset, method, ratios)
             ax.set_xlabel("ratio")
             ax.set_title(f"n = {n}")
             ax.grid(True, alpha=0.3)
