@@ -306,6 +306,10 @@ def cells_csv(cells: list[dict]) -> str:
     return buf.getvalue()
 
 
+def _mean_std(row: dict) -> str:
+    return f"{row['mean']:.4f} ± {row['std']:.4f}"
+
+
 def _ratio(r: float) -> str:
     return str(Fraction(r).limit_denominator(1000))
 
@@ -330,18 +334,18 @@ def report_markdown(results: dict, rows: list[dict]) -> str:
             cells = []
             for n in seq_lens:
                 hit = [r for r in models if r["seq_len"] == n and r["ratio"] == ratio]
-                cells.append(f"{hit[0]['mean']:.4f} ± {hit[0]['std']:.4f}" if hit else "")
+                cells.append(_mean_std(hit[0]) if hit else "")
             lines.append(f"| {_ratio(ratio)} | " + " | ".join(cells) + " |")
         lines.append("")
-    methods = list(dict.fromkeys(r["method"] for r in sorted(rows, key=lambda r: r["method"] != "attention")))
+    methods = sorted({r["method"] for r in rows}, key=lambda name: (name != "attention", name))  # ours first
     if len(methods) > 1:
         lines += ["## Methods side by side (best in bold)", "",
                   "| n → latents | ratio | " + " | ".join(methods) + " |",
                   "|---|---|" + "---:|" * len(methods)]
         for n, ratio in dict.fromkeys((r["seq_len"], r["ratio"]) for r in rows):
             here = {r["method"]: r for r in rows if (r["seq_len"], r["ratio"]) == (n, ratio)}
-            cells = [("**{}**" if here[k]["rank"] == 1 else "{}").format(f"{here[k]['mean']:.4f} ± {here[k]['std']:.4f}")
-                     if k in here else "" for k in methods]
+            cells = [("" if k not in here else f"**{_mean_std(here[k])}**" if here[k]["rank"] == 1
+                      else _mean_std(here[k])) for k in methods]
             latents = next(iter(here.values()))["latent_len"]
             lines.append(f"| {n} → {latents} | {_ratio(ratio)} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -351,7 +355,7 @@ def report_markdown(results: dict, rows: list[dict]) -> str:
               "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['seq_len']} | {_ratio(r['ratio'])} | {r['rank']} | {r['method']} | "
-                     f"{r['mean']:.4f} ± {r['std']:.4f} | {r['runs']} | {r['latent_len']} | "
+                     f"{_mean_std(r)} | {r['runs']} | {r['latent_len']} | "
                      f"{r['latent_floats_per_symbol']:.3f} | {r['bits_per_symbol']:.2f} | "
                      f"{r['parameters']:,} | {r['steps']:.0f} |")
     lines += ["", "Floats/symbol counts stored latent values per input symbol (the same for every method in a "

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 
@@ -90,9 +93,6 @@ def test_lr_schedule_is_the_papers_linear_decay():
 
 def test_weights_and_checkpoints_get_the_umask_mode(tmp_path):
     """safetensors' save_file creates mode-0600 files; weights go through atomic_write_bytes instead."""
-    import os
-    import stat
-
     old = os.umask(0o022)
     try:
         model = build_model(tiny_config(), seed=0)
