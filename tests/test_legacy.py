@@ -1,0 +1,26 @@
+"""Models and latent files written before the attention seam still load, keep their fingerprint and decode
+to exactly what they decoded to then (tests/data/legacy_v1, written by commit ca0e5a4)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from seqcompress.compress import decode_file
+from seqcompress.domains import get_domain
+from seqcompress.model import load_model
+
+LEGACY = Path(__file__).parent / "data" / "legacy_v1"
+
+
+@pytest.mark.parametrize("model_dir,sqz,expected", [("model", "input.sqz", "expected.fa"),
+                                                     ("model_linformer", "input_linformer.sqz", "expected_linformer.fa")])
+def test_model_and_sqz_from_before_the_seam_decode_unchanged(tmp_path, model_dir, sqz, expected):
+    model, meta = load_model(LEGACY / model_dir)
+    saved = json.loads((LEGACY / model_dir / "config.json").read_text())["fingerprint"]
+    assert model.fingerprint() == saved
+    out = tmp_path / "back.fa"
+    decode_file(model, meta, get_domain(meta["domain"]["name"], meta["domain"]), LEGACY / sqz, out)
+    assert out.read_bytes() == (LEGACY / expected).read_bytes()
