@@ -22,7 +22,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import seqcompress  # noqa: F401
-from seqcompress.attention import Attention, ResizeMatrix, latent_length, length_mask
+from seqcompress.attention import Attention, Layout, ResizeMatrix, latent_length, length_mask
+from seqcompress.kernels import make_kernel
+from seqcompress.lengths import Geometry, latent_positions
 from seqcompress.domains.text import TextDomain
 from seqcompress.model import ModelConfig, build_model
 from seqcompress.train import collate
@@ -82,17 +84,21 @@ def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8) -> 
 def attention_ratio(n: int, repeats: int, d_model: int = 256, heads: int = 4, batch: int = 4) -> dict:
     """Reducing layer (n -> n/2 queries through W_S) vs plain self-attention (n queries), same input and module."""
     torch.manual_seed(0)
-    attn = Attention(d_model, heads)
-    resize = ResizeMatrix(latent_length(n, 0.5), n, 0.5)
+    m = latent_length(n, 0.5)
+    attn = Attention(d_model, heads, make_kernel("full", Geometry("reduce", m, n, 0.5), heads, d_model // heads, 0.0, {}))
+    resize = ResizeMatrix(m, n, 0.5)
     x = torch.randn(batch, n, d_model, requires_grad=True)
     lengths = torch.full((batch,), n)
-    in_mask, out_mask = length_mask(lengths, n), length_mask(lengths.new_full((batch,), latent_length(n, 0.5)), n // 2)
+    in_mask, out_mask = length_mask(lengths, n), length_mask(lengths.new_full((batch,), m), m)
+    pos_in, pos_out = latent_positions(n, 1.0), latent_positions(m, 0.5)
+    reduce = Layout(in_mask, out_mask, True, pos_in, pos_out, Geometry("reduce", m, n, 0.5).key_spans(m))
+    self_layout = Layout(in_mask, in_mask, True, pos_in, pos_in, Geometry("self", n, n).key_spans(n))
 
     def reducing():
-        return attn(resize(out_mask, in_mask) @ x, x, None)  # (B, n/2, D)
+        return attn(resize.apply(x, reduce), x, reduce)  # (B, n/2, D)
 
     def plain():
-        return attn(x, x, None)  # (B, n, D)
+        return attn(x, x, self_layout)  # (B, n, D)
 
     def backward(fn):
         return lambda: fn().sum().backward()

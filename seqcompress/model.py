@@ -17,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -25,31 +26,40 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save as safetensors_bytes
 from torch import nn
 
-from seqcompress.attention import Block, latent_length, length_mask
+from seqcompress.attention import Attention, Block, Layout
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress.atomic import atomic_write_bytes
-from seqcompress.reducers import REDUCERS, make_resize
+from seqcompress.kernels import KERNELS, check_combination, make_kernel
+from seqcompress.lengths import Geometry, latent_length, latent_positions, length_mask
+from seqcompress.positions import POSITIONS, make_positions
+from seqcompress.reducers import REDUCERS
+from seqcompress.resize import RESIZES
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 MODEL_FORMAT = "seqcompress-model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: attention seam (kernels, position schemes, stages, relative resize), fingerprint scheme 2
+FINGERPRINT_SCHEME = 2
 
 
 @dataclass
 class ModelConfig:
     n_max: int = 128  # longest input (symbols per window); any length 1..n_max is accepted
-    ratio: float = 0.5  # latents per input symbol; m = ceil(L * ratio), at least 1
+    ratio: float = 0.5  # latents per input symbol; m = ceil(L * ratio), at least 1 (the product of `stages`)
     d_model: int = 256  # width of every block
     heads: int = 4  # attention heads per block
     layers: int = 2  # blocks in the encoder and again in the decoder (the first one resizes)
     ffn_dim: int = 1024  # hidden width of each feed-forward layer
     latent_dim: int = 256  # width of a stored latent vector (a projection when < d_model)
     dropout: float = 0.0  # dropout in attention and feed-forward layers
-    positions: str = "learned"  # "learned" position embeddings, or "none" (only W_S/W_E know order)
+    positions: str = "learned"  # position scheme (seqcompress/positions/): learned, none, t5, alibi, rope
     resize_init: str = "pool"  # W_S/W_E start as segment pooling ("pool") or N(0, 1/n) ("random")
     reducer: str = "attention"  # the length-changing layer: this project's, or a baseline (seqcompress/reducers.py)
     vocab_size: int = 0  # token domains: size of the vocabulary (0 for vector inputs)
     feature_dim: int = 0  # vector domains: features per input position (0 for token inputs)
+    attention: str = "full"  # attention kernel of every block (seqcompress/kernels/): full, lowrank, local
+    resize: str = "absolute"  # W_S/W_E: a free table bounded by n_max ("absolute") or a relative profile
+    stages: list[float] = field(default_factory=list)  # per-stage ratios, n -> n*s1 -> n*s1*s2 ...; [] is one stage
+    options: dict = field(default_factory=dict)  # kernel, position and resize options by name (window, rank, ...)
 
     def __post_init__(self) -> None:
         if not 0 < self.ratio <= 1:
@@ -58,45 +68,119 @@ class ModelConfig:
             raise InputError(f"n_max must be at least 1, got {self.n_max}")
         if (self.vocab_size > 0) == (self.feature_dim > 0):
             raise InputError("exactly one of vocab_size (tokens) and feature_dim (vectors) must be set")
-        if self.positions not in ("learned", "none"):
-            raise InputError(f"positions must be 'learned' or 'none', got {self.positions!r}")
         if self.layers < 1:
             raise InputError(f"layers must be at least 1, got {self.layers}")
-        if self.reducer not in REDUCERS:
-            raise InputError(f"reducer must be one of {', '.join(REDUCERS)}, got {self.reducer!r}")
+        for name, value, registry in (("reducer", self.reducer, REDUCERS), ("attention", self.attention, KERNELS),
+                                      ("positions", self.positions, POSITIONS), ("resize", self.resize, RESIZES)):
+            if value not in registry:
+                raise InputError(f"{name} must be one of {', '.join(registry)}, got {value!r}")
+        self.stages = [float(s) for s in self.stages]
+        if self.stages:
+            if any(not 0 < s <= 1 for s in self.stages):
+                raise InputError(f"every stage ratio must be in (0, 1], got {self.stages}")
+            if abs(math.prod(self.stages) - self.ratio) > 1e-9:
+                raise InputError(f"the stages {self.stages} multiply to {math.prod(self.stages):.6g}, not the ratio {self.ratio}")
+        if self.resize == "relative" and self.reducer != "attention":
+            raise InputError(f"resize 'relative' shapes W_S of reducer 'attention'; reducer {self.reducer!r} has no W_S")
+        if not isinstance(self.options, dict):
+            raise InputError(f"options must be a mapping of option names to values, got {self.options!r}")
+        takes = self.option_defaults()
+        unknown = sorted(set(self.options) - set(takes))
+        if unknown:
+            raise InputError(f"option(s) {', '.join(unknown)} not used by attention {self.attention!r}, positions "
+                             f"{self.positions!r} and resize {self.resize!r} (they take: {', '.join(takes) or 'none'})")
+        why = check_combination(self.attention, POSITIONS[self.positions], resizing=self.reducer != "linformer")
+        if why:
+            raise InputError(why)
+
+    def option_defaults(self) -> dict:
+        """Every option the chosen kernel, position scheme and resize take, with its default."""
+        takes = {**KERNELS[self.attention].capabilities.options, **POSITIONS[self.positions].options}
+        if self.resize == "relative":
+            takes["band"] = 1.0
+        return takes
+
+    @property
+    def stage_ratios(self) -> list[float]:
+        return self.stages or [self.ratio]
+
+    def stage_lengths(self, length: int) -> list[int]:
+        """[L, m_1, ..., m_S]: the length after each stage."""
+        out = [length]
+        for r in self.stage_ratios:
+            out.append(latent_length(out[-1], r))
+        return out
 
     @property
     def m_max(self) -> int:
         """Latents of a full-length window."""
-        return latent_length(self.n_max, self.ratio)
+        return self.latent_length(self.n_max)
 
     def latent_length(self, length: int) -> int:
-        return latent_length(length, self.ratio)
+        return self.stage_lengths(length)[-1]
+
+    @property
+    def max_length(self) -> int | None:
+        """The longest input this model takes: n_max, or None when nothing in it is sized to n_max
+        (relative positions and resize, a kernel without a table), so it reduces windows of any length."""
+        bounded = (POSITIONS[self.positions].absolute or self.resize == "absolute" or self.reducer != "attention"
+                   or KERNELS[self.attention].capabilities.max_length != "any")
+        return self.n_max if bounded else None
+
+
+# Fingerprint scheme 2 hashes only the fields whose value differs from the neutral value below, so a
+# field added later (with its neutral value here) never changes the fingerprint of a model saved before.
+# These values are frozen: they are what the scheme hashes against, not the current defaults.
+FINGERPRINT_NEUTRAL = {
+    "n_max": 128, "ratio": 0.5, "d_model": 256, "heads": 4, "layers": 2, "ffn_dim": 1024, "latent_dim": 256,
+    "dropout": 0.0, "positions": "learned", "resize_init": "pool", "reducer": "attention", "vocab_size": 0,
+    "feature_dim": 0, "attention": "full", "resize": "absolute", "stages": [], "options": {},
+}
+# Scheme 1 (model format 1) hashed these fields, and `reducer` only when it was not "attention".
+_SCHEME1_FIELDS = ("n_max", "ratio", "d_model", "heads", "layers", "ffn_dim", "latent_dim", "dropout", "positions",
+                   "resize_init", "vocab_size", "feature_dim")
 
 
 class SequenceAutoencoder(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = c = config
-        pos = c.positions == "learned"
+        scheme = POSITIONS[c.positions]
+        absolute = scheme.absolute
         if c.vocab_size:
             self.embed: nn.Module = nn.Embedding(c.vocab_size, c.d_model)
             nn.init.normal_(self.embed.weight, std=0.02)
         else:
             self.embed = nn.Linear(c.feature_dim, c.d_model)
-        self.in_positions = nn.Parameter(0.02 * torch.randn(c.n_max, c.d_model)) if pos else None
+        self.in_positions = nn.Parameter(0.02 * torch.randn(c.n_max, c.d_model)) if absolute else None
+        head_dim = c.d_model // c.heads
+        # One position scheme per stack, handed to each of its blocks at call time (parameters, if any, shared).
+        self.encoder_positions = make_positions(c.positions, c.heads, head_dim, c.options)
+        self.decoder_positions = make_positions(c.positions, c.heads, head_dim, c.options)
+        reducer = REDUCERS[c.reducer]
+        maxes = c.stage_lengths(c.n_max)  # [n_max, m_1 max, ..., m_max]
 
-        def blocks(out_max: int, in_max: int) -> nn.ModuleList:
-            resize, attention = make_resize(c.reducer, out_max, in_max, c.ratio, c.d_model, c.resize_init)
-            first = Block(c.d_model, c.heads, c.ffn_dim, c.dropout, resize, out_max if pos else 0, attention)
-            rest = [Block(c.d_model, c.heads, c.ffn_dim, c.dropout) for _ in range(c.layers - 1)]
-            return nn.ModuleList([first, *rest])
+        def attention(geometry: Geometry) -> Attention:
+            return Attention(c.d_model, c.heads, make_kernel(c.attention, geometry, c.heads, head_dim, c.dropout, c.options))
 
-        self.encoder = blocks(c.m_max, c.n_max)
+        def resizing(out_max: int, in_max: int, ratio: float, kind: str) -> Block:
+            resize = reducer.build(out_max, in_max, ratio, c.d_model, c)
+            attn = attention(Geometry(kind, out_max, in_max, ratio)) if reducer.needs_attention else None
+            return Block(c.d_model, c.ffn_dim, attn, c.dropout, resize, out_max if absolute else 0)
+
+        def plain(length: int) -> Block:
+            return Block(c.d_model, c.ffn_dim, attention(Geometry("self", length, length)), c.dropout)
+
+        ratios = c.stage_ratios
+        self.encoder = nn.ModuleList(
+            [resizing(maxes[s + 1], maxes[s], r, "reduce") for s, r in enumerate(ratios)]
+            + [plain(maxes[-1]) for _ in range(c.layers - 1)])
         self.enc_norm = nn.LayerNorm(c.d_model)
         self.to_latent = nn.Linear(c.d_model, c.latent_dim) if c.latent_dim != c.d_model else nn.Identity()
         self.from_latent = nn.Linear(c.latent_dim, c.d_model) if c.latent_dim != c.d_model else nn.Identity()
-        self.decoder = blocks(c.n_max, c.m_max)
+        self.decoder = nn.ModuleList(
+            [resizing(maxes[s], maxes[s + 1], ratios[s], "expand") for s in reversed(range(len(ratios)))]
+            + [plain(c.n_max) for _ in range(c.layers - 1)])
         self.dec_norm = nn.LayerNorm(c.d_model)
         # Token domains: logits through the (tied) embedding matrix; vector domains: a linear map back.
         self.head = None if c.vocab_size else nn.Linear(c.d_model, c.feature_dim)
@@ -108,13 +192,49 @@ class SequenceAutoencoder(nn.Module):
 
     def _check_lengths(self, lengths: torch.Tensor, padded: int) -> None:
         longest = int(lengths.max()) if lengths.numel() else 0
-        if longest > self.config.n_max:
+        limit = self.config.max_length
+        if limit is not None and longest > limit:
             raise InputError(
                 f"sequence of length {longest} is longer than this model's n_max={self.config.n_max}; "
                 "split it into windows (domains do this when reading files)"
             )
         if longest > padded or (lengths.numel() and int(lengths.min()) < 0):
             raise InputError(f"lengths must lie in 0..{padded} (the padded length)")
+
+    def _levels(self, lengths: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per level (input, then after each stage): (lengths (B,), positions (L_pad,)) of the batch."""
+        per_sample = [self.config.stage_lengths(int(n)) for n in lengths.tolist()]
+        levels, cumulative = [], 1.0
+        for s in range(len(self.config.stage_ratios) + 1):
+            if s:
+                cumulative *= self.config.stage_ratios[s - 1]
+            ls = torch.tensor([p[s] for p in per_sample], dtype=torch.long, device=lengths.device)
+            pad = int(ls.max()) if ls.numel() else 0
+            levels.append((ls, latent_positions(pad, cumulative, lengths.device)))
+        return levels
+
+    def _layouts(self, levels, scheme, order: str) -> tuple[list[Layout], Layout]:
+        """The resizing blocks' layouts (in stack order) and the layout of the self-attention blocks after them."""
+        ratios = self.config.stage_ratios
+        masks = [length_mask(ls, len(pos)) for ls, pos in levels]
+        full = all(bool(m.all()) for m in masks)
+        steps = range(len(ratios)) if order == "encode" else reversed(range(len(ratios)))
+        layouts = []
+        for s in steps:
+            src, dst = (s, s + 1) if order == "encode" else (s + 1, s)
+            geometry = Geometry("reduce" if order == "encode" else "expand", 0, 0, ratios[s])
+            m = len(levels[dst][1])
+            layouts.append(Layout(masks[src], masks[dst], full, levels[src][1], levels[dst][1],
+                                  geometry.key_spans(m, masks[dst].device), scheme))
+        last = len(levels) - 1 if order == "encode" else 0
+        mask, pos = masks[last], levels[last][1]
+        plain = Layout(mask, mask, full, pos, pos, Geometry("self", 0, 0).key_spans(len(pos), mask.device), scheme)
+        return layouts, plain
+
+    @staticmethod
+    def _zero_padding(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # torch.where, not a product: 0 * NaN is NaN, and a NaN in padding must change nothing.
+        return torch.where(mask if values.dim() == mask.dim() else mask[..., None], values, torch.zeros((), dtype=values.dtype))
 
     # ---- encoder / decoder ---------------------------------------------------------------
     def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,18 +244,18 @@ class SequenceAutoencoder(nn.Module):
         """
         n = inputs.shape[1]
         self._check_lengths(lengths, n)
-        latent_lengths = self.latent_lengths(lengths)
-        m = int(latent_lengths.max()) if latent_lengths.numel() else 0
-        in_mask, out_mask = length_mask(lengths, n), length_mask(latent_lengths, m)  # (B, N), (B, M)
-        full = bool(in_mask.all()) and bool(out_mask.all())
+        levels = self._levels(lengths)
+        resizes, plain = self._layouts(levels, self.encoder_positions, "encode")
+        inputs = self._zero_padding(inputs, length_mask(lengths, n))
         x = self.embed(inputs)  # (B, N, D)
         if self.in_positions is not None:
             x = x + self.in_positions[:n]  # (B, N, D)
-        x = self.encoder[0](x, in_mask, out_mask, full)  # (B, M, D)
-        for block in self.encoder[1:]:
-            x = block(x, out_mask, out_mask, full)  # (B, M, D)
+        for block, layout in zip(self.encoder, resizes):
+            x = block(x, layout)  # (B, M_s, D)
+        for block in self.encoder[len(resizes):]:
+            x = block(x, plain)  # (B, M, D)
         z = self.to_latent(self.enc_norm(x))  # (B, M, latent_dim)
-        return z * out_mask[:, :, None], latent_lengths
+        return z * plain.out_mask[:, :, None], levels[-1][0]
 
     def decode(self, latents: torch.Tensor, latent_lengths: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """latents (B, M, latent_dim) -> logits (B, N, V) or vectors (B, N, F), N = max(lengths).
@@ -144,16 +264,18 @@ class SequenceAutoencoder(nn.Module):
         """
         n = int(lengths.max()) if lengths.numel() else 0
         self._check_lengths(lengths, n)
-        expected = self.latent_lengths(lengths)
-        if not torch.equal(expected.cpu(), latent_lengths.cpu()):
+        levels = self._levels(lengths)
+        if not torch.equal(levels[-1][0].cpu(), latent_lengths.cpu()):
             raise InputError("latent lengths do not match the original lengths for this model's ratio")
         m = latents.shape[1]
-        in_mask, out_mask = length_mask(latent_lengths, m), length_mask(lengths, n)  # (B, M), (B, N)
-        full = bool(in_mask.all()) and bool(out_mask.all())
-        x = self.from_latent(latents)  # (B, M, D)
-        x = self.decoder[0](x, in_mask, out_mask, full)  # (B, N, D)
-        for block in self.decoder[1:]:
-            x = block(x, out_mask, out_mask, full)  # (B, N, D)
+        if m != len(levels[-1][1]):
+            levels[-1] = (levels[-1][0], latent_positions(m, self.config.ratio, latents.device))
+        resizes, plain = self._layouts(levels, self.decoder_positions, "decode")
+        x = self.from_latent(self._zero_padding(latents, resizes[0].in_mask))  # (B, M, D)
+        for block, layout in zip(self.decoder, resizes):
+            x = block(x, layout)  # (B, N_s, D)
+        for block in self.decoder[len(resizes):]:
+            x = block(x, plain)  # (B, N, D)
         x = self.dec_norm(x)  # (B, N, D)
         if self.head is None:
             return x @ self.embed.weight.T  # (B, N, V)
@@ -168,12 +290,23 @@ class SequenceAutoencoder(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def fingerprint(self) -> str:
-        """Hash of the config and every weight: latent files record it to refuse a different model."""
+    def fingerprint(self, scheme: int = FINGERPRINT_SCHEME) -> str:
+        """Hash of the config and every weight: latent files record it to refuse a different model.
+
+        Scheme 2 hashes the config fields that differ from FINGERPRINT_NEUTRAL; scheme 1 is how models of
+        format 1 (which record no scheme) were hashed, kept so that they and their .sqz files still match.
+        """
         config = asdict(self.config)
-        if config["reducer"] == "attention":
-            del config["reducer"]  # added after format 1: hashed only when set, so older models keep their hash
-        h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+        if scheme == 1:
+            hashed = {k: config[k] for k in _SCHEME1_FIELDS}
+            if config["reducer"] != "attention":
+                hashed["reducer"] = config["reducer"]
+        elif scheme == 2:
+            hashed = {"fingerprint_scheme": 2,
+                      **{k: v for k, v in config.items() if k not in FINGERPRINT_NEUTRAL or v != FINGERPRINT_NEUTRAL[k]}}
+        else:
+            raise ModelFileError(f"unknown fingerprint scheme {scheme!r}")
+        h = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
             t = tensor.detach().cpu().contiguous()
             h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
@@ -192,6 +325,7 @@ class SequenceAutoencoder(nn.Module):
             "model": asdict(self.config),
             "domain": domain or {},
             "fingerprint": self.fingerprint(),
+            "fingerprint_scheme": FINGERPRINT_SCHEME,
             "parameters": self.parameter_count(),
         }
         atomic_write_bytes(directory / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
@@ -227,7 +361,8 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as exc:
         raise ModelFileError(f"cannot load the model in {directory}: {str(exc).splitlines()[0]}") from None
-    if meta.get("fingerprint") and model.fingerprint() != meta["fingerprint"]:
+    scheme = meta.get("fingerprint_scheme", 1)  # format-1 models record none
+    if meta.get("fingerprint") and model.fingerprint(scheme) != meta["fingerprint"]:
         raise ModelFileError(f"{directory}: the weights do not match the fingerprint in {CONFIG_FILE}; the model was altered")
     return model.to(device).eval(), meta
 
@@ -235,4 +370,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
 def build_model(config: ModelConfig, seed: int = 0) -> SequenceAutoencoder:
     """A freshly initialised model, seeded for reproducibility."""
     torch.manual_seed(seed)
-    return SequenceAutoencoder(config)
+    try:
+        return SequenceAutoencoder(config)
+    except ValueError as exc:  # an option value a kernel, scheme or resize refuses
+        raise InputError(str(exc)) from None

@@ -1,10 +1,12 @@
 """The length-changing layer of the autoencoder, and the baselines the probe compares it with.
 
-Every encoder starts with one block that turns N rows into M = latent_length(N) rows, and every
-decoder with one that turns M rows back into N. `ModelConfig.reducer` chooses how:
+Every encoder starts with one block (one per stage, with `stages`) that turns N rows into M rows, and
+every decoder with one that turns M rows back into N. `ModelConfig.reducer` chooses how; a reducer is a
+class plus one registration (`@register_reducer`), built by `build(out_max, in_max, ratio, d_model, config)`:
 
-  attention  (default, this project) Q = W_S LN(X) W_Q with a learned W_S (m x n); keys and values
-             from all n inputs; residual W_S X. See seqcompress/attention.py.
+  attention  (default, this project) Q = W_S LN(X) W_Q with a learned W_S (m x n, absolute or relative;
+             seqcompress/resize.py); keys and values from all n inputs through the model's kernel;
+             residual W_S X. See seqcompress/attention.py.
   perceiver  Perceiver-style learned latent queries: m learned vectors, layer-normed, cross-attend to the
              input (the decoder: n learned output queries, as in Perceiver IO); residual = the queries.
   linformer  Linformer-style projection of the sequence axis: E (k x n) applied to the values,
@@ -13,7 +15,7 @@ decoder with one that turns M rows back into N. `ModelConfig.reducer` chooses ho
              (the decoder copies each latent to its segment) and attend to all inputs; nothing
              about the length change is learned.
 
-All four slice their (out_max, in_max) tables per sample exactly as W_S does, so every one of them
+All of them slice their (out_max, in_max) tables per sample exactly as W_S does, so every one of them
 accepts variable lengths, never lets padding change a result, and has the same latent length.
 The rest of the model (embedding, self-attention blocks, latent projection, head) is shared, so
 their parameter counts differ only by the small length-changing tables (see `parameter_count`).
@@ -21,14 +23,42 @@ their parameter counts differ only by the small length-changing tables (see `par
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from seqcompress.attention import ResizeMatrix, pooling_matrix
+from seqcompress.lengths import pooling_matrix
+from seqcompress.resize import RelativeResize, ResizeMatrix
 
-REDUCERS = ("attention", "perceiver", "linformer", "meanpool")
+REDUCERS: dict[str, type] = {}
 
 
+def register_reducer(name: str, needs_attention: bool = True):
+    def add(cls: type) -> type:
+        cls.name, cls.needs_attention = name, needs_attention
+        REDUCERS[name] = cls
+        return cls
+
+    return add
+
+
+@register_reducer("attention")
+class ReducingAttention:
+    """W_S (or W_E): the absolute table or the relative profile, as `config.resize` says."""
+
+    name: ClassVar[str]
+    needs_attention: ClassVar[bool]
+
+    @staticmethod
+    def build(out_max: int, in_max: int, ratio: float, d_model: int, config) -> nn.Module:
+        if config.resize == "relative":
+            per_in = ratio if out_max <= in_max else 1 / ratio
+            return RelativeResize(per_in, config.options.get("band", 1.0), config.resize_init)
+        return ResizeMatrix(out_max, in_max, ratio, config.resize_init)
+
+
+@register_reducer("perceiver")
 class LearnedQueries(nn.Module):
     """Perceiver-style: the output rows are learned vectors that cross-attend to the input."""
 
@@ -39,14 +69,19 @@ class LearnedQueries(nn.Module):
         # give near-uniform attention, every latent starts as the same average and training stalls.
         self.norm = nn.LayerNorm(d_model)
 
-    def mix(self, x, xn, attn, in_mask, out_mask, all_real) -> torch.Tensor:
-        m = out_mask.shape[1]
+    @classmethod
+    def build(cls, out_max, in_max, ratio, d_model, config) -> nn.Module:
+        return cls(out_max, d_model)
+
+    def mix(self, x, xn, attn, layout) -> torch.Tensor:
+        m = layout.out_mask.shape[1]
         if m > len(self.queries):
             raise ValueError(f"sequence of length {m} exceeds this model's maximum ({len(self.queries)})")
         q = self.queries[:m].expand(x.shape[0], m, -1)  # (B, M, D)
-        return q + attn(self.norm(q), xn, None if all_real else in_mask)  # (B, M, D)
+        return q + attn(self.norm(q), xn, layout)  # (B, M, D)
 
 
+@register_reducer("linformer", needs_attention=False)
 class SequenceProjection(nn.Module):
     """Linformer-style: a learned projection E of the sequence axis applied to the values, no softmax."""
 
@@ -56,11 +91,16 @@ class SequenceProjection(nn.Module):
         self.value = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model)
 
-    def mix(self, x, xn, attn, in_mask, out_mask, all_real) -> torch.Tensor:
-        e = self.projection(out_mask, in_mask)  # (B, M, N)
+    @classmethod
+    def build(cls, out_max, in_max, ratio, d_model, config) -> nn.Module:
+        return cls(out_max, in_max, ratio, d_model, config.resize_init)
+
+    def mix(self, x, xn, attn, layout) -> torch.Tensor:
+        e = self.projection(layout.out_mask, layout.in_mask)  # (B, M, N)
         return e @ x + self.out(e @ self.value(xn))  # (B, M, D)
 
 
+@register_reducer("meanpool")
 class FixedPooling(ResizeMatrix):
     """Funnel-style: W_S fixed at segment means (expanding: copies); the pooled queries attend to all inputs."""
 
@@ -69,15 +109,6 @@ class FixedPooling(ResizeMatrix):
         self.out_max, self.in_max = out_max, in_max
         self.register_buffer("weight", pooling_matrix(out_max, in_max, ratio))  # saved, never trained
 
-
-def make_resize(kind: str, out_max: int, in_max: int, ratio: float, d_model: int, init: str) -> tuple[nn.Module, bool]:
-    """The length-changing module for `kind` and whether its block needs its own attention."""
-    if kind == "attention":
-        return ResizeMatrix(out_max, in_max, ratio, init), True
-    if kind == "perceiver":
-        return LearnedQueries(out_max, d_model), True
-    if kind == "linformer":
-        return SequenceProjection(out_max, in_max, ratio, d_model, init), False
-    if kind == "meanpool":
-        return FixedPooling(out_max, in_max, ratio), True
-    raise ValueError(f"unknown reducer {kind!r}; choose one of {', '.join(REDUCERS)}")
+    @classmethod
+    def build(cls, out_max, in_max, ratio, d_model, config) -> nn.Module:
+        return cls(out_max, in_max, ratio)

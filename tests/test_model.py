@@ -73,19 +73,37 @@ def test_m_max_follows_ratio():
     assert ModelConfig(n_max=512, ratio=0.25, vocab_size=10).m_max == 128
 
 
-def test_default_reducer_keeps_the_fingerprint_of_models_saved_before_it_existed(tiny_model):
+def _hash(fields: dict, model) -> str:
     import hashlib
-    from dataclasses import asdict
 
-    config = asdict(tiny_model.config)
-    del config["reducer"]
-    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for name, tensor in sorted(tiny_model.state_dict().items()):
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
-    assert tiny_model.fingerprint() == h.hexdigest()[:32]
-    assert build_model(tiny_config(reducer="perceiver")).fingerprint() != tiny_model.fingerprint()
+    return h.hexdigest()[:32]
+
+
+def test_fingerprint_scheme_1_is_the_format_1_hash(tiny_model):
+    from dataclasses import asdict
+
+    old_fields = {k: v for k, v in asdict(tiny_model.config).items()
+                  if k not in ("reducer", "attention", "resize", "stages", "options")}
+    assert tiny_model.fingerprint(1) == _hash(old_fields, tiny_model)
+    assert build_model(tiny_config(reducer="perceiver")).fingerprint(1) != tiny_model.fingerprint(1)
+
+
+def test_fingerprint_scheme_2_hashes_only_fields_away_from_their_neutral_value(tiny_model):
+    from dataclasses import fields as dc_fields
+
+    from seqcompress.model import FINGERPRINT_NEUTRAL
+
+    # Every field has a frozen neutral value, so adding a field never changes an older model's fingerprint.
+    assert {f.name for f in dc_fields(ModelConfig)} == set(FINGERPRINT_NEUTRAL)
+    expected = {"fingerprint_scheme": 2, "n_max": 16, "d_model": 32, "ffn_dim": 64, "latent_dim": 32, "vocab_size": 50}
+    assert tiny_model.fingerprint() == _hash(expected, tiny_model)
+    local = build_model(tiny_config(attention="local", options={"window": 2}), seed=0)
+    assert local.fingerprint() == _hash({**expected, "attention": "local", "options": {"window": 2}}, local)
 
 
 @pytest.mark.parametrize("reducer", ["perceiver", "linformer", "meanpool"])

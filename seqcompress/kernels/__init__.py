@@ -1,0 +1,103 @@
+"""Attention kernels: the seam every attention mechanism plugs into.
+
+A kernel is one module plus one registration (`@register_kernel("name")`, imported at the bottom):
+
+    kernel(q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, state=None) -> (out, state)
+
+    q (B, H, M, Dh), k and v (B, H, N, Dh), already projected (and rotated, for rotary positions);
+    q_pos (M,), k_pos (N,) float positions in input-index units; key_mask (B, N) bool, True = real key,
+    or None when every key is real; q_spans (M, 2) the first and last key each query stands for
+    (`Geometry.key_spans`); positions the stack's PositionScheme (its `bias` is the kernel's to apply on
+    whichever keys it scores); state is carried between calls by kernels that keep one (None here).
+    Returns out (B, H, M, Dh) and the new state.
+
+Every kernel declares its `Capabilities`; `check_combination` refuses at model build what a kernel
+cannot do, with one line that says why. Options come from `ModelConfig.options` by the names the
+kernel declares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from seqcompress.lengths import Geometry
+
+__all__ = ["KERNELS", "Capabilities", "Kernel", "register_kernel", "make_kernel", "open_keys", "score_mask"]
+
+KERNELS: dict[str, type["Kernel"]] = {}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    resizing: bool  # queries may differ from keys in number and position (reducing and expanding blocks)
+    key_mask: bool  # honours a key-padding mask exactly
+    bias: bool  # applies a relative-position bias (t5, alibi)
+    rotary: bool  # keys keep their own positions, so rotary positions (rope) apply
+    complexity: str  # time and memory per head in m queries, n keys
+    max_length: str  # "any", or "n_max" when a learned table is sized to the longest input
+    options: dict[str, object] = field(default_factory=dict)  # option name -> default
+    summary: str = ""
+
+
+def register_kernel(name: str):
+    def add(cls: type[Kernel]) -> type[Kernel]:
+        cls.name = name
+        KERNELS[name] = cls
+        return cls
+
+    return add
+
+
+class Kernel(nn.Module):
+    name: ClassVar[str] = ""
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, geometry: Geometry, heads: int, head_dim: int, dropout: float, options: dict) -> None:
+        super().__init__()
+        self.geometry, self.heads, self.head_dim, self.dropout = geometry, heads, head_dim, dropout
+
+    @property
+    def dropout_p(self) -> float:
+        return self.dropout if self.training else 0.0
+
+
+def make_kernel(name: str, geometry: Geometry, heads: int, head_dim: int, dropout: float, options: dict) -> Kernel:
+    cls = KERNELS[name]
+    own = {k: options.get(k, v) for k, v in cls.capabilities.options.items()}
+    return cls(geometry, heads, head_dim, dropout, own)
+
+
+def check_combination(kernel: str, positions, resizing: bool) -> str | None:
+    """Why `kernel` cannot run with this position scheme class (or in a resizing block), or None."""
+    caps = KERNELS[kernel].capabilities
+    if positions.rotary and not caps.rotary:
+        return (f"attention {kernel!r} cannot use {positions.name!r} positions: its keys do not keep their own "
+                "positions to rotate by (use t5 or alibi)")
+    if positions.uses_bias and not caps.bias:
+        return f"attention {kernel!r} cannot apply the {positions.name!r} position bias"
+    if resizing and not caps.resizing:
+        return f"attention {kernel!r} cannot serve a reducing or expanding block (queries and keys must coincide)"
+    return None
+
+
+def open_keys(key_mask: torch.Tensor) -> torch.Tensor:
+    """A row with no real key attends to its padding instead of producing NaN (its output is zeroed by the
+    caller): (..., N) bool -> (..., N) bool with every all-False row made all-True."""
+    return key_mask | ~key_mask.any(dim=-1, keepdim=True)
+
+
+def score_mask(allowed: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """The attn_mask for SDPA: the boolean `allowed` as is, or the float bias with -inf where not allowed."""
+    if bias is None:
+        return allowed
+    if allowed is None:
+        return bias
+    return bias.masked_fill(~allowed, float("-inf"))
+
+
+# One line per kernel: importing the module registers it.
+from seqcompress.kernels import full, local, lowrank  # noqa: E402,F401

@@ -1,0 +1,69 @@
+"""Low-rank attention (Linformer, Wang et al., 2020): keys and values projected along the sequence axis.
+
+    K' = E K,  V' = F V,  E, F: (rank, n_max) learned, shared by the heads;  out = softmax(Q K'^T) V'
+
+Variable length: a sample of L real keys uses the first r = ceil(L * rank / n_max) rows of E[:, :L]
+(so the rank shrinks with the sample, as W_S does), and its padded keys are zeroed *before* the
+projection, so padding neither leaks into K', V' nor receives a gradient. (Linformer's reference code
+projects the padded keys too.) E and F start as segment means (projected key r is the mean of its
+n_max / rank keys), which is where the probe's Linformer-style reducer starts, but here a softmax picks
+among the projected keys. With rank = n_max, E = F = identity and this is full attention.
+A projected key sits at the mean position of its segment: a relative bias (t5, alibi) sees that position;
+rotary positions cannot be honoured (the projection mixes keys rotated by different angles).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqcompress.errors import InputError
+from seqcompress.kernels import Capabilities, Kernel, open_keys, register_kernel, score_mask
+from seqcompress.lengths import pooling_matrix
+
+
+@register_kernel("lowrank")
+class LowRankAttention(Kernel):
+    capabilities = Capabilities(
+        resizing=True, key_mask=True, bias=True, rotary=False, complexity="O(m·k + n·k) for rank k",
+        max_length="n_max", options={"rank": 64}, summary="keys and values projected to k rows (Linformer)",
+    )
+
+    def __init__(self, geometry, heads, head_dim, dropout, options) -> None:
+        super().__init__(geometry, heads, head_dim, dropout, options)
+        n_max = geometry.k_max
+        rank = int(options["rank"])
+        if rank < 1:
+            raise ValueError(f"lowrank attention needs rank >= 1, got {rank}")
+        self.rank = min(rank, n_max)
+        segments = pooling_matrix(self.rank, n_max, self.rank / n_max)  # (rank, n_max) segment means
+        self.e_key = nn.Parameter(segments.clone())
+        self.e_value = nn.Parameter(segments.clone())
+        self.register_buffer("segments", (segments > 0).float(), persistent=False)  # which keys row r pools
+
+    def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, state=None):
+        b, h, n, _ = k.shape
+        n_max = self.geometry.k_max
+        if n > n_max:
+            raise InputError(f"lowrank attention was built for at most {n_max} keys, got {n}")
+        if key_mask is None:
+            key_mask = torch.ones(b, n, dtype=torch.bool, device=k.device)
+        lengths = key_mask.sum(dim=1)  # (B,)
+        rows = (lengths * self.rank + n_max - 1) // n_max  # (B,) ceil(L * rank / n_max)
+        r = max(int(rows.max()), 1) if b else 1
+        row_mask = torch.arange(r, device=k.device)[None, :] < rows[:, None]  # (B, R)
+        pair = (row_mask[:, :, None] & key_mask[:, None, :]).to(k.dtype)  # (B, R, N)
+        real = key_mask[:, None, :, None]  # (B, 1, N, 1)
+        k = torch.where(real, k, 0.0)  # padded keys zeroed before projection: no leak, no gradient
+        v = torch.where(real, v, 0.0)
+        kp = torch.einsum("brn,bhnd->bhrd", self.e_key[:r, :n] * pair, k)  # (B, H, R, Dh)
+        vp = torch.einsum("brn,bhnd->bhrd", self.e_value[:r, :n] * pair, v)  # (B, H, R, Dh)
+        bias = None
+        if positions is not None and positions.uses_bias:
+            seg = self.segments[:r, :n]  # (R, N)
+            centres = (seg @ k_pos) / seg.sum(dim=1).clamp(min=1)  # (R,) mean position of each segment
+            bias = positions.bias(q_pos, centres)[None].to(q.dtype)  # (1, H, M, R)
+        allowed = open_keys(row_mask)[:, None, None, :]  # (B, 1, 1, R)
+        mask = score_mask(allowed, bias)
+        return F.scaled_dot_product_attention(q, kp, vp, attn_mask=mask, dropout_p=self.dropout_p), state
