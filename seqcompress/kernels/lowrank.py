@@ -61,9 +61,9 @@ class LowRankAttention(Kernel):
         vp = torch.einsum("brn,bhnd->bhrd", self.e_value[:r, :n] * pair, v)  # (B, H, R, Dh)
         bias = None
         if positions is not None and positions.uses_bias:
-            seg = self.segments[:r, :n]  # (R, N)
-            centres = (seg @ k_pos) / seg.sum(dim=1).clamp(min=1)  # (R,) mean position of each segment
-            bias = positions.bias(q_pos, centres)[None].to(q.dtype)  # (1, H, M, R)
+            seg = self.segments[:r, :n] * key_mask[:, None, :]  # (B, R, N) the real keys each row pools
+            centres = (seg @ k_pos) / seg.sum(dim=2).clamp(min=1)  # (B, R) mean position of each row's keys
+            bias = positions.bias(q_pos.expand(b, -1), centres).transpose(0, 1).to(q.dtype)  # (B, H, M, R)
         allowed = open_keys(row_mask)[:, None, None, :]  # (B, 1, 1, R)
         mask = score_mask(allowed, bias)
         return F.scaled_dot_product_attention(q, kp, vp, attn_mask=mask, dropout_p=self.dropout_p), state
