@@ -37,6 +37,16 @@ def fit(
     layers: int = typer.Option(2, "--layers", help="Blocks in the encoder and in the decoder."),
     latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Width of a stored latent (default d-model)."),
     resize_init: str = typer.Option("pool", "--resize-init", help="W_S/W_E initialisation: pool or random."),
+    attention: str = typer.Option("full", "--attention", help="Attention kernel: full, lowrank or local "
+                                  "(docs/attention.md)."),
+    positions: str = typer.Option("learned", "--positions", help="Position scheme: learned, none, t5, alibi or rope."),
+    resize: str = typer.Option("absolute", "--resize", help="W_S/W_E: absolute (a table bounded by --seq-len) or "
+                               "relative (a learned band profile, any length)."),
+    stages: Optional[str] = typer.Option(None, "--stages", help="Hierarchical reduction: per-stage ratios, e.g. "
+                                         "0.5,0.5 for n -> n/2 -> n/4 (sets --ratio to their product)."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Kernel, position or resize option KEY=VALUE, e.g. "
+                                     "-O window=64 (local), -O rank=64 (lowrank), -O buckets=32 (t5), -O band=1 "
+                                     "(relative)."),
     val_fraction: float = typer.Option(0.05, "--val-fraction", help="Share of windows held out."),
     eval_every: int = typer.Option(0, "--eval-every", help="Also evaluate every N steps (0: each epoch)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (model, split, batch order)."),
@@ -49,6 +59,8 @@ def fit(
     """Train a reducing-attention autoencoder and save it to a model directory."""
     from seqcompress.api import fit as fit_model
     from seqcompress.cli.output import TrainingProgress, console, key_value_table, print_json
+    from seqcompress.cli.options import parse_key_values
+    from seqcompress.probe import ratio_list
     from seqcompress.domains import get_domain
     from seqcompress.train import TrainOptions
 
@@ -76,7 +88,9 @@ def fit(
         val_fraction=val_fraction, eval_every=eval_every,
     )
     model_options = {"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
-                     "latent_dim": latent_dim or d_model, "resize_init": resize_init}
+                     "latent_dim": latent_dim or d_model, "resize_init": resize_init, "attention": attention,
+                     "positions": positions, "resize": resize, "options": parse_key_values(option, "--option"),
+                     "stages": ratio_list(stages, "--stages") if stages else None}
     bar = TrainingProgress(dom.metric_name, minutes * 60 if minutes else None, quiet=quiet or json_out)
     with bar:
         summary = fit_model(
@@ -90,6 +104,8 @@ def fit(
         (f"held-out {summary['metric']}", summary["value"]
          if not summary["held_out_is_training_data"] else f"{summary['value']:.4g} (on training data: too little to hold out)"),
         ("reduction", f"{summary['seq_len']} -> {summary['latent_len']} (ratio {summary['ratio']:.4g})"),
+        ("attention / positions / resize", f"{attention} / {positions} / {resize}"
+         + (f", stages {stages}" if stages else "") + (f", {', '.join(option)}" if option else "")),
         ("latent floats per symbol", summary["latent_floats_per_symbol"]),
         ("parameters", f"{summary['parameters']:,}"),
         ("steps / epochs", f"{summary['steps']} / {summary['epochs']:.2f}"),

@@ -7,7 +7,6 @@ the tables it produced.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -16,18 +15,12 @@ import typer
 
 
 def _domain_options(items: list[str]) -> dict:
-    """-D key=value pairs -> domain settings; a value is read as JSON when it parses (3, true, ["a"])."""
-    from seqcompress.errors import InputError
+    """-D key=value pairs -> domain settings; `columns` is a comma-separated list."""
+    from seqcompress.cli.options import parse_key_values
 
-    state = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InputError(f"--domain-option takes KEY=VALUE, got {item!r}")
-        try:
-            state[key] = json.loads(value)
-        except json.JSONDecodeError:
-            state[key] = value.split(",") if key == "columns" else value
+    state = parse_key_values(items, "--domain-option")
+    if isinstance(state.get("columns"), str):
+        state["columns"] = state["columns"].split(",")
     return state
 
 

@@ -11,6 +11,7 @@ These are what the CLI calls; they work the same from Python:
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -84,6 +85,9 @@ def fit(
         unknown = set(extra) - known
         if unknown:
             raise InputError(f"unknown model option(s): {', '.join(sorted(unknown))}")
+        stages = extra.get("stages")
+        if stages and ratio is None and latent_len is None:
+            ratio = math.prod(stages)  # --stages alone sets the overall ratio
         ratio = resolve_ratio(seq_len, ratio, latent_len)
         data = [Path(p) for p in paths] if paths else domain.default_data()
         domain.learn(data)  # before the config: a domain's model fields may depend on its data (channels)

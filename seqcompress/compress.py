@@ -146,7 +146,12 @@ def _sha256(path: Path) -> str:
 
 def _model_summary(model: SequenceAutoencoder, meta: dict) -> dict:
     c = model.config
-    return {"fingerprint": meta["fingerprint"], "n_max": c.n_max, "ratio": c.ratio, "latent_dim": c.latent_dim}
+    summary = {"fingerprint": meta["fingerprint"], "n_max": c.n_max, "ratio": c.ratio, "latent_dim": c.latent_dim}
+    # The attention seam's choices, only where they differ from the paper's (headers before it stay the same).
+    for key, plain in (("stages", []), ("attention", "full"), ("positions", "learned"), ("resize", "absolute")):
+        if getattr(c, key) != plain:
+            summary[key] = getattr(c, key)
+    return summary
 
 
 def encode_file(
@@ -196,7 +201,7 @@ def decode_file(
     if header["domain"] != domain.name:
         raise ModelMismatchError(f"{sqz} holds {header['domain']} latents; the model is a {domain.name} model")
     c = model.config
-    check_model(header, meta["fingerprint"], c.n_max, c.ratio, c.latent_dim, force=force_model)
+    check_model(header, meta["fingerprint"], c.n_max, c.ratio, c.latent_dim, force=force_model, stages=c.stages)
     per_chunk = header["payload"]["windows_per_chunk"]
     windows: list[torch.Tensor] = []
     for index, rows in enumerate(reader.chunks()):

@@ -158,6 +158,9 @@ def _check_header(header: object) -> dict:
     need(is_int(model.get("n_max"), 1) and is_int(model.get("latent_dim"), 1), "model n_max/latent_dim invalid")
     need(isinstance(model.get("ratio"), (int, float)) and not isinstance(model.get("ratio"), bool)
          and 0 < model["ratio"] <= 1, "model ratio invalid")
+    stages = model.get("stages", [])
+    need(isinstance(stages, list) and len(stages) <= 64 and all(
+        isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in stages), "model stages invalid")
     windows = header.get("windows")
     need(isinstance(windows, dict) and is_int(windows.get("count")), "window count missing")
     need(runs_ok(windows.get("lengths")) and runs_ok(windows.get("latent_lengths")), "window lengths invalid")
@@ -178,9 +181,13 @@ def window_lengths(header: dict) -> tuple[list[int], list[int]]:
     return expand_runs(header["windows"]["lengths"]), expand_runs(header["windows"]["latent_lengths"])
 
 
-def check_model(header: dict, fingerprint: str, n_max: int, ratio: float, latent_dim: int, force: bool = False) -> None:
+def check_model(header: dict, fingerprint: str, n_max: int, ratio: float, latent_dim: int, force: bool = False,
+                stages: list[float] | None = None) -> None:
     """Refuse a latent file written by another model (the fingerprint), even with `force` if shapes differ."""
     m = header["model"]
+    if [float(s) for s in m.get("stages", [])] != [float(s) for s in stages or []]:
+        raise ModelMismatchError(f"this latent file needs a model with reduction stages {m.get('stages', [])}; "
+                                 f"the given model has {stages or []}")
     if (m["n_max"], float(m["ratio"]), m["latent_dim"]) != (n_max, float(ratio), latent_dim):
         raise ModelMismatchError(
             f"this latent file needs a model with n_max={m['n_max']}, ratio={m['ratio']}, latent_dim={m['latent_dim']}; "

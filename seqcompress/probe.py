@@ -434,13 +434,13 @@ def _save_png(fig, path: Path) -> Path:
     return path
 
 
-def ratio_list(text: str) -> list[float]:
+def ratio_list(text: str, name: str = "--ratios") -> list[float]:
     try:
         values = [float(Fraction(v.strip())) for v in text.split(",") if v.strip()]
     except (ValueError, ZeroDivisionError):
-        raise InputError(f"--ratios takes numbers like 0.5,0.25 or 1/2,1/4, got {text!r}") from None
+        raise InputError(f"{name} takes numbers like 0.5,0.25 or 1/2,1/4, got {text!r}") from None
     if not values:
-        raise InputError("--ratios is empty")
+        raise InputError(f"{name} is empty")
     return values
 
 

@@ -152,3 +152,19 @@ def test_help_and_usage_errors_keep_their_own_exit_codes(command):
     assert "internal error" not in shown.output + shown.stderr
     wrong = runner.invoke(app, [command, "--no-such-option"])
     assert wrong.exit_code == 2 and "internal error" not in wrong.output + wrong.stderr
+
+
+def test_fit_takes_attention_positions_resize_stages_and_options(tmp_path):
+    out = tmp_path / "m"
+    result = runner.invoke(app, ["fit", "--domain", "dna", "-o", str(out), "--seq-len", "64", "--stages", "1/2,1/2",
+                                 "--attention", "local", "-O", "window=4", "--positions", "t5", "--resize", "relative",
+                                 "--d-model", "16", "--heads", "2", "--max-steps", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["ratio"] == 0.25 and summary["latent_len"] == 16
+    config = json.loads((out / "config.json").read_text())["model"]
+    assert (config["attention"], config["positions"], config["resize"], config["stages"], config["options"]) == \
+        ("local", "t5", "relative", [0.5, 0.5], {"window": 4})
+    refused = runner.invoke(app, ["fit", "--domain", "dna", "-o", str(tmp_path / "x"), "--attention", "lowrank",
+                                  "--positions", "rope", "--max-steps", "1"])
+    assert refused.exit_code == 1 and "cannot use 'rope' positions" in refused.output
