@@ -24,6 +24,10 @@ def _domain_options(items: list[str]) -> dict:
     return state
 
 
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
 def probe(
     data: Optional[list[Path]] = typer.Argument(None, help="Training files; the domain's bundled sample when omitted."),
     domain: str = typer.Option("text", "--domain", "-d", help="Data domain (text, dna, timeseries, ...)."),
@@ -46,6 +50,15 @@ def probe(
                                 "perceiver, linformer, meanpool."),
     classical: bool = typer.Option(True, "--classical/--no-classical", help="Also score the domain's classical "
                                    "codecs at the same stored floats (time series: DCT, PCA)."),
+    attention: str = typer.Option("full", "--attention", help="Attention kernels of the reducing-attention "
+                                  "method, comma-separated (full, lowrank, local); each is a method of its own."),
+    positions: Optional[str] = typer.Option(None, "--positions", help="Position schemes, comma-separated (learned, "
+                                            "none, t5, alibi, rope); default: the model's."),
+    stages: str = typer.Option("1", "--stages", help="Reduction stage counts, comma-separated, e.g. 1,2 (2: n -> "
+                               "sqrt(n m) -> m)."),
+    resize: str = typer.Option("absolute", "--resize", help="W_S kinds, comma-separated: absolute, relative."),
+    option: list[str] = typer.Option([], "--option", "-O", help="Kernel, position or resize option KEY=VALUE "
+                                     "(window, rank, buckets, band); each variant takes the ones it uses."),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per optimizer step."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Symbols per optimizer step instead: "
                                                "batch size = this // seq-len in each cell."),
@@ -73,6 +86,7 @@ def probe(
     from seqcompress.errors import InputError
     from seqcompress.probe import (PAPER_CELLS, PAPER_PROTOCOLS, RESULTS, Probe, ProbePlan, grid, int_list,
                                    parse_cells, ratio_list, summarise)
+    from seqcompress.cli.options import parse_key_values
     from seqcompress.reducers import REDUCERS
 
     model = {"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
@@ -98,8 +112,9 @@ def probe(
     plan = ProbePlan(
         domain=domain, domain_state=dom.state(), data=[str(p) for p in check_data_paths(data)] if data else [],
         test=[str(p) for p in check_data_paths(test)] if test else [], held_out=held_out, cells=plan_cells,
-        seeds=seeds, methods=list(REDUCERS) if baselines else [m.strip() for m in methods.split(",") if m.strip()],
-        classical=classical,
+        seeds=seeds, methods=list(REDUCERS) if baselines else _names(methods),
+        classical=classical, attention=_names(attention), positions=_names(positions or ""),
+        stages=int_list(stages, "--stages"), resize=_names(resize), options=parse_key_values(option, "--option"),
         model=model, training=training, dtype=dtype, batch_tokens=batch_tokens,
     )
     if force and (output / RESULTS).is_file():

@@ -41,6 +41,14 @@ MODEL_FORMAT_VERSION = 2  # 2: attention seam (kernels, position schemes, stages
 FINGERPRINT_SCHEME = 2
 
 
+def option_defaults(attention: str, positions: str, resize: str) -> dict:
+    """Every option a kernel, position scheme and resize take, with its default."""
+    takes = {**KERNELS[attention].capabilities.options, **POSITIONS[positions].options}
+    if resize == "relative":
+        takes["band"] = 1.0
+    return takes
+
+
 @dataclass
 class ModelConfig:
     n_max: int = 128  # longest input (symbols per window); any length 1..n_max is accepted
@@ -94,11 +102,7 @@ class ModelConfig:
             raise InputError(why)
 
     def option_defaults(self) -> dict:
-        """Every option the chosen kernel, position scheme and resize take, with its default."""
-        takes = {**KERNELS[self.attention].capabilities.options, **POSITIONS[self.positions].options}
-        if self.resize == "relative":
-            takes["band"] = 1.0
-        return takes
+        return option_defaults(self.attention, self.positions, self.resize)
 
     @property
     def stage_ratios(self) -> list[float]:

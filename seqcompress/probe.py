@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import platform
 import statistics
@@ -33,8 +34,12 @@ from seqcompress.compress import evaluate_quantized
 from seqcompress.domain import Domain
 from seqcompress.errors import InputError
 from seqcompress.format import DTYPES
-from seqcompress.model import ModelConfig, build_model
+from seqcompress.kernels import KERNELS, check_combination
+from seqcompress.lengths import latent_length
+from seqcompress.model import ModelConfig, build_model, option_defaults
+from seqcompress.positions import POSITIONS
 from seqcompress.reducers import REDUCERS
+from seqcompress.resize import RESIZES
 from seqcompress.train import TrainOptions, pick_device, split_held_out, train
 
 RESULTS, CSV_FILE, REPORT, PLOT, METHODS_PLOT = "results.json", "results.csv", "report.md", "metric_vs_ratio.png", \
@@ -61,6 +66,13 @@ class ProbePlan:
     training: dict = field(default_factory=dict)  # TrainOptions fields (epochs or max_minutes, lr, ...)
     dtype: str = "float16"  # latents are scored after storing them as this dtype
     batch_tokens: int | None = None  # symbols per optimizer step: batch size = batch_tokens // seq_len per cell
+    # Variants of the reducing-attention method (every combination is a method of its own; the baselines
+    # keep the paper's block): kernels, position schemes (empty: the model's), stage counts, resizes.
+    attention: list[str] = field(default_factory=lambda: ["full"])
+    positions: list[str] = field(default_factory=list)
+    stages: list[int] = field(default_factory=lambda: [1])
+    resize: list[str] = field(default_factory=lambda: ["absolute"])
+    options: dict = field(default_factory=dict)  # kernel, position and resize options (window, rank, ...)
 
     def __post_init__(self) -> None:
         if not self.cells:
@@ -79,7 +91,11 @@ class ProbePlan:
             raise InputError(f"unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if not 0 < self.held_out < 1:
             raise InputError(f"--held-out must be in (0, 1), got {self.held_out}")
-        known = {f.name for f in fields(ModelConfig)} - {"n_max", "ratio", "vocab_size", "feature_dim", "reducer"}
+        if any(k < 1 for k in self.stages):
+            raise InputError(f"--stages counts stages and must be at least 1, got {self.stages}")
+        self.variants()  # validates kernels, schemes and resizes by name
+        known = {f.name for f in fields(ModelConfig)} - {"n_max", "ratio", "vocab_size", "feature_dim", "reducer",
+                                                           "attention", "resize", "stages", "options"}
         bad = set(self.model) - known
         if bad:
             raise InputError(f"unknown model option(s): {', '.join(sorted(bad))}")
@@ -90,7 +106,50 @@ class ProbePlan:
     def as_json(self) -> dict:
         plan = asdict(self)
         plan["cells"] = [list(c) for c in self.cells]
+        # Variant fields at their defaults are left out, so a probe started before they existed still resumes.
+        for name, default in _VARIANT_DEFAULTS.items():
+            if plan[name] == default:
+                del plan[name]
         return plan
+
+    def variants(self) -> dict[str, dict]:
+        """Method label -> ModelConfig overrides, in run order: each reducer in `methods`; "attention" once per
+        combination of kernel, position scheme, resize and stage count ("attention+local+alibi+2stages").
+        Combinations a kernel refuses (lowrank with rope) are left out."""
+        out: dict[str, dict] = {}
+        default_positions = self.model.get("positions", "learned")
+        for method in self.methods:
+            if method != "attention":
+                out[method] = {"reducer": method}
+                continue
+            for kernel in self.attention:
+                for scheme in self.positions or [default_positions]:
+                    for resize in self.resize:
+                        for count in self.stages:
+                            for name, value, registry in (("attention", kernel, KERNELS), ("positions", scheme, POSITIONS),
+                                                          ("resize", resize, RESIZES)):
+                                if value not in registry:
+                                    raise InputError(f"unknown {name} {value!r}; choose from {', '.join(registry)}")
+                            if check_combination(kernel, POSITIONS[scheme], resizing=True):
+                                continue
+                            parts = ["attention"] + ([kernel] if kernel != "full" else []) \
+                                + ([scheme] if scheme != default_positions else []) \
+                                + (["relative"] if resize != "absolute" else []) + ([f"{count}stages"] if count > 1 else [])
+                            overrides = {"reducer": "attention", "attention": kernel, "positions": scheme,
+                                         "resize": resize, "stage_count": count}
+                            out["+".join(parts)] = overrides
+        return out
+
+
+_VARIANT_DEFAULTS = {"attention": ["full"], "positions": [], "stages": [1], "resize": ["absolute"], "options": {}}
+
+
+def stage_ratios(seq_len: int, ratio: float, count: int) -> list[float]:
+    """`count` stages from seq_len to latent_length(seq_len, ratio) through geometrically spaced lengths, each an
+    exact ratio of consecutive lengths (512 -> 128 in 2: 1/2, 1/2; 128 -> 64 in 2: 91/128, 64/91)."""
+    m = latent_length(seq_len, ratio)
+    lengths = [seq_len] + [max(m, round(seq_len * (m / seq_len) ** (i / count))) for i in range(1, count)] + [m]
+    return [b / a for a, b in zip(lengths, lengths[1:])]
 
 
 # The paper's table (arXiv 2310.14837): input:latent lengths on Wikipedia text with the BERT tokenizer,
@@ -168,7 +227,7 @@ class Probe:
         for seq_len, ratio in self.plan.cells:
             cells += [(name, seq_len, ratio, None) for name in classical]
             for seed in range(self.plan.seeds):
-                cells += [(method, seq_len, ratio, seed) for method in self.plan.methods]
+                cells += [(method, seq_len, ratio, seed) for method in self.plan.variants()]
         return cells
 
     def done(self) -> set[str]:
@@ -212,8 +271,15 @@ class Probe:
         return train_w, test_w
 
     def config(self, method: str, seq_len: int, ratio: float) -> ModelConfig:
-        return ModelConfig(n_max=seq_len, ratio=ratio, reducer=method,
-                           **{**self.plan.model, **self.domain.model_fields()})
+        overrides = dict(self.plan.variants()[method])
+        count = overrides.pop("stage_count", 1)
+        if count > 1:
+            overrides["stages"] = stage_ratios(seq_len, ratio, count)
+            ratio = math.prod(overrides["stages"])
+        if overrides["reducer"] == "attention":
+            takes = option_defaults(overrides["attention"], overrides["positions"], overrides["resize"])
+            overrides["options"] = {k: v for k, v in self.plan.options.items() if k in takes}
+        return ModelConfig(n_max=seq_len, ratio=ratio, **{**self.plan.model, **overrides, **self.domain.model_fields()})
 
     def _budget(self, config: ModelConfig, windows: list[torch.Tensor]) -> dict:
         lengths = [len(w) for w in windows]
@@ -237,7 +303,7 @@ class Probe:
                 "seconds": round(result.seconds, 1), "train_windows": result.train_windows}
 
     def classical_cell(self, name, seq_len, ratio, train_w, test_w) -> dict:
-        config = self.config("attention", seq_len, ratio)
+        config = ModelConfig(n_max=seq_len, ratio=ratio, **{**self.plan.model, **self.domain.model_fields()})
         floats = [config.latent_length(len(w)) * config.latent_dim for w in test_w]
         start = time.perf_counter()
         outputs = self.domain.classical_baselines()[name](train_w, test_w, floats)

@@ -181,3 +181,33 @@ def test_paper_protocol_sets_the_papers_cells_and_all_reducers(tmp_path, text_fi
     assert {(c["seq_len"], c["latent_len"]) for c in results["cells"]} == {(512, 256), (512, 128), (128, 64),
                                                                            (128, 72)}
     assert probe("--paper", "gpu", text_file, "-o", tmp_path / "x").exit_code == 1
+
+
+def test_attention_variants_are_methods_of_their_own(tmp_path, text_file):
+    out = tmp_path / "r"
+    result = probe("--domain", "text", text_file, "--cells", "32:8", "--seeds", "1", *TINY, "--methods",
+                   "attention,linformer", "--attention", "full,local,lowrank", "--positions", "learned,rope",
+                   "--stages", "1,2", "-O", "window=2", "-O", "rank=4", "-o", out, "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    methods = {r["method"] for r in json.loads(result.stdout)["rows"]}
+    # lowrank cannot use rope: that combination is left out, every other one is run
+    assert methods == {"linformer", "attention", "attention+2stages", "attention+rope", "attention+rope+2stages",
+                       "attention+local", "attention+local+2stages", "attention+local+rope",
+                       "attention+local+rope+2stages", "attention+lowrank", "attention+lowrank+2stages"}
+    cells = {c["method"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert all(c["latent_len"] == 8 for c in cells.values())
+    plan = json.loads((out / "results.json").read_text())["plan"]
+    assert plan["attention"] == ["full", "local", "lowrank"] and plan["stages"] == [1, 2]
+
+
+def test_stage_ratios_reach_the_cells_latent_length_exactly():
+    from seqcompress.lengths import latent_length
+    from seqcompress.probe import stage_ratios
+
+    for n, ratio, count in [(512, 0.25, 2), (128, 0.5, 2), (128, 72 / 128, 2), (512, 0.25, 3)]:
+        ratios = stage_ratios(n, ratio, count)
+        length = n
+        for r in ratios:
+            length = latent_length(length, r)
+        assert len(ratios) == count and length == latent_length(n, ratio)
+    assert stage_ratios(512, 0.25, 2) == [0.5, 0.5]

@@ -39,8 +39,9 @@ class LocalAttention(Kernel):
         w = self.window
         if m == 0 or n == 0:
             return q.new_zeros(b, h, m, d), state
-        # Queries per block: about as many as cover `window` keys, so a band is ~3 windows wide.
-        block = max(8, min(256, math.ceil(max(w, 1) * m / max(n, 1))))
+        # Queries per block: about as many as cover 2 windows of keys, so a band is ~4 windows wide (the least memory:
+        # gathered keys grow as band / block, scores as band).
+        block = max(8, min(256, math.ceil(2 * max(w, 1) * m / max(n, 1))))
         blocks = math.ceil(m / block) if m else 0
         pad = blocks * block - m
         spans = F.pad(q_spans, (0, 0, 0, pad), value=-1) if pad else q_spans  # (Mb, 2); padded queries see nothing

@@ -47,23 +47,28 @@ class LowRankAttention(Kernel):
         n_max = self.geometry.k_max
         if n > n_max:
             raise InputError(f"lowrank attention was built for at most {n_max} keys, got {n}")
-        if key_mask is None:
-            key_mask = torch.ones(b, n, dtype=torch.bool, device=k.device)
-        lengths = key_mask.sum(dim=1)  # (B,)
-        rows = (lengths * self.rank + n_max - 1) // n_max  # (B,) ceil(L * rank / n_max)
-        r = max(int(rows.max()), 1) if b else 1
-        row_mask = torch.arange(r, device=k.device)[None, :] < rows[:, None]  # (B, R)
-        pair = (row_mask[:, :, None] & key_mask[:, None, :]).to(k.dtype)  # (B, R, N)
-        real = key_mask[:, None, :, None]  # (B, 1, N, 1)
-        k = torch.where(real, k, 0.0)  # padded keys zeroed before projection: no leak, no gradient
-        v = torch.where(real, v, 0.0)
-        kp = torch.einsum("brn,bhnd->bhrd", self.e_key[:r, :n] * pair, k)  # (B, H, R, Dh)
-        vp = torch.einsum("brn,bhnd->bhrd", self.e_value[:r, :n] * pair, v)  # (B, H, R, Dh)
+        if key_mask is None:  # every key real: one projection for the whole batch, nothing to mask
+            r = max(1, -(-n * self.rank // n_max))  # ceil(n * rank / n_max)
+            kp = torch.einsum("rn,bhnd->bhrd", self.e_key[:r, :n], k)  # (B, H, R, Dh)
+            vp = torch.einsum("rn,bhnd->bhrd", self.e_value[:r, :n], v)
+            row_mask = None
+        else:
+            rows = (key_mask.sum(dim=1) * self.rank + n_max - 1) // n_max  # (B,) ceil(L * rank / n_max)
+            r = max(int(rows.max()), 1) if b else 1
+            row_mask = torch.arange(r, device=k.device)[None, :] < rows[:, None]  # (B, R)
+            pair = (row_mask[:, :, None] & key_mask[:, None, :]).to(k.dtype)  # (B, R, N)
+            real = key_mask[:, None, :, None]  # (B, 1, N, 1)
+            k = torch.where(real, k, 0.0)  # padded keys zeroed before projection: no leak, no gradient
+            v = torch.where(real, v, 0.0)
+            kp = torch.einsum("brn,bhnd->bhrd", self.e_key[:r, :n] * pair, k)  # (B, H, R, Dh)
+            vp = torch.einsum("brn,bhnd->bhrd", self.e_value[:r, :n] * pair, v)  # (B, H, R, Dh)
         bias = None
         if positions is not None and positions.uses_bias:
-            seg = self.segments[:r, :n] * key_mask[:, None, :]  # (B, R, N) the real keys each row pools
+            seg = self.segments[:r, :n].expand(b, r, n)  # (B, R, N) the real keys each row pools
+            if key_mask is not None:
+                seg = seg * key_mask[:, None, :]
             centres = (seg @ k_pos) / seg.sum(dim=2).clamp(min=1)  # (B, R) mean position of each row's keys
             bias = positions.bias(q_pos.expand(b, -1), centres).transpose(0, 1).to(q.dtype)  # (B, H, M, R)
-        allowed = open_keys(row_mask)[:, None, None, :]  # (B, 1, 1, R)
+        allowed = None if row_mask is None else open_keys(row_mask)[:, None, None, :]  # (B, 1, 1, R)
         mask = score_mask(allowed, bias)
         return F.scaled_dot_product_attention(q, kp, vp, attn_mask=mask, dropout_p=self.dropout_p), state
