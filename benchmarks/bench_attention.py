@@ -1,7 +1,8 @@
 """Speed and memory of one attention block per mechanism and length, next to PyTorch SDPA full attention.
 
 Each (mechanism, n) point runs in a fresh subprocess (so peak RSS is that point's own, and an
-out-of-memory at one length does not end the run) under an address-space limit; one that runs out of
+out-of-memory at one length does not end the run; glibc's mmap threshold is fixed at 1 MB there so that
+RSS follows the live tensors) under an address-space limit; one that runs out of
 memory is recorded as {"oom": true}. Every time and memory figure is also given as a ratio to
 `self-full` (PyTorch SDPA, which on CPU already avoids the n x n score matrix) at the same n, measured in
 the same run. Prints one JSON object.
@@ -10,7 +11,7 @@ Mechanisms: `self-<kernel>` is a pre-norm self-attention Block (LayerNorm, proje
 width 256 with 4 heads of 64; `reduce-<kernel>-<resize>` is a whole reducing Block n -> n/2 (W_S, its
 residual, attention, FFN), the first block of an encoder.
 
-    python benchmarks/bench_attention.py                       # the table in docs/attention.md
+    python benchmarks/bench_attention.py --budget 4 --repeats 3     # the table in docs/attention.md
     python benchmarks/bench_attention.py --lengths 512,4096 --mechanisms self-full,self-local
 """
 
@@ -124,7 +125,10 @@ def run_point(mechanism: str, n: int, args) -> dict:
            "--repeats", str(args.repeats), "--memory-gb", str(args.memory_gb), "--d-model", str(args.d_model),
            "--heads", str(args.heads)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+        # A fixed mmap threshold returns every large freed tensor to the OS, so the peak RSS follows the live
+        # tensors; glibc's adaptive threshold otherwise keeps freed blocks and adds tens of MB of noise.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1048576", "OMP_NUM_THREADS": str(args.threads)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"mechanism": mechanism, "n": n, "timeout": True}
     if proc.returncode != 0:

@@ -97,6 +97,8 @@ class ModelConfig:
         if unknown:
             raise InputError(f"option(s) {', '.join(unknown)} not used by attention {self.attention!r}, positions "
                              f"{self.positions!r} and resize {self.resize!r} (they take: {', '.join(takes) or 'none'})")
+        # Saved in full: a default changed later must not rebuild a saved model differently.
+        self.options = {**takes, **self.options}
         why = check_combination(self.attention, POSITIONS[self.positions], resizing=self.reducer != "linformer")
         if why:
             raise InputError(why)
@@ -205,15 +207,16 @@ class SequenceAutoencoder(nn.Module):
         if longest > padded or (lengths.numel() and int(lengths.min()) < 0):
             raise InputError(f"lengths must lie in 0..{padded} (the padded length)")
 
-    def _levels(self, lengths: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per level (input, then after each stage): (lengths (B,), positions (L_pad,)) of the batch."""
+    def _levels(self, lengths: torch.Tensor, padded: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per level (input, then after each stage): (lengths (B,), positions (L_pad,)) of the batch; the input
+        level is `padded` rows long (callers may pad past the longest sample)."""
         per_sample = [self.config.stage_lengths(int(n)) for n in lengths.tolist()]
         levels, cumulative = [], 1.0
         for s in range(len(self.config.stage_ratios) + 1):
             if s:
                 cumulative *= self.config.stage_ratios[s - 1]
             ls = torch.tensor([p[s] for p in per_sample], dtype=torch.long, device=lengths.device)
-            pad = int(ls.max()) if ls.numel() else 0
+            pad = padded if s == 0 else (int(ls.max()) if ls.numel() else 0)
             levels.append((ls, latent_positions(pad, cumulative, lengths.device)))
         return levels
 
@@ -248,7 +251,7 @@ class SequenceAutoencoder(nn.Module):
         """
         n = inputs.shape[1]
         self._check_lengths(lengths, n)
-        levels = self._levels(lengths)
+        levels = self._levels(lengths, n)
         resizes, plain = self._layouts(levels, self.encoder_positions, "encode")
         inputs = self._zero_padding(inputs, length_mask(lengths, n))
         x = self.embed(inputs)  # (B, N, D)
@@ -268,10 +271,12 @@ class SequenceAutoencoder(nn.Module):
         """
         n = int(lengths.max()) if lengths.numel() else 0
         self._check_lengths(lengths, n)
-        levels = self._levels(lengths)
+        levels = self._levels(lengths, n)
         if not torch.equal(levels[-1][0].cpu(), latent_lengths.cpu()):
             raise InputError("latent lengths do not match the original lengths for this model's ratio")
         m = latents.shape[1]
+        if latent_lengths.numel() and m < int(latent_lengths.max()):
+            raise InputError(f"latents have {m} rows, fewer than the latent length {int(latent_lengths.max())}")
         if m != len(levels[-1][1]):
             levels[-1] = (levels[-1][0], latent_positions(m, self.config.ratio, latents.device))
         resizes, plain = self._layouts(levels, self.decoder_positions, "decode")

@@ -93,7 +93,7 @@ class ProbePlan:
             raise InputError(f"--held-out must be in (0, 1), got {self.held_out}")
         if any(k < 1 for k in self.stages):
             raise InputError(f"--stages counts stages and must be at least 1, got {self.stages}")
-        self.variants()  # validates kernels, schemes and resizes by name
+        self._check_variants()
         known = {f.name for f in fields(ModelConfig)} - {"n_max", "ratio", "vocab_size", "feature_dim", "reducer",
                                                            "attention", "resize", "stages", "options"}
         bad = set(self.model) - known
@@ -111,6 +111,26 @@ class ProbePlan:
             if plan[name] == default:
                 del plan[name]
         return plan
+
+    def _check_variants(self) -> None:
+        """Refuse before the first cell what would fail or be ignored later: a kernel, scheme or resize name,
+        a combination that leaves no attention variant, an option no variant takes, an option value."""
+        variants = self.variants()
+        if "attention" in self.methods and not any(v["reducer"] == "attention" for v in variants.values()):
+            scheme = (self.positions or [self.model.get("positions", "learned")])[0]
+            raise InputError(f"no attention variant can be built: {check_combination(self.attention[0], POSITIONS[scheme], True)}")
+        used = set()
+        for v in variants.values():
+            if v["reducer"] == "attention":
+                takes = option_defaults(v["attention"], v["positions"], v["resize"])
+                used |= set(takes)
+                fields_ = {k: x for k, x in self.model.items() if k in ("d_model", "heads")}
+                build_model(ModelConfig(n_max=8, ratio=0.5, vocab_size=2, reducer="attention", attention=v["attention"],
+                                        positions=v["positions"], resize=v["resize"], **fields_,
+                                        options={k: x for k, x in self.options.items() if k in takes}))
+        unused = sorted(set(self.options) - used)
+        if unused:
+            raise InputError(f"option(s) {', '.join(unused)} are taken by none of the variants")
 
     def variants(self) -> dict[str, dict]:
         """Method label -> ModelConfig overrides, in run order: each reducer in `methods`; "attention" once per

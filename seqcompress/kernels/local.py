@@ -47,7 +47,7 @@ class LocalAttention(Kernel):
         spans = F.pad(q_spans, (0, 0, 0, pad), value=-1) if pad else q_spans  # (Mb, 2); padded queries see nothing
         if pad:
             spans[m:] = spans[m - 1]
-        lo, hi = spans[:, 0] - w, spans[:, 1] + w  # (Mb,) each query's window
+        lo, hi = (spans[:, 0] - w).clamp(min=0), (spans[:, 1] + w).clamp(max=n - 1)  # (Mb,) each query's window
         lo_b, hi_b = lo.view(blocks, block), hi.view(blocks, block)
         start = lo_b.min(dim=1).values  # (blocks,)
         band = int((hi_b.max(dim=1).values - start).max()) + 1 if blocks else 1

@@ -40,34 +40,36 @@ class LowRankAttention(Kernel):
         segments = pooling_matrix(self.rank, n_max, self.rank / n_max)  # (rank, n_max) segment means
         self.e_key = nn.Parameter(segments.clone())
         self.e_value = nn.Parameter(segments.clone())
-        self.register_buffer("segments", (segments > 0).float(), persistent=False)  # which keys row r pools
 
     def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, state=None):
-        b, h, n, _ = k.shape
+        b, h, n, d = k.shape
         n_max = self.geometry.k_max
         if n > n_max:
             raise InputError(f"lowrank attention was built for at most {n_max} keys, got {n}")
+        # (B, N, H*Dh) views of the projection output: the sequence-axis product needs no copy of K or V.
+        k, v = k.transpose(1, 2).reshape(b, n, h * d), v.transpose(1, 2).reshape(b, n, h * d)
         if key_mask is None:  # every key real: one projection for the whole batch, nothing to mask
-            r = max(1, -(-n * self.rank // n_max))  # ceil(n * rank / n_max)
-            kp = torch.einsum("rn,bhnd->bhrd", self.e_key[:r, :n], k)  # (B, H, R, Dh)
-            vp = torch.einsum("rn,bhnd->bhrd", self.e_value[:r, :n], v)
-            row_mask = None
+            r = (n - 1) * self.rank // n_max + 1  # rows whose segment holds a key: floor((n-1) rank / n_max) + 1
+            e_key, e_value, row_mask = self.e_key[:r, :n], self.e_value[:r, :n], None  # (R, N)
         else:
-            rows = (key_mask.sum(dim=1) * self.rank + n_max - 1) // n_max  # (B,) ceil(L * rank / n_max)
+            lengths = key_mask.sum(dim=1)  # (B,)
+            rows = torch.where(lengths > 0, (lengths - 1) * self.rank // n_max + 1, 0)  # (B,) rows holding a real key
             r = max(int(rows.max()), 1) if b else 1
             row_mask = torch.arange(r, device=k.device)[None, :] < rows[:, None]  # (B, R)
             pair = (row_mask[:, :, None] & key_mask[:, None, :]).to(k.dtype)  # (B, R, N)
-            real = key_mask[:, None, :, None]  # (B, 1, N, 1)
+            e_key, e_value = self.e_key[:r, :n] * pair, self.e_value[:r, :n] * pair  # (B, R, N)
+            real = key_mask[:, :, None]  # (B, N, 1)
             k = torch.where(real, k, 0.0)  # padded keys zeroed before projection: no leak, no gradient
             v = torch.where(real, v, 0.0)
-            kp = torch.einsum("brn,bhnd->bhrd", self.e_key[:r, :n] * pair, k)  # (B, H, R, Dh)
-            vp = torch.einsum("brn,bhnd->bhrd", self.e_value[:r, :n] * pair, v)  # (B, H, R, Dh)
+        kp = torch.matmul(e_key, k).view(b, r, h, d).transpose(1, 2)  # (B, H, R, Dh)
+        vp = torch.matmul(e_value, v).view(b, r, h, d).transpose(1, 2)  # (B, H, R, Dh)
         bias = None
         if positions is not None and positions.uses_bias:
-            seg = self.segments[:r, :n].expand(b, r, n)  # (B, R, N) the real keys each row pools
-            if key_mask is not None:
-                seg = seg * key_mask[:, None, :]
-            centres = (seg @ k_pos) / seg.sum(dim=2).clamp(min=1)  # (B, R) mean position of each row's keys
+            row = torch.arange(n, device=k.device) * self.rank // n_max  # (N,) the row that pools key j
+            weight = torch.ones(b, n, device=k.device) if key_mask is None else key_mask.float()  # (B, N)
+            total = weight.new_zeros(b, r).index_add_(1, row, weight * k_pos)  # (B, R)
+            count = weight.new_zeros(b, r).index_add_(1, row, weight)
+            centres = total / count.clamp(min=1)  # (B, R) mean position of each row's real keys
             bias = positions.bias(q_pos.expand(b, -1), centres).transpose(0, 1).to(q.dtype)  # (B, H, M, R)
         allowed = None if row_mask is None else open_keys(row_mask)[:, None, None, :]  # (B, 1, 1, R)
         mask = score_mask(allowed, bias)
