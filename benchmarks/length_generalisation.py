@@ -8,6 +8,7 @@ first 85 % is cut into training windows of `--train-len`, the rest into test win
 Prints one JSON object.
 
     python benchmarks/length_generalisation.py --steps 400        # the table in docs/attention.md
+    python benchmarks/length_generalisation.py --steps 400 --schemes learned --own-n   # its "own n" column
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="training steps per model (batch 8)")
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--own-n", action="store_true", help="instead: train each scheme at every eval length "
+                        "(n_max = that length, the same symbols per step and steps) and evaluate it there")
     args = parser.parse_args()
 
     domain = get_domain("dna")
@@ -43,22 +46,27 @@ def main() -> None:
     stream = torch.cat(domain.load_windows(data, args.train_len))  # (T,) every base in file order
     cut = int(len(stream) * 0.85)
     n = args.train_len
-    train_windows = [stream[i : i + n] for i in range(0, cut - n + 1, n)]
     test = {L: [stream[i : i + L] for i in range(cut, len(stream) - L + 1, L)]
             for L in (int(v) for v in args.eval_lens.split(","))}
     results = []
-    for scheme in args.schemes.split(","):
+    runs = [(scheme, L) for scheme in args.schemes.split(",") for L in test] if args.own_n \
+        else [(scheme, n) for scheme in args.schemes.split(",")]
+    for scheme, train_len in runs:
         relative = scheme != "learned"
-        config = ModelConfig(n_max=n, ratio=args.ratio, d_model=args.d_model, heads=4, ffn_dim=4 * args.d_model,
+        config = ModelConfig(n_max=train_len, ratio=args.ratio, d_model=args.d_model, heads=4, ffn_dim=4 * args.d_model,
                              latent_dim=args.d_model, positions=scheme, attention=args.attention,
                              resize="relative" if relative else "absolute", **domain.model_fields())
         model = build_model(config, seed=args.seed)
-        result = train(model, domain, train_windows, TrainOptions(epochs=None, max_steps=args.steps, batch_size=8,
-                                                                  val_fraction=0.02, seed=args.seed, device="cpu"))
+        windows = [stream[i : i + train_len] for i in range(0, cut - train_len + 1, train_len)]
+        batch = max(1, 8 * n // train_len)  # the same symbols per step at every length
+        result = train(model, domain, windows, TrainOptions(epochs=None, max_steps=args.steps, batch_size=batch,
+                                                            val_fraction=0.02, seed=args.seed, device="cpu"))
         model.eval()
-        row = {"positions": scheme, "resize": config.resize, "attention": config.attention, "steps": result.steps,
-               "parameters": model.parameter_count(), "base_accuracy": {}}
+        row = {"positions": scheme, "resize": config.resize, "attention": config.attention, "train_len": train_len,
+               "steps": result.steps, "parameters": model.parameter_count(), "base_accuracy": {}}
         for L, windows in test.items():
+            if args.own_n and L != train_len:
+                continue
             if config.max_length is not None and L > config.max_length:
                 row["base_accuracy"][str(L)] = None  # refused: the model is bounded by n_max
                 continue

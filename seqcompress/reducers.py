@@ -29,16 +29,19 @@ import torch
 from torch import nn
 
 from seqcompress.lengths import pooling_matrix
+from seqcompress.registry import registrar
 from seqcompress.resize import RelativeResize, ResizeMatrix
 
 REDUCERS: dict[str, type] = {}
 
 
+_register = registrar(REDUCERS)
+
+
 def register_reducer(name: str, needs_attention: bool = True):
     def add(cls: type) -> type:
-        cls.name, cls.needs_attention = name, needs_attention
-        REDUCERS[name] = cls
-        return cls
+        cls.needs_attention = needs_attention
+        return _register(name)(cls)
 
     return add
 

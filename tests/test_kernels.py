@@ -207,3 +207,11 @@ def test_stages_compose_lengths_and_build_one_resizing_block_per_stage():
     with torch.no_grad():
         _, z, m = model(torch.randint(1, 50, (2, 16)), torch.tensor([16, 5]))
     assert m.tolist() == [4, 2] and z.shape == (2, 4, 32)
+
+
+def test_every_registered_kernel_and_scheme_is_in_the_capability_tables():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "attention.md").read_text(encoding="utf-8")
+    for name in [*KERNELS, *POSITIONS]:
+        assert f"| `{name}`" in text, f"docs/attention.md has no capability row for {name!r}"

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from seqcompress.lengths import Geometry
+from seqcompress.registry import registrar
 
 __all__ = ["KERNELS", "Capabilities", "Kernel", "register_kernel", "make_kernel", "open_keys", "score_mask"]
 
@@ -43,13 +44,7 @@ class Capabilities:
     summary: str = ""
 
 
-def register_kernel(name: str):
-    def add(cls: type[Kernel]) -> type[Kernel]:
-        cls.name = name
-        KERNELS[name] = cls
-        return cls
-
-    return add
+register_kernel = registrar(KERNELS)
 
 
 class Kernel(nn.Module):

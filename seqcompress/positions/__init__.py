@@ -19,18 +19,14 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from seqcompress.registry import registrar
+
 __all__ = ["POSITIONS", "PositionScheme", "register_position", "make_positions"]
 
 POSITIONS: dict[str, type["PositionScheme"]] = {}
 
 
-def register_position(name: str):
-    def add(cls: type[PositionScheme]) -> type[PositionScheme]:
-        cls.name = name
-        POSITIONS[name] = cls
-        return cls
-
-    return add
+register_position = registrar(POSITIONS)
 
 
 class PositionScheme(nn.Module):
