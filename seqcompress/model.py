@@ -44,6 +44,8 @@ FINGERPRINT_SCHEME = 2
 def option_defaults(attention: str, positions: str, resize: str) -> dict:
     """Every option a kernel, position scheme and resize take, with its default."""
     takes = {**KERNELS[attention].capabilities.options, **POSITIONS[positions].options}
+    if attention != "full":
+        takes["scope"] = "all"  # the blocks the kernel serves: "all", or "resizing" (self-attention stays full)
     if resize == "relative":
         takes["band"] = 1.0
     return takes
@@ -99,6 +101,8 @@ class ModelConfig:
                              f"{self.positions!r} and resize {self.resize!r} (they take: {', '.join(takes) or 'none'})")
         # Saved in full: a default changed later must not rebuild a saved model differently.
         self.options = {**takes, **self.options}
+        if self.options.get("scope", "all") not in ("all", "resizing"):
+            raise InputError(f"option scope must be 'all' or 'resizing', got {self.options['scope']!r}")
         why = check_combination(self.attention, POSITIONS[self.positions], resizing=self.reducer != "linformer")
         if why:
             raise InputError(why)
@@ -167,7 +171,9 @@ class SequenceAutoencoder(nn.Module):
         maxes = c.stage_lengths(c.n_max)  # [n_max, m_1 max, ..., m_max]
 
         def attention(geometry: Geometry) -> Attention:
-            return Attention(c.d_model, c.heads, make_kernel(c.attention, geometry, c.heads, head_dim, c.dropout, c.options))
+            # scope "resizing": the chosen kernel in the length-changing blocks, full attention in the others
+            kernel = c.attention if geometry.kind != "self" or c.options.get("scope", "all") == "all" else "full"
+            return Attention(c.d_model, c.heads, make_kernel(kernel, geometry, c.heads, head_dim, c.dropout, c.options))
 
         def resizing(out_max: int, in_max: int, ratio: float, kind: str) -> Block:
             resize = reducer.build(out_max, in_max, ratio, c.d_model, c)

@@ -164,7 +164,7 @@ def test_fit_takes_attention_positions_resize_stages_and_options(tmp_path):
     assert summary["ratio"] == 0.25 and summary["latent_len"] == 16
     config = json.loads((out / "config.json").read_text())["model"]
     assert (config["attention"], config["positions"], config["resize"], config["stages"], config["options"]) == \
-        ("local", "t5", "relative", [0.5, 0.5], {"window": 4, "buckets": 32, "max_distance": 128, "band": 1.0})
+        ("local", "t5", "relative", [0.5, 0.5], {"window": 4, "scope": "all", "buckets": 32, "max_distance": 128, "band": 1.0})
     refused = runner.invoke(app, ["fit", "--domain", "dna", "-o", str(tmp_path / "x"), "--attention", "lowrank",
                                   "--positions", "rope", "--max-steps", "1"])
     assert refused.exit_code == 1 and "cannot use 'rope' positions" in refused.output

@@ -34,6 +34,7 @@ def _variants() -> list[dict]:
     out.append({"resize": "relative", "positions": "alibi"})
     out.append({"resize": "relative", "positions": "t5", "attention": "local", "options": {"window": 2, "band": 2.0}})
     out.append({"stages": [0.5, 0.5], "ratio": 0.25})
+    out.append({"attention": "local", "options": {"window": 0, "scope": "resizing"}, "positions": "t5"})
     out.append({"stages": [0.75, 2 / 3], "ratio": 0.5, "positions": "rope", "resize": "relative"})
     return out
 
@@ -180,6 +181,14 @@ def test_local_reducing_query_sees_only_its_segment_and_window():
 def test_unsupported_combinations_are_refused_when_the_config_is_built(config, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         tiny_config(**config)
+
+
+def test_scope_resizing_keeps_full_attention_in_the_self_attention_blocks():
+    model = build_model(tiny_config(attention="lowrank", options={"rank": 4, "scope": "resizing"}))
+    kernels = [type(b.attn.kernel).__name__ for b in [*model.encoder, *model.decoder]]
+    assert kernels == ["LowRankAttention", "FullAttention", "LowRankAttention", "FullAttention"]
+    with pytest.raises(InputError, match="scope must be"):
+        tiny_config(attention="local", options={"scope": "some"})
 
 
 def test_bad_option_values_are_refused_when_the_model_is_built():

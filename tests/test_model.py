@@ -103,7 +103,7 @@ def test_fingerprint_scheme_2_hashes_only_fields_away_from_their_neutral_value(t
     expected = {"fingerprint_scheme": 2, "n_max": 16, "d_model": 32, "ffn_dim": 64, "latent_dim": 32, "vocab_size": 50}
     assert tiny_model.fingerprint() == _hash(expected, tiny_model)
     local = build_model(tiny_config(attention="local", options={"window": 2}), seed=0)
-    assert local.fingerprint() == _hash({**expected, "attention": "local", "options": {"window": 2}}, local)
+    assert local.fingerprint() == _hash({**expected, "attention": "local", "options": {"window": 2, "scope": "all"}}, local)
 
 
 @pytest.mark.parametrize("reducer", ["perceiver", "linformer", "meanpool"])
