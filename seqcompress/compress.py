@@ -30,7 +30,7 @@ from seqcompress.attention import length_mask
 from seqcompress.domain import Domain
 from seqcompress.errors import InputError, ModelMismatchError
 from seqcompress.format import LatentReader, LatentWriter, bytes_per_value, check_model, dequantize, make_header, quantize
-from seqcompress.model import SequenceAutoencoder
+from seqcompress.model import FINGERPRINT_NEUTRAL, SequenceAutoencoder
 from seqcompress.train import collate
 
 DEFAULT_BATCH = 8
@@ -148,8 +148,8 @@ def _model_summary(model: SequenceAutoencoder, meta: dict) -> dict:
     c = model.config
     summary = {"fingerprint": meta["fingerprint"], "n_max": c.n_max, "ratio": c.ratio, "latent_dim": c.latent_dim}
     # The attention seam's choices, only where they differ from the paper's (headers before it stay the same).
-    for key, plain in (("stages", []), ("attention", "full"), ("positions", "learned"), ("resize", "absolute")):
-        if getattr(c, key) != plain:
+    for key in ("stages", "attention", "positions", "resize"):
+        if getattr(c, key) != FINGERPRINT_NEUTRAL[key]:
             summary[key] = getattr(c, key)
     return summary
 

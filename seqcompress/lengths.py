@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import torch
 
-__all__ = ["as_fraction", "latent_length", "length_mask", "pooling_matrix", "Geometry"]
+__all__ = ["as_fraction", "latent_length", "length_mask", "pooling_matrix", "Geometry", "latent_positions"]
 
 
 def as_fraction(ratio: float) -> Fraction:
@@ -81,6 +81,7 @@ class Geometry:
         return torch.stack([k, k], dim=1)
 
 
-def latent_positions(m: int, ratio: Fraction | float, device: torch.device | None = None) -> torch.Tensor:
-    """(m,) float: where latent i sits in input-index units, (i + 0.5) / ratio - 0.5."""
-    return (torch.arange(m, device=device, dtype=torch.float64) + 0.5).div(float(as_fraction(ratio))).sub(0.5).float()
+def latent_positions(m: int, ratio: Fraction | float, device: torch.device | None = None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(m,) float: where latent i sits in input-index units, (i + 0.5) / ratio - 0.5 (computed in float64)."""
+    return (torch.arange(m, device=device, dtype=torch.float64) + 0.5).div(float(as_fraction(ratio))).sub(0.5).to(dtype)

@@ -103,7 +103,7 @@ class ModelConfig:
         self.options = {**takes, **self.options}
         if self.options.get("scope", "all") not in ("all", "resizing"):
             raise InputError(f"option scope must be 'all' or 'resizing', got {self.options['scope']!r}")
-        why = check_combination(self.attention, POSITIONS[self.positions], resizing=self.reducer != "linformer")
+        why = check_combination(self.attention, POSITIONS[self.positions], resizing=REDUCERS[self.reducer].needs_attention)
         if why:
             raise InputError(why)
 
@@ -198,10 +198,6 @@ class SequenceAutoencoder(nn.Module):
         self.head = None if c.vocab_size else nn.Linear(c.d_model, c.feature_dim)
 
     # ---- lengths -------------------------------------------------------------------------
-    def latent_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """(B,) input lengths -> (B,) latent lengths."""
-        return torch.tensor([self.config.latent_length(int(n)) for n in lengths.tolist()], device=lengths.device)
-
     def _check_lengths(self, lengths: torch.Tensor, padded: int) -> None:
         longest = int(lengths.max()) if lengths.numel() else 0
         limit = self.config.max_length

@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from seqcompress.lengths import as_fraction, pooling_matrix
+from seqcompress.lengths import as_fraction, latent_positions, pooling_matrix
 
 __all__ = ["RESIZES", "ResizeMatrix", "RelativeResize"]
 
@@ -90,7 +90,7 @@ class RelativeResize(nn.Module):
 
     def band_weights(self, m: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices (m, K) of the input rows each output row reads, and their weights (m, K)."""
-        c = (torch.arange(m, device=device, dtype=torch.float64) + 0.5) / float(self.per_in) - 0.5  # (m,)
+        c = latent_positions(m, self.per_in, device, torch.float64)  # (m,) row centres in input rows
         offsets = torch.arange(-self.reach, self.reach + 1, device=device)  # (K,)
         idx = torch.round(c).long()[:, None] + offsets[None, :]  # (m, K)
         u = ((idx - c[:, None]) / self.step + self.grid).float()  # (m, K) grid coordinate
