@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Regenerate seqcompress/data/speech_sample.flac: about 5 s of espeak-ng speech, 16 kHz mono 16-bit FLAC.
 # Needs espeak-ng (Debian: apt-get install espeak-ng) and the project's virtualenv (soundfile, torch).
-# espeak-ng writes 22.05 kHz WAV; the domain's own resampler (domains/audio_signal.py) takes it to 16 kHz.
+# espeak-ng writes 22.05 kHz WAV; the domain's own resampler (src/seqcompress/domains/audio_signal.py) takes it to 16 kHz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-OUT=seqcompress/data/speech_sample.flac
+OUT=src/seqcompress/data/speech_sample.flac
 TEXT="Sequence compression shortens a long signal into a few latent vectors, \
 and the decoder rebuilds the sound."
 command -v espeak-ng >/dev/null || { echo "espeak-ng is not installed (Debian: apt-get install espeak-ng)" >&2; exit 1; }
