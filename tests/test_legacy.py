@@ -24,3 +24,12 @@ def test_model_and_sqz_from_before_the_seam_decode_unchanged(tmp_path, model_dir
     out = tmp_path / "back.fa"
     decode_file(model, meta, get_domain(meta["domain"]["name"], meta["domain"]), LEGACY / sqz, out)
     assert out.read_bytes() == (LEGACY / expected).read_bytes()
+
+
+@pytest.mark.parametrize("name,inp,suffix", [("text", "input.txt", ".txt"), ("dna", "input.fastq", ".fastq"),
+                                             ("timeseries", "input.csv", ".csv"), ("audio", "input.wav", ".wav")])
+def test_format1_files_of_every_domain_decode_unchanged(tmp_path, name, inp, suffix):
+    model, meta = load_model(LEGACY / f"model_{name}")
+    out = tmp_path / f"back{suffix}"
+    decode_file(model, meta, get_domain(meta["domain"]["name"], meta["domain"]), LEGACY / f"input_{name}.sqz", out)
+    assert out.read_bytes() == (LEGACY / f"expected_{name}{suffix}").read_bytes()
