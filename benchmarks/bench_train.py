@@ -3,7 +3,10 @@
 1. The machine's fp32 matmul rate (2048 x 2048 @ 2048 x 2048), the denominator of everything else.
 2. Training throughput of the default text configuration (seq-len 512, ratio 0.5, d_model 256,
    batch 8) on the bundled sample: symbols/s, FLOPs per step counted by torch's FlopCounterMode,
-   and the achieved FLOP rate as a fraction of the matmul rate.
+   and the achieved FLOP rate as a fraction of the matmul rate. Then the same steps through `train()`,
+   which streams the sample from its file (counting pass, held-out split, shuffle buffer): the
+   seconds of the counting pass and the loop's symbols/s, so the cost of streaming shows next to the bare
+   step (the streamed batches also hold a file's shorter last window).
 3. The reducing-attention layer (W_S slicing + attention with n/2 queries) against plain SDPA
    self-attention (n queries) on the same input, forward and forward+backward, at n = 512, 1024, 2048.
 
@@ -27,7 +30,7 @@ from seqcompress.kernels import make_kernel
 from seqcompress.lengths import Geometry, latent_positions
 from seqcompress.domains.text import TextDomain
 from seqcompress.model import ModelConfig, build_model
-from seqcompress.train import collate
+from seqcompress.train import TrainOptions, WindowSource, collate, scan, train
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> float:
@@ -49,6 +52,7 @@ def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
 
 def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8) -> dict:
     domain = TextDomain()
+    objective = domain.objective
     windows = [w for w in domain.load_windows(domain.default_data(), seq_len) if len(w) == seq_len]
     config = ModelConfig(n_max=seq_len, ratio=0.5, **domain.model_fields())
     model = build_model(config, seed=0).train()
@@ -59,7 +63,7 @@ def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8) -> 
     def step(i: int) -> None:
         x, lengths = batches[i % len(batches)]
         out, _, _ = model(x, lengths)
-        loss = domain.loss(out, x, full)
+        loss = objective.loss(out, x, full)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -78,7 +82,20 @@ def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8) -> 
         "seq_len": seq_len, "ratio": 0.5, "batch_size": batch_size, "parameters": model.parameter_count(),
         "steps_timed": steps, "seconds_per_step": seconds, "symbols_per_s": batch_size * seq_len / seconds,
         "flops_per_step": flops_per_step, "achieved_flops_per_s": flops_per_step / seconds,
+        "streamed": streamed_training(domain, config, steps, batch_size),
     }
+
+
+def streamed_training(domain: TextDomain, config: ModelConfig, steps: int, batch_size: int) -> dict:
+    """The same model trained through train() on the sample streamed from its file."""
+    source = WindowSource.files(domain, domain.default_data(), config.n_max)
+    options = TrainOptions(epochs=None, max_steps=steps, batch_size=batch_size, device="cpu", eval_batches=1)
+    start = time.perf_counter()
+    split = scan(source, options.val_fraction, options.seed)
+    scan_s = time.perf_counter() - start
+    result = train(build_model(config, seed=0), domain.objective, source, options)
+    return {"windows": split.windows, "held_out_windows": split.held_out_windows, "scan_s": scan_s,
+            "steps": result.steps, "loop_s": result.seconds, "symbols_per_s": result.symbols_per_s}
 
 
 def attention_ratio(n: int, repeats: int, d_model: int = 256, heads: int = 4, batch: int = 4) -> dict:

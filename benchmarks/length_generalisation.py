@@ -42,7 +42,7 @@ def main() -> None:
 
     domain = get_domain("dna")
     data = domain.default_data()
-    domain.learn(data)
+    domain = domain.learn(data)
     stream = torch.cat(domain.load_windows(data, args.train_len))  # (T,) every base in file order
     cut = int(len(stream) * 0.85)
     n = args.train_len
@@ -59,7 +59,7 @@ def main() -> None:
         model = build_model(config, seed=args.seed)
         windows = [stream[i : i + train_len] for i in range(0, cut - train_len + 1, train_len)]
         batch = max(1, 8 * n // train_len)  # the same symbols per step at every length
-        result = train(model, domain, windows, TrainOptions(epochs=None, max_steps=args.steps, batch_size=batch,
+        result = train(model, domain.objective, windows, TrainOptions(epochs=None, max_steps=args.steps, batch_size=batch,
                                                             val_fraction=0.02, seed=args.seed, device="cpu"))
         model.eval()
         row = {"positions": scheme, "resize": config.resize, "attention": config.attention, "train_len": train_len,

@@ -23,9 +23,9 @@ def tiny_model():
 @pytest.fixture
 def text_file(tmp_path):
     """A small UTF-8 text corpus of several documents (from the bundled sample)."""
-    from seqcompress.domains.text import sample_path
+    from seqcompress.domain import bundled
 
-    docs = sample_path().read_text(encoding="utf-8").split("\n\n")[:40]
+    docs = bundled("wiki_sample.txt").read_text(encoding="utf-8").split("\n\n")[:40]
     path = tmp_path / "corpus.txt"
     path.write_text("\n\n".join(docs) + "\n", encoding="utf-8")
     return path

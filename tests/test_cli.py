@@ -32,11 +32,11 @@ def one_error_line(result) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny text model fitted through the CLI, with its JSON summary."""
-    from seqcompress.domains.text import sample_path
+    from seqcompress.domain import bundled
 
     root = tmp_path_factory.mktemp("cli")
     corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(sample_path().read_text(encoding="utf-8").split("\n\n")[:30]), encoding="utf-8")
+    corpus.write_text("\n\n".join(bundled("wiki_sample.txt").read_text(encoding="utf-8").split("\n\n")[:30]), encoding="utf-8")
     result = run("fit", "--domain", "text", corpus, "-o", root / "model", *TINY, "--max-steps", "3", "--json")
     assert result.exit_code == 0, result.output + result.stderr
     return root, corpus, json.loads(result.stdout)
@@ -107,7 +107,7 @@ def test_bad_data_gives_one_clear_line(tmp_path, trained, case):
     (["--domain", "klingon"], "unknown domain 'klingon'"),
     (["--ratio", "0"], "--ratio must be in (0, 1]"),
     (["--ratio", "1.5"], "--ratio must be in (0, 1]"),
-    (["--latent-len", "99"], "--latent-len must be between 1 and seq-len"),
+    (["--latent-len", "99"], "--latent-len must be between 1 and seq_len"),
 ])
 def test_bad_fit_options_give_one_clear_line(tmp_path, args, expected):
     line = one_error_line(run("fit", "-o", tmp_path / "out", *TINY, "--max-steps", "1", *args))

@@ -11,12 +11,13 @@ from typer.testing import CliRunner
 from seqcompress.api import evaluate_files, fit
 from seqcompress.cli.main import app
 from seqcompress.compress import decode, decode_rows, encode, evaluate_quantized
+from seqcompress.domain import bundled
 from seqcompress.domains.text import SEP_ID, TextDomain
 from seqcompress.format import LatentReader
 from seqcompress.model import build_model, load_model
 from seqcompress.train import TrainOptions, train
 from tests.conftest import tiny_config
-from tests.test_train import TinyTokens, _windows
+from tests.test_train import OBJECTIVE, _windows
 
 runner = CliRunner()
 TINY_MODEL = {"d_model": 32, "heads": 2, "layers": 1, "ffn_dim": 64, "latent_dim": 32}
@@ -25,10 +26,8 @@ TINY_MODEL = {"d_model": 32, "heads": 2, "layers": 1, "ffn_dim": 64, "latent_dim
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("compress")
-    from seqcompress.domains.text import sample_path
-
     corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(sample_path().read_text(encoding="utf-8").split("\n\n")[:25]) + "\n", encoding="utf-8")
+    corpus.write_text("\n\n".join(bundled("wiki_sample.txt").read_text(encoding="utf-8").split("\n\n")[:25]) + "\n", encoding="utf-8")
     fit(TextDomain(), [corpus], root / "model", seq_len=32, ratio=0.5, model_options=TINY_MODEL,
         options=TrainOptions(epochs=None, max_steps=30, batch_size=8, lr=3e-3))
     return root, corpus
@@ -38,7 +37,7 @@ def text_model(tmp_path_factory):
 def trained_tokens():
     model = build_model(tiny_config(d_model=64, ffn_dim=128, latent_dim=64), seed=0)
     windows = _windows(64)
-    train(model, TinyTokens(), windows, TrainOptions(epochs=None, max_steps=200, batch_size=8, lr=3e-3, lr_end=1e-3))
+    train(model, OBJECTIVE, windows, TrainOptions(epochs=None, max_steps=200, batch_size=8, lr=3e-3, lr_end=1e-3))
     return model.eval(), windows
 
 
@@ -55,7 +54,7 @@ def test_in_memory_encode_decode_matches_forward(trained_tokens):
 
 def test_int8_latents_decode_within_tolerance_of_float32(trained_tokens):
     model, windows = trained_tokens
-    domain = TinyTokens()
+    domain = OBJECTIVE
     f32 = evaluate_quantized(model, domain, windows, "float32")["token_accuracy"]
     f16 = evaluate_quantized(model, domain, windows, "float16")["token_accuracy"]
     i8 = evaluate_quantized(model, domain, windows, "int8")["token_accuracy"]
@@ -76,19 +75,20 @@ def test_encode_then_decode_equals_evaluate_and_keeps_documents(text_model, tmp_
         # The token accuracy of what decode reconstructs equals what evaluate reports for the same dtype.
         model, meta = load_model(root / "model")
         domain = TextDomain()
-        windows, side = domain.read(corpus, 32)
+        windows = domain.load_windows([corpus], 32)
         reader = LatentReader(sqz)
-        per = reader.header["payload"]["windows_per_chunk"]
+        assert reader.version == 2 and reader.windows == len(windows)
         preds = []
-        for i, rows in enumerate(reader.chunks()):
-            preds += decode_rows(model, rows, reader.lengths[i * per : (i + 1) * per], domain.prediction)
+        for chunk in reader.chunks():
+            preds += decode_rows(model, chunk.latents, chunk.lengths, 8, domain.objective.prediction)
         original, decoded = torch.cat(windows), torch.cat(preds)
         accuracy = int((original == decoded).sum()) / original.numel()
         reported = evaluate_files(root / "model", [corpus], dtype=dtype)["value"]
         assert accuracy == pytest.approx(reported, abs=1e-12)
         # Document boundaries survive whatever the model predicts at [SEP] positions.
-        assert back.read_text(encoding="utf-8").count("\n\n") == len(side["documents"]) - 1
-        assert int((original == SEP_ID).sum()) == len(side["documents"])
+        documents = corpus.read_text(encoding="utf-8").count("\n\n") + 1
+        assert back.read_text(encoding="utf-8").count("\n\n") == documents - 1
+        assert int((original == SEP_ID).sum()) == documents
 
 
 def test_encode_is_byte_identical_across_runs(text_model, tmp_path):
@@ -145,7 +145,7 @@ def test_a_file_from_another_model_is_refused_unless_forced(text_model, tmp_path
     sqz = tmp_path / "c.sqz"
     assert runner.invoke(app, ["encode", "-m", str(root / "model"), str(corpus), "-o", str(sqz), "--no-compare"]).exit_code == 0
     r = runner.invoke(app, ["decode", str(sqz), "-m", str(other), "-o", str(tmp_path / "o.txt")])
-    assert r.exit_code == 1 and "--force-model" in r.stderr and not (tmp_path / "o.txt").exists()
+    assert r.exit_code == 1 and "force_model" in r.stderr and not (tmp_path / "o.txt").exists()
     r = runner.invoke(app, ["decode", str(sqz), "-m", str(other), "-o", str(tmp_path / "o.txt"), "--force-model"])
     assert r.exit_code == 0 and (tmp_path / "o.txt").exists()
 
@@ -157,4 +157,34 @@ def test_info_on_a_latent_file(text_model, tmp_path):
     r = runner.invoke(app, ["info", str(sqz), "--json"])
     header = json.loads(r.stdout)
     assert header["payload"]["dtype"] == "int8" and header["source"]["name"] == "corpus.txt"
-    assert header["model"]["n_max"] == 32 and header["domain"] == "text"
+    assert header["model"]["n_max"] == 32 and header["domain"] == "text" and header["format_version"] == 2
+    assert header["windows"] == LatentReader(sqz).windows > 1 and header["settings"]["name"] == "text"
+    table = runner.invoke(app, ["info", str(sqz)])  # the result of info goes to stdout, so it can be grepped
+    assert table.exit_code == 0 and "payload.dtype" in table.stdout and "int8" in table.stdout
+
+
+def test_streams_stdin_to_stdout_and_back(text_model, tmp_path):
+    """`cat corpus | seqcompress encode -m M - -o - > c.sqz`, then the same for decode, in real processes."""
+    import subprocess
+    import sys
+
+    root, corpus = text_model
+    cli = [sys.executable, "-m", "seqcompress.cli.main"]
+    with open(corpus, "rb") as source:
+        enc = subprocess.run(cli + ["encode", "-m", str(root / "model"), "-", "-o", "-"], stdin=source,
+                             capture_output=True, timeout=300)
+    assert enc.returncode == 0, enc.stderr.decode()
+    direct = tmp_path / "direct.sqz"
+    assert runner.invoke(app, ["encode", "-m", str(root / "model"), str(corpus), "-o", str(direct),
+                               "--no-compare"]).exit_code == 0
+    # The same bytes but the source name ("-") in the trailer.
+    piped = tmp_path / "piped.sqz"
+    piped.write_bytes(enc.stdout)
+    assert LatentReader(piped).source["sha256"] == LatentReader(direct).source["sha256"]
+    assert LatentReader(piped).source["name"] == "-"
+    dec = subprocess.run(cli + ["decode", "-m", str(root / "model"), "-", "-o", "-"], input=enc.stdout,
+                         capture_output=True, timeout=300)
+    assert dec.returncode == 0, dec.stderr.decode()
+    back = tmp_path / "back.txt"
+    assert runner.invoke(app, ["decode", str(direct), "-m", str(root / "model"), "-o", str(back)]).exit_code == 0
+    assert dec.stdout == back.read_bytes() and len(dec.stdout) > 1000

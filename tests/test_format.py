@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import io
 
 from seqcompress.errors import FormatError, ModelMismatchError
 from seqcompress.format import (
@@ -26,55 +27,85 @@ from seqcompress.format import (
 
 DIM = 4
 LENGTHS = [8, 8, 8, 5, 1]
+LEGACY = Path(__file__).parent / "data" / "legacy_v1"
 
 
-def _header(dtype="float16", codec="zlib", per_chunk=2, lengths=LENGTHS):
-    latent = [(n + 1) // 2 for n in lengths]
+def _header(dtype="float16", codec="zlib"):
     model = {"fingerprint": "f" * 32, "n_max": 8, "ratio": 0.5, "latent_dim": DIM}
-    return make_header(domain="text", model=model, dtype=dtype, codec=codec, lengths=lengths, latent_lengths=latent,
-                       windows_per_chunk=per_chunk, source={"name": "x.txt", "size": 3, "sha256": "0" * 64},
-                       side={"documents": [30]}), latent
+    return make_header(domain="text", settings={"name": "text"}, model=model, dtype=dtype, codec=codec)
 
 
-def _write(tmp_path, dtype="float16", codec="zlib", seed=0):
-    header, latent = _header(dtype, codec)
+def _chunks(lengths=LENGTHS, per_chunk=2, seed=0):
+    """(lengths, pieces, latents) per chunk: two windows a chunk, one piece per window with its own side."""
     g = torch.Generator().manual_seed(seed)
-    rows = torch.randn(sum(latent), DIM, generator=g) * 3
-    path = tmp_path / f"f-{dtype}-{codec}.sqz"
-    chunks = torch.split(rows, [sum(latent[i : i + 2]) for i in range(0, len(latent), 2)])
-    with LatentWriter(path, header) as writer:
-        for chunk in chunks:
-            writer.add(chunk)
-    return path, header, chunks
+    out = []
+    for i in range(0, len(lengths), per_chunk):
+        part = lengths[i : i + per_chunk]
+        rows = torch.randn(sum((n + 1) // 2 for n in part), DIM, generator=g) * 3
+        out.append((part, [(1, {"documents": [n], "i": i + j}) for j, n in enumerate(part)], rows))
+    return out
+
+
+def _blob(dtype="float16", codec="zlib", chunks=None) -> bytes:
+    stream = io.BytesIO()
+    writer = LatentWriter(stream, _header(dtype, codec))
+    for lengths, pieces, rows in chunks if chunks is not None else _chunks():
+        writer.add(lengths, pieces, rows)
+    size = writer.finish({"name": "x.txt", "size": 3, "sha256": "0" * 64})
+    assert size == len(stream.getvalue())
+    return stream.getvalue()
 
 
 @pytest.mark.parametrize("codec", ["zlib", "none"])
 @pytest.mark.parametrize("dtype,tol", [("float32", 0.0), ("float16", 2e-3), ("bfloat16", 2e-2), ("int8", None)])
-def test_round_trip_of_header_and_payload(tmp_path, dtype, tol, codec):
-    path, header, chunks = _write(tmp_path, dtype, codec)
-    reader = LatentReader(path)
-    assert reader.header == header
-    assert reader.lengths == LENGTHS and reader.latent_lengths == [4, 4, 4, 3, 1]
+def test_round_trip_of_header_chunks_and_trailer(dtype, tol, codec):
+    chunks = _chunks()
+    reader = LatentReader(data=_blob(dtype, codec, chunks))
+    assert reader.version == 2 and reader.header == _header(dtype, codec)
+    assert reader.windows == 5 and reader.symbols == sum(LENGTHS) and reader.latent_rows == 4 + 4 + 4 + 3 + 1
+    assert reader.source == {"name": "x.txt", "size": 3, "sha256": "0" * 64}
     got = list(reader.chunks())
     assert len(got) == len(chunks) == 3
-    for a, b in zip(got, chunks):
-        assert a.dtype == torch.float32 and a.shape == b.shape
+    for chunk, (lengths, pieces, rows) in zip(got, chunks):
+        assert chunk.lengths == lengths and chunk.pieces == pieces
+        assert chunk.latents.dtype == torch.float32 and chunk.latents.shape == rows.shape
         # int8: symmetric per-chunk scale, so the error is at most half a step (peak / 254).
-        bound = tol * b.abs().max() if tol is not None else b.abs().max() / 254 * (1 + 1e-5)
-        assert (a - b).abs().max() <= bound + 1e-7
+        bound = tol * rows.abs().max() if tol is not None else rows.abs().max() / 254 * (1 + 1e-5)
+        assert (chunk.latents - rows).abs().max() <= bound + 1e-7
 
 
-def test_encoding_is_deterministic(tmp_path):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    a, _, _ = _write(tmp_path / "a")
-    b, _, _ = _write(tmp_path / "b")
-    assert a.read_bytes() == b.read_bytes()
+def test_a_chunk_may_carry_only_side_information():
+    chunks = [([4], [(1, {"a": 1})], torch.ones(2, DIM)), ([], [(0, {"end": True})], torch.zeros(0, DIM))]
+    reader = LatentReader(data=_blob(chunks=chunks))
+    got = list(reader.chunks())
+    assert [c.pieces for c in got] == [[(1, {"a": 1})], [(0, {"end": True})]] and got[1].latents.shape == (0, DIM)
 
 
-def test_wrong_magic_newer_version_truncation_and_corruption(tmp_path):
-    path, _, _ = _write(tmp_path)
-    data = path.read_bytes()
+def test_the_writer_needs_no_seek_and_encoding_is_deterministic():
+    class Pipe(io.RawIOBase):
+        def __init__(self):
+            self.data = bytearray()
+
+        def writable(self):
+            return True
+
+        def seekable(self):
+            return False
+
+        def write(self, b):
+            self.data += b
+            return len(b)
+
+    pipe = Pipe()
+    writer = LatentWriter(pipe, _header())
+    for lengths, pieces, rows in _chunks():
+        writer.add(lengths, pieces, rows)
+    writer.finish({"name": "x.txt", "size": 3, "sha256": "0" * 64})
+    assert bytes(pipe.data) == _blob() == _blob()
+
+
+def test_wrong_magic_newer_version_truncation_and_corruption():
+    data = _blob()
     cases = {
         "wrong magic": b"GIF89a\x00\x00" + data[8:],
         "newer": data[:8] + (99).to_bytes(2, "little") + data[10:],
@@ -83,33 +114,33 @@ def test_wrong_magic_newer_version_truncation_and_corruption(tmp_path):
         "extended": data + b"\x00",
         "empty": b"",
     }
-    messages = {"wrong magic": "wrong magic", "newer": "upgrade", "truncated": "truncated", "flipped": "corrupted",
-                "extended": "checksum", "empty": "wrong magic"}
+    messages = {"wrong magic": "wrong magic", "newer": "upgrade", "truncated": "truncated|corrupted",
+                "flipped": "corrupted", "extended": "corrupted|checksum", "empty": "wrong magic"}
     for name, blob in cases.items():
         with pytest.raises(FormatError, match=messages[name]):
             list(LatentReader(data=blob).chunks())
 
 
-def test_chunk_with_wrong_shape_is_refused_when_writing(tmp_path):
-    header, _ = _header()
+def test_a_chunk_whose_pieces_do_not_add_up_is_refused_when_writing():
+    writer = LatentWriter(io.BytesIO(), _header())
+    with pytest.raises(FormatError, match="pieces"):
+        writer.add([8, 8], [(1, {})], torch.zeros(8, DIM))
     with pytest.raises(FormatError, match="shape"):
-        with LatentWriter(tmp_path / "x.sqz", header) as writer:
-            writer.add(torch.zeros(3, DIM))
-    assert not (tmp_path / "x.sqz").exists() and list(tmp_path.iterdir()) == []
+        writer.add([8], [(1, {})], torch.zeros(4, DIM + 1))
 
 
-def test_missing_chunks_leave_no_file(tmp_path):
-    header, _ = _header()
-    with pytest.raises(FormatError, match="announces"):
-        with LatentWriter(tmp_path / "x.sqz", header) as writer:
-            writer.add(torch.zeros(8, DIM))
-    assert list(tmp_path.iterdir()) == []
+def test_format1_files_still_read():
+    reader = LatentReader(LEGACY / "input.sqz")
+    assert reader.version == 1 and reader.windows == len(reader.lengths) and reader.side["format"] == "fasta"
+    chunks = list(reader.chunks())
+    assert sum(len(c.lengths) for c in chunks) == reader.windows and all(c.pieces is None for c in chunks)
+    assert sum(c.latents.shape[0] for c in chunks) == reader.latent_rows
 
 
 def test_model_check():
-    header, _ = _header()
+    header = _header()
     check_model(header, "f" * 32, 8, 0.5, DIM)
-    with pytest.raises(ModelMismatchError, match="--force-model"):
+    with pytest.raises(ModelMismatchError, match="force_model"):
         check_model(header, "e" * 32, 8, 0.5, DIM)
     check_model(header, "e" * 32, 8, 0.5, DIM, force=True)
     with pytest.raises(ModelMismatchError, match="n_max=8"):
@@ -127,19 +158,8 @@ def test_int8_scale_and_runs():
 
 
 # ---- fuzzing: any mutation of a valid file ends in FormatError / ModelMismatchError ---------------------
-def _valid_blob(dtype: str) -> bytes:
-    header, latent = _header(dtype, "zlib", per_chunk=2, lengths=[4, 3, 1])
-    rows = torch.linspace(-1, 1, sum(latent) * DIM).view(-1, DIM)
-    chunks = torch.split(rows, [sum(latent[i : i + 2]) for i in range(0, len(latent), 2)])
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "v.sqz"
-        with LatentWriter(path, header) as writer:
-            for chunk in chunks:
-                writer.add(chunk)
-        return path.read_bytes()
-
-
-BLOBS = {d: _valid_blob(d) for d in ("float16", "int8")}
+BLOBS = {d: _blob(d, "zlib", _chunks([4, 3, 1])) for d in ("float16", "int8")}
+BLOBS["v1"] = (LEGACY / "input_dna.sqz").read_bytes()
 
 
 def _reseal(body: bytes) -> bytes:

@@ -8,7 +8,7 @@ them (not scored, not used):
 - PCA on windows: the leading principal components of full training windows.
 
 Arrays are numpy float64: a window is (n, C) values with an (n, C) boolean `observed` mask.
-Domains wrap these in their own `classical_baselines` (they know how windows are laid out).
+`seqcompress.baselines` wraps these for the probe (it knows how a domain lays out its windows).
 """
 
 from __future__ import annotations
@@ -50,19 +50,20 @@ class WindowPCA:
         if len(full) < 2:
             full = []  # one window has no variance to analyse: keep only the mean (of nothing: zero)
         self.n_max = n_max
-        self.channels = windows[0][0].shape[1] if windows else 1
+        self.mean: np.ndarray | None = None  # (n_max * C,); None without training windows
+        self.components = np.zeros((0, 0))
         if full:
             data = np.stack(full)  # (windows, n_max * C)
             self.mean = data.mean(0)
             _, _, vt = np.linalg.svd(data - self.mean, full_matrices=False)
             self.components = vt  # (r, n_max * C), r = min(windows, n_max * C)
-        else:
-            self.mean = np.zeros(n_max * self.channels)
-            self.components = np.zeros((0, n_max * self.channels))
 
     def reconstruct(self, values: np.ndarray, observed: np.ndarray, floats: int) -> np.ndarray:
-        """(n, C) -> (n, C) from the first `floats` components (fewer when the training data has fewer)."""
+        """(n, C) -> (n, C) from the first `floats` components (fewer when the training data has fewer; zeros,
+        the normalised mean, when it has none)."""
         n, c = values.shape
+        if self.mean is None:
+            return np.zeros((n, c))
         k = min(floats, len(self.components))
         mean = self.mean.reshape(self.n_max, c)[:n]  # (n, C)
         comp = self.components[:k].T.reshape(self.n_max, c, k)[:n].reshape(n * c, k)  # a shorter window's rows

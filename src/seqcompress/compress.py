@@ -1,46 +1,58 @@
-"""Sequences <-> latents <-> .sqz files: the compression API, usable without the CLI.
+"""Sequences <-> latents <-> .sqz files: the compression pipeline, usable without the CLI.
 
 In memory:
     latents = encode(model, windows)                 # one (m_b, latent_dim) tensor per window
     outputs = decode(model, latents, lengths)        # one reconstruction per window
-Files:
-    report = encode_file(model, meta, "genome.txt", "genome.sqz", dtype="float16")
-    report = decode_file(model, meta, "genome.sqz", "back.txt")
+Files (`-` is stdin or stdout):
+    report = encode_file(model, meta, domain, "genome.fa", "genome.sqz", dtype="float16")
+    report = decode_file(model, meta, domain, "genome.sqz", "back.fa")
 
-Windows are processed `batch_size` at a time and every batch is written as one chunk, so a large
-file streams through memory. Quantisation (float16, bfloat16, int8) is applied per chunk; the
-`evaluate_quantized` path applies exactly the same quantisation, so its metric is the metric of
-what `decode` writes.
+Everything streams: the domain's codec yields pieces (a few windows and their side information) as it
+reads; pieces are grouped into chunks of about `chunk_windows` windows, encoded `batch_size` windows at a
+time and written as they are done; decode reads a chunk, decodes it and hands its pieces to the codec's
+writer. Memory holds one chunk, never a file. Quantisation (float16, bfloat16, int8) is per chunk, and
+`evaluate_stream` groups and quantises exactly as `encode_file` does, so its metric is the metric of what
+`decode` writes.
 """
 
 from __future__ import annotations
 
 import bz2
-import gzip
-import hashlib
-import json
 import lzma
 import os
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from seqcompress.attention import length_mask
-from seqcompress.domain import Domain
-from seqcompress.errors import InputError, ModelMismatchError
+from seqcompress.defaults import CHUNK_WINDOWS, DEFAULT_BATCH, STORED_DTYPE
+from seqcompress.domain import Domain, Objective, Piece, check_data_paths
+from seqcompress.errors import FormatError, InputError, ModelMismatchError
 from seqcompress.format import LatentReader, LatentWriter, bytes_per_value, check_model, dequantize, make_header, quantize
+from seqcompress.lengths import length_mask
 from seqcompress.model import FINGERPRINT_NEUTRAL, SequenceAutoencoder
-from seqcompress.train import collate
+from seqcompress.streams import input_path, is_stdio, output_file, sha256_of
 
-DEFAULT_BATCH = 8
-Progress = Callable[[int, int], None]  # (windows done, windows in all)
+Progress = Callable[[int, "int | None"], None]  # (windows done, windows in all when known)
 
 
 def _device(model: SequenceAutoencoder) -> torch.device:
     return next(model.parameters()).device
 
 
+def collate(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad windows (L,) or (L, F) to the longest: (B, N) or (B, N, F) and lengths (B,)."""
+    lengths = torch.tensor([len(w) for w in windows])
+    n = int(lengths.max())
+    batch = windows[0].new_zeros((len(windows), n, *windows[0].shape[1:]))  # (B, N, ...)
+    for i, w in enumerate(windows):
+        batch[i, : len(w)] = w
+    return batch, lengths
+
+
+# ---- in memory -----------------------------------------------------------------------------------------
 def encode_batches(
     model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: int = DEFAULT_BATCH
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
@@ -55,6 +67,12 @@ def encode_batches(
             yield m, torch.cat([z[b, : m[b]] for b in range(len(m))]).float().cpu()  # (sum m_b, latent_dim)
 
 
+def encode_rows(model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+    """The real latent rows of consecutive windows, stacked: (sum m_b, latent_dim)."""
+    parts = [rows for _, rows in encode_batches(model, windows, batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, model.config.latent_dim)
+
+
 def decode_padded(model: SequenceAutoencoder, rows: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     """Latent rows of consecutive windows (sum m_b, latent_dim) -> model output (B, N, ...) on the CPU,
     N = max(lengths); positions past a window's length are zero."""
@@ -62,7 +80,7 @@ def decode_padded(model: SequenceAutoencoder, rows: torch.Tensor, lengths: list[
     device = _device(model)
     m = [model.config.latent_length(n) for n in lengths]
     if sum(m) != rows.shape[0]:
-        raise InputError(f"{rows.shape[0]} latent rows do not match windows needing {sum(m)}")
+        raise FormatError(f"{rows.shape[0]} latent rows do not match windows needing {sum(m)}")
     padded = rows.new_zeros((len(m), max(m, default=0), rows.shape[1]))  # (B, M, latent_dim)
     start = 0
     for b, count in enumerate(m):
@@ -76,17 +94,22 @@ def decode_padded(model: SequenceAutoencoder, rows: torch.Tensor, lengths: list[
 
 
 def decode_rows(
-    model: SequenceAutoencoder,
-    rows: torch.Tensor,
-    lengths: list[int],
+    model: SequenceAutoencoder, rows: torch.Tensor, lengths: list[int], batch_size: int = DEFAULT_BATCH,
     prediction: Callable[[torch.Tensor], torch.Tensor] = lambda out: out,
 ) -> list[torch.Tensor]:
-    """Latent rows of consecutive windows (sum m_b, latent_dim) -> one reconstruction per window.
-
-    `prediction` turns model output (B, N, ...) into the form kept (e.g. logits -> token ids).
-    """
-    pred = prediction(decode_padded(model, rows, lengths))  # (B, N, ...)
-    return [pred[b, :n] for b, n in enumerate(lengths)]
+    """Latent rows of consecutive windows (sum m_b, latent_dim) -> one reconstruction per window, decoded
+    `batch_size` windows at a time; `prediction` turns model output (B, N, ...) into the form kept."""
+    out: list[torch.Tensor] = []
+    start = 0
+    for i in range(0, len(lengths), batch_size):
+        batch = lengths[i : i + batch_size]
+        count = sum(model.config.latent_length(n) for n in batch)
+        pred = prediction(decode_padded(model, rows[start : start + count], batch))  # (B, N, ...)
+        out += [pred[b, :n] for b, n in enumerate(batch)]
+        start += count
+    if start != rows.shape[0]:
+        raise FormatError(f"{rows.shape[0]} latent rows do not match windows needing {start}")
+    return out
 
 
 def encode(model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: int = DEFAULT_BATCH) -> list[torch.Tensor]:
@@ -98,52 +121,88 @@ def encode(model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: 
 
 
 def decode(
-    model: SequenceAutoencoder,
-    latents: list[torch.Tensor],
-    lengths: list[int],
-    batch_size: int = DEFAULT_BATCH,
+    model: SequenceAutoencoder, latents: list[torch.Tensor], lengths: list[int], batch_size: int = DEFAULT_BATCH,
     prediction: Callable[[torch.Tensor], torch.Tensor] = lambda out: out,
 ) -> list[torch.Tensor]:
     """One reconstruction per window from its latents and its original length."""
     if len(latents) != len(lengths):
         raise InputError(f"{len(latents)} latent tensors but {len(lengths)} lengths")
-    out: list[torch.Tensor] = []
-    for i in range(0, len(latents), batch_size):
-        out += decode_rows(model, torch.cat(latents[i : i + batch_size]), lengths[i : i + batch_size], prediction)
-    return out
+    if not latents:
+        return []
+    return decode_rows(model, torch.cat(latents), lengths, batch_size, prediction)
+
+
+# ---- chunks: pieces grouped, encoded and quantised as a file stores them ------------------------------
+def group_chunks(pieces: Iterable[Piece], chunk_windows: int = CHUNK_WINDOWS) -> Iterator[list[Piece]]:
+    """Consecutive pieces grouped until a group holds at least `chunk_windows` windows (the last one fewer)."""
+    if chunk_windows < 1:
+        raise InputError(f"chunk_windows must be at least 1, got {chunk_windows}")
+    group: list[Piece] = []
+    count = 0
+    for piece in pieces:
+        group.append(piece)
+        count += len(piece.windows)
+        if count >= chunk_windows:
+            yield group
+            group, count = [], 0
+    if group:
+        yield group
+
+
+def as_pieces(windows: Iterable[torch.Tensor]) -> Iterator[Piece]:
+    """Windows without side information (in-memory data), one piece each."""
+    for window in windows:
+        yield Piece([window], {})
+
+
+@dataclass
+class Evaluation:
+    values: dict[str, float]
+    windows: int = 0
+    symbols: int = 0
+    history: list = field(default_factory=list)
+
+
+def evaluate_stream(
+    model: SequenceAutoencoder, objective: Objective, pieces: Iterable[Piece], dtype: str = "float32",
+    batch_size: int = DEFAULT_BATCH, chunk_windows: int = CHUNK_WINDOWS, on_progress: Progress | None = None,
+) -> Evaluation:
+    """The objective's metrics after encode -> store as `dtype` -> decode, chunked exactly as encode_file is."""
+    totals = objective.accumulator()
+    windows = symbols = 0
+    for group in group_chunks(pieces, chunk_windows):
+        chunk = [w for piece in group for w in piece.windows]
+        if not chunk:
+            continue
+        stored = dequantize(quantize(encode_rows(model, chunk, batch_size), dtype))
+        start = 0
+        for i in range(0, len(chunk), batch_size):
+            batch = chunk[i : i + batch_size]
+            lengths = [len(w) for w in batch]
+            count = sum(model.config.latent_length(n) for n in lengths)
+            out = decode_padded(model, stored[start : start + count], lengths).float()  # (B, N, ...)
+            start += count
+            target, lengths_t = collate(batch)
+            totals.add(out, target, length_mask(lengths_t, target.shape[1]))
+        windows += len(chunk)
+        symbols += sum(len(w) for w in chunk)
+        if on_progress:
+            on_progress(windows, None)
+    if not windows:
+        raise InputError("no data: the input produced no sequences")
+    return Evaluation(totals.values(), windows, symbols)
 
 
 def evaluate_quantized(
-    model: SequenceAutoencoder, domain: Domain, windows: list[torch.Tensor], dtype: str = "float32",
+    model: SequenceAutoencoder, domain: Domain | Objective, windows: list[torch.Tensor], dtype: str = "float32",
     batch_size: int = DEFAULT_BATCH, on_progress: Progress | None = None,
 ) -> dict[str, float]:
-    """The domain's metrics after encode -> store as `dtype` -> decode, chunked exactly as encode_file does."""
-    totals: dict[str, float] = {}
-    done = 0
-    for m, rows in encode_batches(model, windows, batch_size):
-        batch = windows[done : done + len(m)]
-        stored = dequantize(quantize(rows, dtype))
-        lengths = [len(w) for w in batch]
-        model_out = decode_padded(model, stored, lengths).float()  # (B, N, ...)
-        target, lengths_t = collate(batch)
-        mask = length_mask(lengths_t, target.shape[1])  # (B, N)
-        for key, value in domain.metric_totals(model_out, target, mask).items():
-            totals[key] = totals.get(key, 0.0) + value
-        done += len(m)
-        if on_progress:
-            on_progress(done, len(windows))
-    return domain.metric_values(totals)
+    """`evaluate_stream` of in-memory windows (each its own piece): the metrics."""
+    objective = domain.objective if isinstance(domain, Domain) else domain
+    return evaluate_stream(model, objective, as_pieces(windows), dtype, batch_size, on_progress=on_progress).values
 
 
 # ---- files -------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _model_summary(model: SequenceAutoencoder, meta: dict) -> dict:
     c = model.config
     summary = {"fingerprint": meta["fingerprint"], "n_max": c.n_max, "ratio": c.ratio, "latent_dim": c.latent_dim}
@@ -156,69 +215,129 @@ def _model_summary(model: SequenceAutoencoder, meta: dict) -> dict:
 
 def encode_file(
     model: SequenceAutoencoder, meta: dict, domain: Domain, path: str | os.PathLike, out: str | os.PathLike,
-    dtype: str = "float16", codec: str = "zlib", batch_size: int = DEFAULT_BATCH,
-    on_progress: Progress | None = None,
+    dtype: str = STORED_DTYPE, codec: str = "zlib", batch_size: int = DEFAULT_BATCH,
+    chunk_windows: int = CHUNK_WINDOWS, on_progress: Progress | None = None,
 ) -> dict:
-    """Encode a data file into a .sqz latent file (written atomically). Returns the size report."""
-    path, out = Path(path), Path(out)
-    windows, side = domain.read(path, model.config.n_max)
-    if not windows:
-        raise InputError(f"{path}: no sequences to encode")
-    lengths = [len(w) for w in windows]
-    latent_lengths = [model.config.latent_length(n) for n in lengths]
-    header = make_header(
-        domain=domain.name, model=_model_summary(model, meta), dtype=dtype, codec=codec, lengths=lengths,
-        latent_lengths=latent_lengths, windows_per_chunk=batch_size,
-        source={"name": path.name, "size": path.stat().st_size, "sha256": _sha256(path)}, side=side,
-    )
-    done = 0
-    with LatentWriter(out, header) as writer:
-        for m, rows in encode_batches(model, windows, batch_size):
-            writer.add(rows)
-            done += len(m)
-            if on_progress:
-                on_progress(done, len(windows))
-    symbols = sum(lengths)
+    """Encode a data file (`-`: stdin) into a .sqz latent file (`-`: stdout), streamed and written
+    atomically. `domain` carries any encode options (`domain.with_settings(qualities="drop")`). Returns the
+    size report."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    header = make_header(domain=domain.name, settings=domain.state(), model=_model_summary(model, meta),
+                         dtype=dtype, codec=codec)
+    with input_path(path, suffix=Path(str(path)).suffix) as source:
+        check_data_paths([source])
+        pieces = domain.codec.iter_windows(source, model.config.n_max)
+        with output_file(out) as stream:
+            writer = LatentWriter(stream, header)
+            for group in group_chunks(pieces, chunk_windows):
+                windows = [w for piece in group for w in piece.windows]
+                writer.add([len(w) for w in windows], [(len(p.windows), p.side) for p in group],
+                           encode_rows(model, windows, batch_size))
+                if on_progress:
+                    on_progress(writer.windows, None)
+            if not writer.windows:
+                raise InputError(f"{path}: no sequences to encode")
+            size = source.stat().st_size
+            sqz_bytes = writer.finish({"name": Path(str(path)).name, "size": size, "sha256": sha256_of(source)})
+        references = domain.codec.references(source, writer.symbols)
+    symbols, latents, dim = writer.symbols, writer.rows, model.config.latent_dim
     return {
         "input": str(path), "output": str(out), "domain": domain.name, "dtype": dtype, "codec": codec,
-        "windows": len(windows), "symbols": symbols, "latents": sum(latent_lengths),
-        "latent_floats_per_symbol": sum(latent_lengths) * model.config.latent_dim / symbols,
-        "input_bytes": path.stat().st_size, "sqz_bytes": out.stat().st_size,
-        "raw_latent_bytes": sum(latent_lengths) * model.config.latent_dim * bytes_per_value(dtype),
-        "sqz_bits_per_symbol": 8 * out.stat().st_size / symbols,
-        "side_bytes": len(json.dumps(side, sort_keys=True, separators=(",", ":"))),
-        "reference_bits_per_symbol": domain.size_references(),
+        "windows": writer.windows, "symbols": symbols, "latents": latents,
+        "latent_floats_per_symbol": latents * dim / symbols,
+        "input_bytes": size, "sqz_bytes": sqz_bytes, "raw_latent_bytes": latents * dim * bytes_per_value(dtype),
+        "sqz_bits_per_symbol": 8 * sqz_bytes / symbols, "side_bytes": writer.side_bytes,
+        "reference_bits_per_symbol": references,
     }
+
+
+def _writer_domain(domain: Domain, reader: LatentReader, force: bool) -> Domain:
+    """The model's domain with the file's encode options; a file whose domain settings differ from the model's
+    (a changed normalisation, another k-mer size) is refused unless forced."""
+    if reader.version == 1:
+        return domain
+    saved = reader.header["settings"]
+    encode_names = set(domain.settings_class.encode_names())
+    ours = {k: v for k, v in domain.settings.state().items() if k not in encode_names}
+    theirs = {k: v for k, v in saved.items() if k in ours}
+    if theirs != ours and not force:
+        changed = sorted(k for k in ours if theirs.get(k) != ours[k])
+        raise ModelMismatchError(f"this latent file was written with other {domain.name} settings than the model "
+                                 f"has ({', '.join(changed)}); decode it with the model that encoded it")
+    changes = {k: saved[k] for k in encode_names if k in saved}
+    return domain.with_settings(**changes) if changes else domain
+
+
+def _decoded_pieces(
+    reader: LatentReader, domain: Domain, model: SequenceAutoencoder, batch_size: int, on_progress: Progress | None,
+) -> Iterator[tuple[list[torch.Tensor], dict]]:
+    """Each piece's reconstructed windows and side information, in file order. Format-1 files kept one side
+    block for the whole file: the codec's legacy mapping turns it into pieces, whose windows are collected
+    across chunks."""
+    n_max, done = model.config.n_max, 0
+    legacy = iter(domain.codec.legacy_pieces(reader.side, reader.lengths)) if reader.version == 1 else None
+    pending = next(legacy, None) if legacy is not None else None
+    buffer: list[torch.Tensor] = []
+    for chunk in reader.chunks():
+        if any(n > n_max for n in chunk.lengths):
+            raise FormatError(f"{reader.name} holds a window longer than the model's n_max ({n_max})")
+        windows = decode_rows(model, chunk.latents, chunk.lengths, batch_size, domain.objective.prediction)
+        done += len(windows)
+        if legacy is None:
+            start = 0
+            for count, side in chunk.pieces or []:
+                yield windows[start : start + count], side
+                start += count
+        else:
+            buffer += windows
+            while pending is not None and len(buffer) >= pending[0]:
+                yield buffer[: pending[0]], pending[1]
+                buffer, pending = buffer[pending[0] :], next(legacy, None)
+        if on_progress:
+            on_progress(done, reader.windows)
+    if legacy is not None:
+        while pending is not None and pending[0] == 0:
+            yield [], pending[1]
+            pending = next(legacy, None)
+        if pending is not None or buffer:
+            raise FormatError(f"{reader.name}: its side information does not match its {reader.windows} windows")
 
 
 def decode_file(
     model: SequenceAutoencoder, meta: dict, domain: Domain, sqz: str | os.PathLike, out: str | os.PathLike,
-    force_model: bool = False, on_progress: Progress | None = None,
+    force_model: bool = False, batch_size: int = DEFAULT_BATCH, on_progress: Progress | None = None,
 ) -> dict:
-    """Rebuild a data file from a .sqz latent file with the model that wrote it (written atomically)."""
-    reader = LatentReader(sqz)
-    header = reader.header
-    if header["domain"] != domain.name:
-        raise ModelMismatchError(f"{sqz} holds {header['domain']} latents; the model is a {domain.name} model")
-    c = model.config
-    check_model(header, meta["fingerprint"], c.n_max, c.ratio, c.latent_dim, force=force_model, stages=c.stages)
-    per_chunk = header["payload"]["windows_per_chunk"]
-    windows: list[torch.Tensor] = []
-    for index, rows in enumerate(reader.chunks()):
-        lengths = reader.lengths[index * per_chunk : (index + 1) * per_chunk]
-        windows += decode_rows(model, rows, lengths, domain.prediction)
-        if on_progress:
-            on_progress(len(windows), len(reader.lengths))
-    domain.write(Path(out), windows, header["side"])
-    return {"input": str(sqz), "output": str(out), "domain": domain.name, "windows": len(windows),
-            "symbols": sum(reader.lengths), "source": header["source"], "note": domain.decode_note(header["side"])}
+    """Rebuild a data file (`-`: stdout) from a .sqz latent file (`-`: stdin) with the model that wrote it,
+    streamed and written atomically."""
+    with input_path(sqz, suffix=".sqz") as source:
+        reader = LatentReader(source)
+        reader.name = str(sqz)
+        header = reader.header
+        if header["domain"] != domain.name:
+            raise ModelMismatchError(f"{sqz} holds {header['domain']} latents; the model is a {domain.name} model")
+        c = model.config
+        check_model(header, meta["fingerprint"], c.n_max, c.ratio, c.latent_dim, force=force_model, stages=c.stages)
+        writer_domain = _writer_domain(domain, reader, force_model)
+        with output_file(out) as stream:
+            writer = writer_domain.codec.open_writer(stream, Path(str(out)).name,
+                                                     {**header, "settings": writer_domain.state()})
+            for windows, side in _decoded_pieces(reader, writer_domain, model, batch_size, on_progress):
+                writer.write(windows, side)
+            report = writer.close() or {}
+    return {"input": str(sqz), "output": str(out), "domain": domain.name, "windows": reader.windows,
+            "symbols": reader.symbols, "source": reader.source, "note": report.get("note"),
+            "format_version": reader.version}
 
 
 def classical_sizes(path: str | os.PathLike) -> dict[str, int]:
-    """What gzip -9, bzip2 -9 and xz -9 make of the same file, measured now (standard library)."""
-    data = Path(path).read_bytes()
-    return {
-        "gzip-9": len(gzip.compress(data, compresslevel=9, mtime=0)),
-        "bz2-9": len(bz2.compress(data, 9)),
-        "xz-9": len(lzma.compress(data, preset=9)),
-    }
+    """What gzip -9, bzip2 -9 and xz -9 make of the same file, measured now, streamed (standard library; the
+    gzip stream is what `gzip.compress(data, 9, mtime=0)` writes)."""
+    engines = {"gzip-9": zlib.compressobj(9, zlib.DEFLATED, 31), "bz2-9": bz2.BZ2Compressor(9),
+               "xz-9": lzma.LZMACompressor(preset=9)}
+    sizes = dict.fromkeys(engines, 0)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            for name, engine in engines.items():
+                sizes[name] += len(engine.compress(block))
+    return {name: sizes[name] + len(engine.flush()) for name, engine in engines.items()}

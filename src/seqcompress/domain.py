@@ -1,117 +1,328 @@
-"""What every domain adapter provides: files -> sequences -> files, its loss and its metric.
+"""The domain contract: Settings, a streaming Codec and an Objective, bundled as a Domain.
 
-The core trains and runs the model on lists of sequences, each a tensor of shape (L,) of
-token ids or (L, F) of vectors with L <= n_max. A domain owns everything specific to its
-data: parsing files, cutting them into windows, turning windows back into files, the loss
-the model is trained with and the metric users read. Domains register themselves in
-`seqcompress.domains`; the core never imports one.
+The core trains and runs the model on windows: tensors (L,) of token ids or (L, F) of vectors with
+L <= n_max. A domain owns everything specific to its data, in three parts with narrow jobs:
+
+    Settings    a dataclass of the domain's options (k-mer size, patch, sample rate, ...) and of what `fit`
+                learned (normalisation, level). Validated in one place (`validate`), saved in the model's
+                config.json, parsed from `-D key=value` on every CLI command (`Settings.parse`).
+    Codec       files <-> windows, streamed. `iter_windows(path, seq_len)` yields `Piece`s as it reads: a few
+                windows and the JSON side information that rebuilds exactly those windows' bytes (record
+                names, line layout, qualities, ...). `open_writer(file, name, header)` returns a `Writer`
+                whose `write(windows, side)` turns pieces back into bytes as they arrive and whose `close()`
+                returns the report. Memory is bounded by a piece, never by a file.
+    Objective   the training loss, the prediction kept from model output, and the metric as additive
+                totals (`Totals` sums them across batches, processes and files).
+
+`Domain` ties the three to a name in `seqcompress.domains` (one file and one registration per domain);
+the core and the CLI never import a domain. Classical codecs for the probe live probe-side
+(`seqcompress.baselines`), not here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Iterator
+from functools import cached_property
+from importlib import resources
 from pathlib import Path
+from typing import Any, BinaryIO, ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from seqcompress.errors import InputError
 
 
-# A classical codec for the probe: (train_windows, test_windows, floats per test window) -> reconstructions.
-Baseline = Callable[[list[torch.Tensor], list[torch.Tensor], list[int]], list[torch.Tensor]]
+# ---- settings ------------------------------------------------------------------------------------------
+def option(default: Any, help: str, *, learned: bool = False, encode: bool = False) -> Any:
+    """A Settings field: its default, its one-line help (shown by `seqcompress COMMAND --help-domain`), whether
+    `fit` learns it from data (`learned`: not a user option) and whether `encode` may change it without
+    changing the model (`encode`, e.g. dropping FASTQ qualities)."""
+    meta = {"help": help, "learned": learned, "encode": encode}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
-class Domain(ABC):
-    """Base class of a domain adapter. Subclasses set `name`, `metric_name` and implement the methods."""
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Base of a domain's settings. Subclasses are frozen dataclasses whose fields use `option(...)` and
+    override `validate` (raise InputError naming the parameter); `replace` returns a validated copy."""
 
-    name: str = ""
-    metric_name: str = ""  # the headline metric, e.g. "token_accuracy"
-    higher_is_better: bool = True
-    default_seq_len: int = 512
+    def __post_init__(self) -> None:
+        self.validate()
 
-    # ---- state saved with a model ---------------------------------------------------------
+    def validate(self) -> None:
+        """Refuse invalid values with an InputError that names the parameter (not a CLI flag)."""
+
     def state(self) -> dict:
-        """JSON-serialisable settings saved in the model's config.json (e.g. tokenizer, normalisation)."""
-        return {"name": self.name}
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_state(cls, state: dict) -> "Domain":
-        return cls()
+    def names(cls, *, user: bool = True) -> list[str]:
+        """Field names; with `user`, only those a user sets (not learned ones)."""
+        return [f.name for f in dataclasses.fields(cls) if not (user and f.metadata.get("learned"))]
 
-    def learn(self, paths: list[Path]) -> None:
-        """Learn data-dependent settings (e.g. normalisation) from the training files before training.
+    @classmethod
+    def encode_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.metadata.get("encode")]
 
-        Called once by `fit` (not on --resume: the state is restored instead); whatever is learned must
-        appear in `state()` so a loaded model sees the same settings. Default: nothing to learn.
-        """
+    @classmethod
+    def help(cls) -> list[tuple[str, str, str]]:
+        """(name, default, help) of each user option, for `--help` texts."""
+        out = []
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("learned"):
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            out.append((f.name, json.dumps(default), f.metadata.get("help", "")))
+        return out
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Settings":
+        """Settings saved in a model (keys that are not fields, like "name" or a description, are skipped)."""
+        if not isinstance(state, dict):
+            raise InputError("domain settings must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in state.items() if k in known}
+        try:
+            return cls(**values)
+        except TypeError as exc:  # a wrong type that validate() did not catch
+            raise InputError(f"invalid domain settings: {exc}") from None
+
+    @classmethod
+    def parse(cls, items: dict[str, str], *, allowed: list[str] | None = None) -> dict[str, Any]:
+        """User text values ({"k": "3", "columns": "a,b"}) -> typed values, refusing unknown names.
+
+        Values are read as JSON when they parse (3, 0.5, true, null, ["a", "b"]), else as text; a list field
+        also takes comma-separated text."""
+        allowed = cls.names() if allowed is None else allowed
+        hints = typing.get_type_hints(cls)
+        out: dict[str, Any] = {}
+        for key, text in items.items():
+            if key not in allowed:
+                raise InputError(f"unknown domain option {key!r}; this domain takes: {', '.join(allowed) or 'none'}")
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text
+            if "list" in str(hints.get(key, "")) and isinstance(value, str):
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            if "float" in str(hints.get(key, "")) and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            out[key] = value
+        return out
+
+
+# ---- codec ---------------------------------------------------------------------------------------------
+class Piece(NamedTuple):
+    """Some consecutive windows of a file and the JSON side information that rebuilds exactly their bytes.
+
+    A piece may hold no windows (a record with no bases, the end of a file): its side information still
+    reaches the writer in order."""
+
+    windows: list[torch.Tensor]
+    side: dict
+
+
+class Writer(ABC):
+    """Turns pieces back into a file as they arrive (the windows in the form `Objective.prediction` gives)."""
 
     @abstractmethod
-    def model_fields(self) -> dict:
-        """ModelConfig fields this domain fixes: {"vocab_size": V} or {"feature_dim": F}."""
+    def write(self, windows: list[torch.Tensor], side: dict) -> None:
+        """Write the bytes of one piece."""
 
-    # ---- data -----------------------------------------------------------------------------
-    @abstractmethod
-    def default_data(self) -> list[Path]:
-        """The small sample bundled in the package, used when no data file is given."""
-
-    output_suffix: str = ""  # the file suffix `decode` suggests, e.g. ".txt"
-
-    @abstractmethod
-    def read(self, path: Path, seq_len: int) -> tuple[list[torch.Tensor], dict]:
-        """One file -> its windows of at most seq_len symbols (the last one of a sequence shorter) and the
-        JSON side information that `write` needs to rebuild the file's shape (kept in the .sqz header)."""
-
-    @abstractmethod
-    def write(self, path: Path, windows: list[torch.Tensor], side: dict) -> None:
-        """Reconstructed windows (in the form `prediction` gives) + side information -> a file, written atomically."""
-
-    def size_references(self) -> dict[str, float]:
-        """Bits per symbol of simple reference encodings, shown next to the .sqz size (e.g. 2 bits per base)."""
+    def close(self) -> dict:
+        """Finish the file; returns the report (e.g. {"note": "qualities were dropped"})."""
         return {}
 
-    def decode_note(self, side: dict) -> str | None:
-        """Something a user must know about a decoded file (e.g. "qualities were dropped"), or None."""
-        return None
 
-    def load_windows(self, paths: list[Path], seq_len: int) -> list[torch.Tensor]:
-        """The windows of every file, in order (for training and evaluation)."""
-        windows: list[torch.Tensor] = []
-        for path in check_data_paths(paths):
-            windows += self.read(path, seq_len)[0]
-        return windows
+class Codec(ABC):
+    """Files <-> windows for one domain, streamed. Built from the domain's settings; holds no file state."""
 
-    # ---- training and evaluation ------------------------------------------------------------
+    suffix: ClassVar[str] = ""  # the file suffix `decode` suggests, e.g. ".txt"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @abstractmethod
+    def iter_windows(self, path: Path, seq_len: int) -> Iterator[Piece]:
+        """The windows (at most seq_len symbols each) and side information of one file, as it is read."""
+
+    @abstractmethod
+    def open_writer(self, file: BinaryIO, name: str, header: dict) -> Writer:
+        """A writer of the file `name` into the open binary `file` (seekable; moved into place by the caller)."""
+
+    def references(self, path: Path, symbols: int) -> dict[str, float]:
+        """Bits per symbol of simple reference encodings of `path`, shown next to the .sqz size."""
+        return {}
+
+    def legacy_pieces(self, side: dict, lengths: list[int]) -> Iterator[tuple[int, dict]]:
+        """A format-1 .sqz kept one side-information block for the whole file: turn it into (window count,
+        side) pieces this codec's writer understands. Default: one piece holding every window."""
+        yield len(lengths), side
+
+
+# ---- objective -----------------------------------------------------------------------------------------
+class Objective(ABC):
+    """The loss the model trains with and the metric users read, as additive totals."""
+
+    metric_name: ClassVar[str] = ""  # the headline metric, e.g. "token_accuracy"
+    higher_is_better: ClassVar[bool] = True
+
     @abstractmethod
     def loss(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean reconstruction loss over real positions: output (B, N, ...), target (B, N, ...), mask (B, N)."""
 
     @abstractmethod
-    def metric_totals(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-        """Additive totals (sums and counts) over real positions; summed across batches."""
+    def totals(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """Additive totals (sums and counts) over real positions."""
+
+    @abstractmethod
+    def values(self, totals: dict[str, float]) -> dict[str, float]:
+        """Metrics from summed totals; must contain `metric_name`."""
 
     def prediction(self, output: torch.Tensor) -> torch.Tensor:
         """Model output (B, N, ...) -> reconstructed windows in input form: token ids (B, N) or vectors."""
         return output
 
-    def render(self, window: torch.Tensor, limit: int = 160) -> str:
-        """A short human-readable view of one window (its start), for demos and reports."""
-        text = " ".join(f"{float(v):.3g}" for v in window.flatten()[:32])
-        return text[:limit]
+    def accumulator(self) -> "Totals":
+        return Totals(self)
+
+
+class Totals:
+    """Sums an objective's totals over batches; `values()` gives the metrics."""
+
+    def __init__(self, objective: Objective) -> None:
+        self.objective = objective
+        self.sums: dict[str, float] = {}
+
+    def add(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> None:
+        self.add_sums(self.objective.totals(output, target, mask))
+
+    def add_sums(self, sums: dict[str, float]) -> None:
+        for key, value in sums.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+
+    def values(self) -> dict[str, float]:
+        return self.objective.values(self.sums)
+
+
+class TokenObjective(Objective):
+    """Cross-entropy over real tokens and token accuracy: the objective of token domains (text, DNA).
+
+    `never` is a token id that is never a real token (padding): it is never predicted."""
+
+    metric_name = "token_accuracy"
+
+    def __init__(self, never: int | None = None) -> None:
+        self.never = never
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # output (B, N, V) logits, target (B, N) ids, mask (B, N): -100 marks padding, which is ignored.
+        target = target.masked_fill(~mask, -100)
+        return F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
+
+    def prediction(self, output: torch.Tensor) -> torch.Tensor:
+        if self.never is None:
+            return output.argmax(dim=-1)  # (B, N, V) logits -> (B, N) ids
+        logits = output.clone()
+        logits[..., self.never] = float("-inf")
+        return logits.argmax(dim=-1)
+
+    def totals(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        correct = (self.prediction(output) == target) & mask  # (B, N)
+        return {"correct_tokens": float(correct.sum()), "tokens": float(mask.sum())}
+
+    def values(self, totals: dict[str, float]) -> dict[str, float]:
+        return {"token_accuracy": totals["correct_tokens"] / max(totals["tokens"], 1.0)}
+
+
+# ---- the domain ----------------------------------------------------------------------------------------
+class Domain(ABC):
+    """A named bundle of Settings, Codec and Objective. Subclasses set `name`, `settings_class`,
+    `default_seq_len` and implement the four abstract methods; a domain object never changes after it is
+    built (`learn` returns a new one)."""
+
+    name: ClassVar[str] = ""
+    settings_class: ClassVar[type[Settings]] = Settings
+    default_seq_len: ClassVar[int] = 512
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings if settings is not None else self.settings_class()
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Domain":
+        return cls(cls.settings_class.from_state(state))
+
+    def state(self) -> dict:
+        """What the model's config.json keeps: the name and every setting."""
+        return {"name": self.name, **self.settings.state()}
+
+    def with_settings(self, **changes: Any) -> "Domain":
+        return type(self)(self.settings.replace(**changes))
+
+    @cached_property
+    def codec(self) -> Codec:
+        return self.make_codec()
+
+    @cached_property
+    def objective(self) -> Objective:
+        return self.make_objective()
+
+    @property
+    def metric_name(self) -> str:
+        return self.objective.metric_name
 
     @abstractmethod
-    def metric_values(self, totals: dict[str, float]) -> dict[str, float]:
-        """Metrics from summed totals; must contain `metric_name`."""
+    def make_codec(self) -> Codec: ...
 
-    # ---- reduction probe --------------------------------------------------------------------
-    def classical_baselines(self) -> dict[str, Baseline]:
-        """Classical codecs the probe ranks next to the model at the same storage budget (e.g. truncated DCT).
+    @abstractmethod
+    def make_objective(self) -> Objective: ...
 
-        name -> fn(train_windows, test_windows, floats) -> one reconstruction per test window, shaped like the
-        model's output for that window (so `metric_totals` scores it); floats[i] is the number of latent
-        floats the model stores for test_windows[i], the baseline's budget for that window. Domains without
-        a classical codec at equal floats return {} (text and DNA tokens, for example)."""
-        return {}
+    @abstractmethod
+    def model_fields(self) -> dict:
+        """ModelConfig fields this domain fixes: {"vocab_size": V} or {"feature_dim": F}."""
+
+    @abstractmethod
+    def default_data(self) -> list[Path]:
+        """The small sample bundled in the package, used when no data file is given."""
+
+    def learn(self, paths: list[Path]) -> "Domain":
+        """A domain with the data-dependent settings (normalisation, channels) learned from the training files.
+        Called once by `fit` (not on --resume: the settings are restored). Default: nothing to learn."""
+        return self
+
+    def render(self, window: torch.Tensor, limit: int = 160) -> str:
+        """A short human-readable view of one window (its start), for demos and reports."""
+        return shorten(" ".join(f"{float(v):.3g}" for v in window.flatten()[:32]), limit)
+
+    def windows(self, paths: list[Path], seq_len: int) -> Iterator[torch.Tensor]:
+        """Every window of the files, in order, streamed (for training and evaluation)."""
+        for path in check_data_paths([Path(p) for p in paths]):
+            for piece in self.codec.iter_windows(path, seq_len):
+                yield from piece.windows
+
+    def load_windows(self, paths: list[Path], seq_len: int) -> list[torch.Tensor]:
+        """Every window of the files in a list (for the probe and tests, which hold small data)."""
+        return list(self.windows(paths, seq_len))
+
+
+# ---- helpers shared by domains ---------------------------------------------------------------------------
+def bundled(name: str) -> Path:
+    """A sample file shipped in the package's data folder."""
+    return Path(str(resources.files("seqcompress") / "data" / name))
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
 
 
 def check_data_paths(paths: list[Path]) -> list[Path]:
@@ -129,7 +340,7 @@ def check_data_paths(paths: list[Path]) -> list[Path]:
 def split_windows(sequence: torch.Tensor, seq_len: int) -> list[torch.Tensor]:
     """Cut a sequence (L, ...) into consecutive windows of seq_len; the last one keeps the remainder."""
     if seq_len < 1:
-        raise InputError(f"seq-len must be at least 1, got {seq_len}")
+        raise InputError(f"seq_len must be at least 1, got {seq_len}")
     return [sequence[i : i + seq_len] for i in range(0, len(sequence), seq_len)]
 
 
@@ -145,3 +356,16 @@ def decode_utf8(path: Path, data: bytes, kind: str) -> str:
     if not text.strip():
         raise InputError(f"{path} holds no {kind}, only whitespace")
     return text
+
+
+def copy_through(codec: Codec, path: Path, seq_len: int, out: Path, settings: dict | None = None) -> dict:
+    """Read a file's pieces and write them straight back, windows unchanged: the codec's own round trip
+    (what a perfect model decodes to). `settings` stands in for the .sqz header's settings (encode options)."""
+    from seqcompress.atomic import atomic_open
+
+    header = {"settings": settings if settings is not None else codec.settings.state()}
+    with atomic_open(out, "wb") as file:
+        writer = codec.open_writer(file, out.name, header)
+        for piece in codec.iter_windows(path, seq_len):
+            writer.write(piece.windows, piece.side)
+        return writer.close()

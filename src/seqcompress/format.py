@@ -1,23 +1,27 @@
-"""The .sqz latent file: the only module that reads or writes its bytes.
+"""The .sqz latent file: the only module that reads or writes its bytes (specified in docs/format.md).
 
-Layout (all integers little-endian):
+Format 2 (written now) streams: the header comes first and holds only what is known before the first
+byte of input is read; every chunk carries its own window lengths and side information; a trailer at the
+end holds the chunk index and the totals, as zip's central directory does:
 
     magic        8 bytes   b"\\x89SQZ\\r\\n\\x1a\\n"
-    version      u16       FORMAT_VERSION
+    version      u16       2
     header_len   u32       at most MAX_HEADER_BYTES
-    header       UTF-8 JSON (sorted keys, no time stamps: the same input gives the same bytes)
-    chunks       header["payload"]["chunks"] times:
-                   chunk_len  u64, then chunk_len bytes: safetensors bytes, zlib-compressed if
-                   header["payload"]["codec"] == "zlib"; tensors "latents" (rows, latent_dim) in
-                   the stored dtype, plus "scale" (1,) float32 for int8
+    header       UTF-8 JSON: format, domain, settings, model, payload {dtype, codec}
+    chunks       each: u64 body length, then the body: safetensors bytes (zlib-compressed when the codec
+                 is zlib) holding "latents" (rows, latent_dim) in the stored dtype, "scale" (1,) float32
+                 for int8, and "info" uint8: UTF-8 JSON {"lengths": run-length window lengths,
+                 "pieces": [[window count, side], ...]}
+    index        chunk_count entries of _INDEX_ENTRY: offset, body length, windows, latent rows, info bytes
+    trailer      UTF-8 JSON: windows, symbols, latent_rows, source {name, size, sha256}
+    end record   _END: index offset, chunk count, trailer length, b"SQZINDEX"
     checksum     32 bytes  SHA-256 of everything before it
 
-Chunks let a writer stream window batches to disk and a reader stream them back, so a 50 MB
-input never holds all its latents in memory. The reader never unpickles and never trusts a
-size: lengths are capped and checked against the file size, the header is validated field by
-field, every tensor's dtype and shape is checked against the header, and the checksum is
-verified before any chunk is handed out. Every failure is a FormatError that says what is
-wrong; a file from another model is a ModelMismatchError.
+A writer needs no seek (it can write to a pipe); a reader reads the end record and index first, checks
+every count and offset against the file size, verifies the checksum before handing out any chunk, and
+never unpickles. Format 1 (one header with every window length and the whole file's side information
+before the chunks) is still read. Every failure is a FormatError that says what is wrong; a file from
+another model is a ModelMismatchError.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import os
 import struct
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,15 +43,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from seqcompress.atomic import atomic_open
 from seqcompress.errors import FormatError, ModelMismatchError
 
 MAGIC = b"\x89SQZ\r\n\x1a\n"
-FORMAT_VERSION = 1
-MAX_HEADER_BYTES = 64 * 1024 * 1024
+FORMAT_VERSION = 2
+MAX_HEADER_BYTES = 1024 * 1024  # format 2: settings and model summary only
+MAX_V1_HEADER_BYTES = 64 * 1024 * 1024  # format 1 kept every window length and all side information here
 MAX_CHUNK_BYTES = 1024 * 1024 * 1024
+MAX_INFO_BYTES = 64 * 1024 * 1024
+MAX_TRAILER_BYTES = 1024 * 1024
 _PREFIX = struct.Struct("<8sHI")  # magic, version, header_len
 _CHUNK_LEN = struct.Struct("<Q")
+_INDEX_ENTRY = struct.Struct("<QQIII")  # offset, body length, windows, latent rows, info bytes
+_END = struct.Struct("<QQI8s")  # index offset, chunk count, trailer length, end magic
+_END_MAGIC = b"SQZINDEX"
 _CHECKSUM_BYTES = 32
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
@@ -78,12 +88,6 @@ def bytes_per_value(dtype: str) -> int:
     return torch.finfo(DTYPES[dtype]).bits // 8 if dtype != "int8" else 1
 
 
-# ---- header ------------------------------------------------------------------------------------------
-def chunk_rows(latent_lengths: list[int], windows_per_chunk: int) -> list[int]:
-    """Latent rows in each chunk when windows are written `windows_per_chunk` at a time."""
-    return [sum(latent_lengths[i : i + windows_per_chunk]) for i in range(0, len(latent_lengths), windows_per_chunk)]
-
-
 def run_length(values: list[int]) -> list[list[int]]:
     """[512, 512, 512, 7] -> [[512, 3], [7, 1]]: window lengths are mostly equal."""
     runs: list[list[int]] = []
@@ -99,86 +103,80 @@ def expand_runs(runs: list[list[int]]) -> list[int]:
     return [v for v, count in runs for _ in range(count)]
 
 
-def make_header(
-    *,
-    domain: str,
-    model: dict,
-    dtype: str,
-    codec: str,
-    lengths: list[int],
-    latent_lengths: list[int],
-    windows_per_chunk: int,
-    source: dict,
-    side: dict,
-) -> dict:
-    """The JSON header; `model` holds fingerprint, n_max, ratio, latent_dim."""
+def _json_bytes(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+# ---- validation helpers ------------------------------------------------------------------------------
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise FormatError(f"invalid header: {what}")
+
+
+def _is_int(v: object, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _runs_ok(runs: object) -> bool:
+    return isinstance(runs, list) and all(
+        isinstance(r, list) and len(r) == 2 and _is_int(r[0]) and _is_int(r[1], 1) for r in runs)
+
+
+def _check_model_section(model: object) -> None:
+    _need(isinstance(model, dict), "model section missing")
+    assert isinstance(model, dict)
+    _need(isinstance(model.get("fingerprint"), str) and len(model["fingerprint"]) <= 128, "model fingerprint missing")
+    _need(_is_int(model.get("n_max"), 1) and _is_int(model.get("latent_dim"), 1), "model n_max/latent_dim invalid")
+    ratio = model.get("ratio")
+    _need(isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 < ratio <= 1, "model ratio invalid")
+    stages = model.get("stages", [])
+    _need(isinstance(stages, list) and len(stages) <= 64 and all(
+        isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in stages), "model stages invalid")
+
+
+def make_header(*, domain: str, settings: dict, model: dict, dtype: str, codec: str) -> dict:
+    """The format-2 JSON header; `model` holds fingerprint, n_max, ratio, latent_dim (and stages etc.)."""
     if dtype not in DTYPES:
         raise FormatError(f"unknown latent dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if codec not in CODECS:
         raise FormatError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}")
-    return {
-        "format": "seqcompress-latents",
-        "format_version": FORMAT_VERSION,
-        "domain": domain,
-        "model": model,
-        "windows": {"count": len(lengths), "lengths": run_length(lengths), "latent_lengths": run_length(latent_lengths)},
-        "payload": {
-            "dtype": dtype,
-            "codec": codec,
-            "windows_per_chunk": windows_per_chunk,
-            "chunks": math.ceil(len(lengths) / windows_per_chunk) if lengths else 0,
-        },
-        "source": source,
-        "side": side,
-    }
+    return {"format": "seqcompress-latents", "format_version": FORMAT_VERSION, "domain": domain,
+            "settings": settings, "model": model, "payload": {"dtype": dtype, "codec": codec}}
 
 
 def _check_header(header: object) -> dict:
-    """Validate the structure and types of a parsed header; FormatError on anything unexpected."""
-
-    def need(cond: bool, what: str) -> None:
-        if not cond:
-            raise FormatError(f"invalid header: {what}")
-
-    def is_int(v: object, low: int = 0) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= low
-
-    def runs_ok(runs: object) -> bool:
-        return isinstance(runs, list) and all(
-            isinstance(r, list) and len(r) == 2 and is_int(r[0]) and is_int(r[1], 1) for r in runs
-        )
-
-    need(isinstance(header, dict), "not a JSON object")
+    _need(isinstance(header, dict), "not a JSON object")
     assert isinstance(header, dict)
-    need(header.get("format") == "seqcompress-latents", "not a seqcompress latent header")
-    need(isinstance(header.get("domain"), str), "domain missing")
-    model = header.get("model")
-    need(isinstance(model, dict), "model section missing")
-    need(isinstance(model.get("fingerprint"), str), "model fingerprint missing")
-    need(is_int(model.get("n_max"), 1) and is_int(model.get("latent_dim"), 1), "model n_max/latent_dim invalid")
-    need(isinstance(model.get("ratio"), (int, float)) and not isinstance(model.get("ratio"), bool)
-         and 0 < model["ratio"] <= 1, "model ratio invalid")
-    stages = model.get("stages", [])
-    need(isinstance(stages, list) and len(stages) <= 64 and all(
-        isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in stages), "model stages invalid")
-    windows = header.get("windows")
-    need(isinstance(windows, dict) and is_int(windows.get("count")), "window count missing")
-    need(runs_ok(windows.get("lengths")) and runs_ok(windows.get("latent_lengths")), "window lengths invalid")
-    need(sum(c for _, c in windows["lengths"]) == windows["count"] == sum(c for _, c in windows["latent_lengths"]),
-         "window lengths do not add up to the window count")
-    need(windows["count"] <= 1 << 32, "too many windows")
+    _need(header.get("format") == "seqcompress-latents", "not a seqcompress latent header")
+    _need(header.get("format_version") == FORMAT_VERSION, "format version does not match the file's")
+    _need(isinstance(header.get("domain"), str), "domain missing")
+    _need(isinstance(header.get("settings"), dict), "settings missing")
+    _check_model_section(header.get("model"))
     payload = header.get("payload")
-    need(isinstance(payload, dict), "payload section missing")
-    need(payload.get("dtype") in DTYPES and payload.get("codec") in CODECS, "payload dtype/codec unknown")
-    need(is_int(payload.get("windows_per_chunk"), 1) and is_int(payload.get("chunks")), "chunking invalid")
-    need(payload["chunks"] == math.ceil(windows["count"] / payload["windows_per_chunk"]), "chunk count invalid")
-    need(isinstance(header.get("source"), dict) and isinstance(header.get("side"), dict), "source/side missing")
+    _need(isinstance(payload, dict) and payload.get("dtype") in DTYPES and payload.get("codec") in CODECS,
+          "payload dtype/codec unknown")
     return header
 
 
-def window_lengths(header: dict) -> tuple[list[int], list[int]]:
-    """Original and latent lengths of every window, from a validated header."""
-    return expand_runs(header["windows"]["lengths"]), expand_runs(header["windows"]["latent_lengths"])
+def _check_v1_header(header: object) -> dict:
+    """Validate a format-1 header (window lengths and side information for the whole file)."""
+    _need(isinstance(header, dict), "not a JSON object")
+    assert isinstance(header, dict)
+    _need(header.get("format") == "seqcompress-latents", "not a seqcompress latent header")
+    _need(isinstance(header.get("domain"), str), "domain missing")
+    _check_model_section(header.get("model"))
+    windows = header.get("windows")
+    _need(isinstance(windows, dict) and _is_int(windows.get("count")), "window count missing")
+    _need(_runs_ok(windows.get("lengths")) and _runs_ok(windows.get("latent_lengths")), "window lengths invalid")
+    _need(sum(c for _, c in windows["lengths"]) == windows["count"] == sum(c for _, c in windows["latent_lengths"]),
+          "window lengths do not add up to the window count")
+    payload = header.get("payload")
+    _need(isinstance(payload, dict), "payload section missing")
+    _need(payload.get("dtype") in DTYPES and payload.get("codec") in CODECS, "payload dtype/codec unknown")
+    _need(_is_int(payload.get("windows_per_chunk"), 1) and _is_int(payload.get("chunks")), "chunking invalid")
+    _need(payload["chunks"] == math.ceil(windows["count"] / payload["windows_per_chunk"]), "chunk count invalid")
+    _need(isinstance(header.get("source"), dict) and isinstance(header.get("side"), dict), "source/side missing")
+    return header
 
 
 def check_model(header: dict, fingerprint: str, n_max: int, ratio: float, latent_dim: int, force: bool = False,
@@ -196,64 +194,88 @@ def check_model(header: dict, fingerprint: str, n_max: int, ratio: float, latent
     if m["fingerprint"] != fingerprint and not force:
         raise ModelMismatchError(
             f"this latent file was written by model {m['fingerprint'][:12]}, not by the given model "
-            f"{fingerprint[:12]}; decode it with the model that encoded it (or --force-model to try anyway)"
+            f"{fingerprint[:12]}; decode it with the model that encoded it (or force_model to try anyway)"
         )
 
 
 # ---- writing -------------------------------------------------------------------------------------
 class LatentWriter:
-    """Streams chunks into a temporary file beside `path`; `close()` renames it into place.
+    """Writes a format-2 file to an open binary stream (a pipe will do: nothing is sought).
 
-    Use as a context manager: on an exception the temporary file is removed and `path` untouched.
-    """
+        writer = LatentWriter(stream, header)
+        writer.add(lengths, pieces, latents)   # per chunk, in order
+        writer.finish(source)                  # index, trailer, checksum
 
-    def __init__(self, path: str | os.PathLike, header: dict) -> None:
+    The caller owns the stream (and its atomic rename, see seqcompress.atomic)."""
+
+    def __init__(self, stream: BinaryIO, header: dict) -> None:
         self.header = _check_header(json.loads(json.dumps(header)))
-        self.rows = chunk_rows(window_lengths(self.header)[1], self.header["payload"]["windows_per_chunk"])
         self.dim = self.header["model"]["latent_dim"]
-        self.written = 0
-        self._ctx = atomic_open(path, "wb")
+        self._stream = stream
         self._hash = hashlib.sha256()
-        self._file: BinaryIO | None = None
-
-    def __enter__(self) -> "LatentWriter":
-        self._file = self._ctx.__enter__()
-        head = json.dumps(self.header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        self._index: list[tuple[int, int, int, int, int]] = []
+        self.windows = self.symbols = self.rows = 0
+        self.side_bytes = 0
+        head = _json_bytes(self.header)
+        if len(head) > MAX_HEADER_BYTES:
+            raise FormatError(f"the header is {len(head):,} bytes, more than the {MAX_HEADER_BYTES:,} allowed")
+        self._offset = 0
         self._write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head)
-        return self
 
     def _write(self, data: bytes) -> None:
-        assert self._file is not None
-        self._file.write(data)
+        self._stream.write(data)
         self._hash.update(data)
+        self._offset += len(data)
 
-    def add(self, latents: torch.Tensor) -> None:
-        """Write the next chunk: the real latent rows (rows, latent_dim) of the next windows, in order."""
-        index = self.written
-        if index >= len(self.rows):
-            raise FormatError("more chunks written than the header announces")
-        if tuple(latents.shape) != (self.rows[index], self.dim):
-            raise FormatError(f"chunk {index} has shape {tuple(latents.shape)}, expected {(self.rows[index], self.dim)}")
-        data = st_save(quantize(latents, self.header["payload"]["dtype"]))
+    def add(self, lengths: list[int], pieces: list[tuple[int, dict]], latents: torch.Tensor) -> None:
+        """One chunk: its windows' lengths, its pieces ([window count, side], counts adding up to the windows)
+        and the real latent rows of those windows in order (rows, latent_dim)."""
+        if latents.dim() != 2 or latents.shape[1] != self.dim:
+            raise FormatError(f"chunk latents have shape {tuple(latents.shape)}, expected (rows, {self.dim})")
+        if sum(count for count, _ in pieces) != len(lengths) or any(n < 1 for n in lengths) or not pieces:
+            raise FormatError("chunk pieces do not add up to its windows")
+        info = _json_bytes({"lengths": run_length(lengths), "pieces": [[count, side] for count, side in pieces]})
+        if len(info) > MAX_INFO_BYTES:
+            raise FormatError(f"a chunk's side information is {len(info):,} bytes, more than {MAX_INFO_BYTES:,}")
+        tensors = quantize(latents, self.header["payload"]["dtype"])
+        tensors["info"] = torch.frombuffer(bytearray(info), dtype=torch.uint8)
+        body = st_save(tensors)
         if self.header["payload"]["codec"] == "zlib":
-            data = zlib.compress(data, 9)
-        self._write(_CHUNK_LEN.pack(len(data)) + data)
-        self.written += 1
+            body = zlib.compress(body, 9)
+        self._index.append((self._offset, len(body), len(lengths), latents.shape[0], len(info)))
+        self._write(_CHUNK_LEN.pack(len(body)) + body)
+        self.windows += len(lengths)
+        self.symbols += sum(lengths)
+        self.rows += latents.shape[0]
+        self.side_bytes += len(info)
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None and self.written != len(self.rows):
-            exc = FormatError(f"{self.written} chunks written, the header announces {len(self.rows)}")
-            self._ctx.__exit__(FormatError, exc, None)
-            raise exc
-        if exc_type is None:
-            assert self._file is not None
-            self._file.write(self._hash.digest())
-        self._ctx.__exit__(exc_type, exc, tb)
+    def finish(self, source: dict) -> int:
+        """Write the index, the trailer and the checksum; returns the file's size in bytes."""
+        index_offset = self._offset
+        self._write(b"".join(_INDEX_ENTRY.pack(*entry) for entry in self._index))
+        trailer = _json_bytes({"windows": self.windows, "symbols": self.symbols, "latent_rows": self.rows,
+                               "source": source})
+        if len(trailer) > MAX_TRAILER_BYTES:
+            raise FormatError("the trailer is too large")
+        self._write(trailer + _END.pack(index_offset, len(self._index), len(trailer), _END_MAGIC))
+        digest = self._hash.digest()
+        self._stream.write(digest)
+        return self._offset + len(digest)
 
 
 # ---- reading -------------------------------------------------------------------------------------
+@dataclass
+class Chunk:
+    """One chunk as read: its windows' lengths, its pieces ([count, side]; None in format 1) and latents."""
+
+    lengths: list[int]
+    pieces: list[tuple[int, dict]] | None
+    latents: torch.Tensor  # (rows, latent_dim) float32
+
+
 class LatentReader:
-    """Reads and validates a .sqz file: `header` at once, `chunks()` streamed after the checksum passed."""
+    """Reads and validates a .sqz file (format 1 or 2): `header`, `windows`, `symbols` and `source` at once,
+    `chunks()` streamed after the checksum passed."""
 
     def __init__(self, path: str | os.PathLike | None = None, data: bytes | None = None) -> None:
         self.name = str(path) if path is not None else "<bytes>"
@@ -267,15 +289,18 @@ class LatentReader:
             self._open = lambda: open(path, "rb")
             self.size = path.stat().st_size
         with self._open() as f:
-            self.header, self.payload_start = self._read_header(f)
+            self.version, self.header, self.payload_start = self._read_header(f)
+            if self.version == 1:
+                self._v1_layout()
+            else:
+                self._read_index(f)
         self._verify_checksum()
-        self.lengths, self.latent_lengths = window_lengths(self.header)
-        self.rows = chunk_rows(self.latent_lengths, self.header["payload"]["windows_per_chunk"])
 
     def _fail(self, what: str) -> FormatError:
         return FormatError(f"{self.name} {what}")
 
-    def _read_header(self, f: BinaryIO) -> tuple[dict, int]:
+    # ---- the fixed parts ----
+    def _read_header(self, f: BinaryIO) -> tuple[int, dict, int]:
         prefix = f.read(_PREFIX.size)
         if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
             raise self._fail("is not a seqcompress latent file (.sqz): wrong magic bytes")
@@ -284,7 +309,8 @@ class LatentReader:
             raise self._fail(f"uses .sqz format version {version}; this seqcompress reads up to {FORMAT_VERSION}: upgrade")
         if version < 1:
             raise self._fail(f"has an invalid format version {version}")
-        if header_len > MAX_HEADER_BYTES or _PREFIX.size + header_len + _CHECKSUM_BYTES > self.size:
+        cap = MAX_V1_HEADER_BYTES if version == 1 else MAX_HEADER_BYTES
+        if header_len > cap or _PREFIX.size + header_len + _CHECKSUM_BYTES > self.size:
             raise self._fail("is truncated or corrupted: the header length exceeds the file")
         raw = f.read(header_len)
         try:
@@ -292,9 +318,58 @@ class LatentReader:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise self._fail("is corrupted: its header is not valid JSON") from None
         try:
-            return _check_header(header), _PREFIX.size + header_len
+            header = _check_v1_header(header) if version == 1 else _check_header(header)
         except FormatError as exc:
             raise self._fail(f"is corrupted: {exc}") from None
+        return version, header, _PREFIX.size + header_len
+
+    def _read_index(self, f: BinaryIO) -> None:
+        """Format 2: the end record, the index and the trailer, every number checked against the file size."""
+        tail = _END.size + _CHECKSUM_BYTES
+        if self.size < self.payload_start + tail:
+            raise self._fail("is truncated: no chunk index at its end")
+        f.seek(self.size - tail)
+        index_offset, count, trailer_len, magic = _END.unpack(f.read(_END.size))
+        if magic != _END_MAGIC:
+            raise self._fail("is truncated or corrupted: no chunk index at its end")
+        if (trailer_len > MAX_TRAILER_BYTES or index_offset < self.payload_start
+                or count > (index_offset - self.payload_start) // (_CHUNK_LEN.size + 1)
+                or index_offset + count * _INDEX_ENTRY.size + trailer_len + tail != self.size):
+            raise self._fail("is corrupted: its chunk index does not fit the file")
+        f.seek(index_offset)
+        raw = f.read(count * _INDEX_ENTRY.size)
+        entries = [_INDEX_ENTRY.unpack_from(raw, i * _INDEX_ENTRY.size) for i in range(count)]
+        try:
+            trailer = json.loads(f.read(trailer_len).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise self._fail("is corrupted: its trailer is not valid JSON") from None
+        position = self.payload_start
+        for i, (offset, length, windows, rows, info) in enumerate(entries):
+            plain_limit = rows * self.header["model"]["latent_dim"] * 4 + info + 4096
+            if (offset != position or length > MAX_CHUNK_BYTES or info > MAX_INFO_BYTES or info < 2
+                    or rows < windows or (self.header["payload"]["codec"] == "none" and length > plain_limit)):
+                raise self._fail(f"is corrupted: chunk {i} in the index does not fit the file")
+            position = offset + _CHUNK_LEN.size + length
+        if position != index_offset:
+            raise self._fail("is corrupted: its chunks do not end where the index starts")
+        ok = isinstance(trailer, dict) and isinstance(trailer.get("source"), dict) and all(
+            _is_int(trailer.get(k)) for k in ("windows", "symbols", "latent_rows"))
+        if not ok or trailer["windows"] != sum(e[2] for e in entries) or trailer["latent_rows"] != sum(e[3] for e in entries):
+            raise self._fail("is corrupted: its trailer does not agree with its chunk index")
+        self._entries = entries
+        self.windows, self.symbols, self.source = trailer["windows"], trailer["symbols"], trailer["source"]
+        self.latent_rows = trailer["latent_rows"]
+
+    def _v1_layout(self) -> None:
+        windows = self.header["windows"]
+        if windows["count"] > self.size:  # every window has at least one stored value
+            raise self._fail("is corrupted: more windows than the file can hold")
+        self.lengths = expand_runs(windows["lengths"])
+        self.latent_lengths = expand_runs(windows["latent_lengths"])
+        per = self.header["payload"]["windows_per_chunk"]
+        self._v1_rows = [sum(self.latent_lengths[i : i + per]) for i in range(0, len(self.latent_lengths), per)]
+        self.windows, self.symbols, self.source = windows["count"], sum(self.lengths), self.header["source"]
+        self.latent_rows = sum(self.latent_lengths)
 
     def _verify_checksum(self) -> None:
         digest = hashlib.sha256()
@@ -310,30 +385,62 @@ class LatentReader:
         if digest.digest() != stored:
             raise self._fail("is corrupted or truncated: checksum mismatch")
 
-    def chunks(self) -> Iterator[torch.Tensor]:
-        """Each chunk's latents as float32 (rows, latent_dim), checked against the header."""
+    @property
+    def side(self) -> dict:
+        """Format 1 only: the side information of the whole file."""
+        return self.header.get("side", {})
+
+    # ---- chunks ----
+    def chunks(self) -> Iterator[Chunk]:
+        """Each chunk, checked against the header and index, latents as float32 (rows, latent_dim)."""
         payload = self.header["payload"]
-        dim, expected_dtype = self.header["model"]["latent_dim"], DTYPES[payload["dtype"]]
-        end = self.size - _CHECKSUM_BYTES
+        dim, dtype = self.header["model"]["latent_dim"], DTYPES[payload["dtype"]]
         with self._open() as f:
             f.seek(self.payload_start)
-            position = self.payload_start
-            for index, rows in enumerate(self.rows):
-                raw_len = f.read(_CHUNK_LEN.size)
-                if len(raw_len) < _CHUNK_LEN.size:
-                    raise self._fail(f"is truncated: chunk {index} is missing")
-                (length,) = _CHUNK_LEN.unpack(raw_len)
-                position += _CHUNK_LEN.size + length
-                if length > MAX_CHUNK_BYTES or position > end:
-                    raise self._fail(f"is corrupted: chunk {index} runs past the end of the file")
-                data = f.read(length)
-                yield self._parse_chunk(data, index, rows, dim, expected_dtype, payload["codec"])
-            if position != end:
-                raise self._fail("is corrupted: unexpected bytes after the last chunk")
+            if self.version == 1:
+                yield from self._v1_chunks(f, dim, dtype, payload["codec"])
+                return
+            for index, (offset, length, windows, rows, info_len) in enumerate(self._entries):
+                f.seek(offset + _CHUNK_LEN.size)
+                tensors = self._parse_body(f.read(length), index, rows, dim, dtype, payload["codec"], info_len)
+                yield self._chunk(tensors, index, windows, rows)
 
-    def _parse_chunk(self, data: bytes, index: int, rows: int, dim: int, dtype: torch.dtype, codec: str):
+    def _chunk(self, tensors: dict[str, torch.Tensor], index: int, windows: int, rows: int) -> Chunk:
+        info_t = tensors.get("info")
+        if info_t is None or info_t.dtype != torch.uint8 or info_t.dim() != 1:
+            raise self._fail(f"is corrupted: chunk {index} has no side information block")
+        try:
+            info = json.loads(bytes(info_t.numpy()).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise self._fail(f"is corrupted: chunk {index} side information is not valid JSON") from None
+        ok = isinstance(info, dict) and _runs_ok(info.get("lengths")) and isinstance(info.get("pieces"), list) and all(
+            isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and isinstance(p[1], dict) for p in info["pieces"])
+        if not ok or sum(c for _, c in info["lengths"]) != windows or sum(p[0] for p in info["pieces"]) != windows \
+                or any(v < 1 for v, _ in info["lengths"]):
+            raise self._fail(f"is corrupted: chunk {index} window lengths or pieces do not match the index")
+        return Chunk(expand_runs(info["lengths"]), [(p[0], p[1]) for p in info["pieces"]], dequantize(tensors))
+
+    def _v1_chunks(self, f: BinaryIO, dim: int, dtype: torch.dtype, codec: str) -> Iterator[Chunk]:
+        end = self.size - _CHECKSUM_BYTES
+        per = self.header["payload"]["windows_per_chunk"]
+        position = self.payload_start
+        for index, rows in enumerate(self._v1_rows):
+            raw_len = f.read(_CHUNK_LEN.size)
+            if len(raw_len) < _CHUNK_LEN.size:
+                raise self._fail(f"is truncated: chunk {index} is missing")
+            (length,) = _CHUNK_LEN.unpack(raw_len)
+            position += _CHUNK_LEN.size + length
+            if length > MAX_CHUNK_BYTES or position > end:
+                raise self._fail(f"is corrupted: chunk {index} runs past the end of the file")
+            tensors = self._parse_body(f.read(length), index, rows, dim, dtype, codec, 0)
+            yield Chunk(self.lengths[index * per : (index + 1) * per], None, dequantize(tensors))
+        if position != end:
+            raise self._fail("is corrupted: unexpected bytes after the last chunk")
+
+    def _parse_body(self, data: bytes, index: int, rows: int, dim: int, dtype: torch.dtype, codec: str,
+                    info_len: int) -> dict[str, torch.Tensor]:
         if codec == "zlib":
-            limit = rows * dim * 4 + 4096  # safetensors of (rows, dim) plus its small header
+            limit = rows * dim * 4 + info_len + 4096  # the safetensors of the tensors plus their small header
             inflater = zlib.decompressobj()
             try:
                 data = inflater.decompress(data, limit)
@@ -352,10 +459,11 @@ class LatentReader:
             scale = tensors.get("scale")
             if scale is None or scale.dtype != torch.float32 or tuple(scale.shape) != (1,) or not torch.isfinite(scale).all():
                 raise self._fail(f"is corrupted: chunk {index} has no valid int8 scale")
-        values = dequantize(tensors)
-        if not torch.isfinite(values).all():
+        if not torch.isfinite(dequantize(tensors)).all():
             raise self._fail(f"is corrupted: chunk {index} holds non-finite values")
-        return values
+        if info_len and (tensors.get("info") is None or tensors["info"].numel() != info_len):
+            raise self._fail(f"is corrupted: chunk {index} side information does not have its indexed size")
+        return tensors
 
 
 def read_header(path: str | os.PathLike) -> dict:

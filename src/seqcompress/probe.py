@@ -4,8 +4,20 @@ For every cell (method, seq_len, ratio, seed) the probe trains one model under t
 the same training windows, then scores it on the same held-out windows through the stored latent
 dtype. Methods are the reducing-attention model ("attention", this project) and, with baselines,
 the other length-changing layers in seqcompress/reducers.py plus the domain's classical codecs at
-the same number of stored floats (Domain.classical_baselines). Every cell is written to
+the same number of stored floats (seqcompress/baselines.py). Every cell is written to
 REPORT_DIR/results.json as soon as it finishes, so a killed probe resumes where it stopped.
+
+Held-out data is one of (`ProbePlan.split`, `test`):
+
+    random          a seeded share `held_out` of the windows (the same for every method and seed);
+    chronological   the last `held_out` of each training file's symbols: the model trains on the rest and is
+                    scored on a future it never saw (a time series' last quarter);
+    test files      whole files, never seen in training.
+
+With the last two, each training file is one stream of symbols, and `train_shifts` cuts it into windows at
+that many offsets (0, seq_len / k, 2 seq_len / k, ...), so that a short series still gives enough
+training windows; a classical codec that learns (PCA) fits on every full window of the streams, at every
+symbol offset. The domain learns its settings (normalisation) from the training files, whole.
 
 Reported next to every metric: the latent length, latent floats per input symbol and bits per
 symbol at the stored dtype, so that "reduction" (fewer, wider vectors) is never mistaken for
@@ -30,8 +42,9 @@ from pathlib import Path
 import torch
 
 from seqcompress.atomic import atomic_write_bytes, atomic_write_text
+from seqcompress.baselines import baselines_for
 from seqcompress.compress import evaluate_quantized
-from seqcompress.domain import Domain
+from seqcompress.domain import Domain, split_windows
 from seqcompress.errors import InputError
 from seqcompress.format import DTYPES
 from seqcompress.kernels import KERNELS, check_combination
@@ -47,6 +60,10 @@ RESULTS, CSV_FILE, REPORT, PLOT, METHODS_PLOT = "results.json", "results.csv", "
 SCHEMA = "seqcompress-probe/1"
 HELD_OUT_SEED = 12_345  # the held-out split is the same for every method and seed
 BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8}
+SPLITS = ("random", "chronological")
+BUDGET_KEYS = ("epochs", "max_steps", "max_minutes")
+# A plan that sets none of BUDGET_KEYS trains each run for this long (the budget of the scripts the probe absorbed).
+DEFAULT_BUDGET = {"epochs": None, "max_minutes": 2.0}
 
 
 @dataclass
@@ -56,14 +73,16 @@ class ProbePlan:
     domain: str
     domain_state: dict
     data: list[str]  # training files (empty: the domain's bundled sample)
-    test: list[str] = field(default_factory=list)  # held-out files; empty: hold out `held_out` of the windows
-    held_out: float = 0.1
+    test: list[str] = field(default_factory=list)  # held-out files; empty: hold out `held_out` of the data
+    held_out: float = 0.1  # share held out: of the windows (split "random") or of each file's symbols
+    split: str = "random"  # without test files: "random" windows, or the "chronological" tail of each file
+    train_shifts: int = 1  # with test files or a chronological split: offsets each training stream is cut at
     cells: list[tuple[int, float]] = field(default_factory=list)  # (seq_len, ratio)
     seeds: int = 3
     methods: list[str] = field(default_factory=lambda: ["attention"])
     classical: bool = False  # also score the domain's classical codecs
     model: dict = field(default_factory=dict)  # ModelConfig fields (d_model, layers, ...)
-    training: dict = field(default_factory=dict)  # TrainOptions fields (epochs or max_minutes, lr, ...)
+    training: dict = field(default_factory=dict)  # TrainOptions fields (budget: DEFAULT_BUDGET when none, lr, ...)
     dtype: str = "float16"  # latents are scored after storing them as this dtype
     batch_tokens: int | None = None  # symbols per optimizer step: batch size = batch_tokens // seq_len per cell
     # Variants of the reducing-attention method (every combination is a method of its own; the baselines
@@ -76,23 +95,35 @@ class ProbePlan:
 
     def __post_init__(self) -> None:
         if not self.cells:
-            raise InputError("the probe needs at least one (seq-len, ratio) cell")
+            raise InputError("the probe needs at least one (seq_len, ratio) cell")
         for seq_len, ratio in self.cells:
             if seq_len < 1:
-                raise InputError(f"--seq-lens must be positive, got {seq_len}")
+                raise InputError(f"seq_len must be positive, got {seq_len}")
             if not 0 < ratio <= 1:
-                raise InputError(f"--ratios must be in (0, 1], got {ratio}")
+                raise InputError(f"ratio must be in (0, 1], got {ratio}")
         if self.seeds < 1:
-            raise InputError(f"--seeds must be at least 1, got {self.seeds}")
+            raise InputError(f"seeds must be at least 1, got {self.seeds}")
         unknown = [m for m in self.methods if m not in REDUCERS]
         if unknown or not self.methods:
             raise InputError(f"unknown method(s) {unknown}; choose from {', '.join(REDUCERS)}")
         if self.dtype not in DTYPES:
-            raise InputError(f"unknown --dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+            raise InputError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if not 0 < self.held_out < 1:
-            raise InputError(f"--held-out must be in (0, 1), got {self.held_out}")
+            raise InputError(f"held_out must be in (0, 1), got {self.held_out}")
+        if self.split not in SPLITS:
+            raise InputError(f"unknown split {self.split!r}; choose one of {', '.join(SPLITS)}")
+        if self.split == "chronological" and self.test:
+            raise InputError("split 'chronological' holds out the tail of each training file; give it or test "
+                             "files, not both")
+        if self.train_shifts < 1:
+            raise InputError(f"train_shifts must be at least 1, got {self.train_shifts}")
+        if self.train_shifts > 1 and self.split == "random" and not self.test:
+            raise InputError("train_shifts cuts whole training files at several offsets, which would put held-out "
+                             "windows into training: use it with split 'chronological' or test files")
         if any(k < 1 for k in self.stages):
-            raise InputError(f"--stages counts stages and must be at least 1, got {self.stages}")
+            raise InputError(f"stages counts stages and must be at least 1, got {self.stages}")
+        if not any(self.training.get(key) is not None for key in BUDGET_KEYS):
+            self.training = {**self.training, **DEFAULT_BUDGET}
         self._check_variants()
         known = {f.name for f in fields(ModelConfig)} - {"n_max", "ratio", "vocab_size", "feature_dim", "reducer",
                                                            "attention", "resize", "stages", "options"}
@@ -101,13 +132,13 @@ class ProbePlan:
             raise InputError(f"unknown model option(s): {', '.join(sorted(bad))}")
         TrainOptions(**self.training)  # validates budget and schedule
         if self.batch_tokens is not None and self.batch_tokens < 1:
-            raise InputError(f"--batch-tokens must be positive, got {self.batch_tokens}")
+            raise InputError(f"batch_tokens must be positive, got {self.batch_tokens}")
 
     def as_json(self) -> dict:
         plan = asdict(self)
         plan["cells"] = [list(c) for c in self.cells]
-        # Variant fields at their defaults are left out, so a probe started before they existed still resumes.
-        for name, default in _VARIANT_DEFAULTS.items():
+        # Fields added later are left out at their defaults, so a probe started before they existed still resumes.
+        for name, default in _LATER_DEFAULTS.items():
             if plan[name] == default:
                 del plan[name]
         return plan
@@ -161,7 +192,8 @@ class ProbePlan:
         return out
 
 
-_VARIANT_DEFAULTS = {"attention": ["full"], "positions": [], "stages": [1], "resize": ["absolute"], "options": {}}
+_LATER_DEFAULTS = {"attention": ["full"], "positions": [], "stages": [1], "resize": ["absolute"], "options": {},
+                   "split": "random", "train_shifts": 1}
 
 
 def stage_ratios(seq_len: int, ratio: float, count: int) -> list[float]:
@@ -174,6 +206,7 @@ def stage_ratios(seq_len: int, ratio: float, count: int) -> list[float]:
 
 # The paper's table (arXiv 2310.14837): input:latent lengths on Wikipedia text with the BERT tokenizer,
 # AdamW, LR 1e-3 -> 1e-4 linearly over the first 5 epochs.
+PAPER_DOMAIN = "text"
 PAPER_CELLS = "512:256,512:128,128:64,128:72"
 PAPER_PROTOCOLS = {
     # Finishes in under 2 hours on 2 CPU cores: a narrower model (d_model 128), 0.3 epochs per run on the
@@ -202,9 +235,9 @@ def parse_cells(text: str) -> list[tuple[int, float]]:
         try:
             n, m = (int(v) for v in item.split(":"))
         except ValueError:
-            raise InputError(f"--cells takes SEQ_LEN:LATENT_LEN pairs like 512:256, got {item!r}") from None
+            raise InputError(f"cells are SEQ_LEN:LATENT_LEN pairs like 512:256, got {item!r}") from None
         if not 0 < m <= n:
-            raise InputError(f"--cells: latent length must be in 1..{n}, got {item!r}")
+            raise InputError(f"cells: the latent length must be in 1..{n}, got {item!r}")
         cells.append((n, m / n))
     return cells
 
@@ -220,30 +253,70 @@ def machine() -> dict:
             "torch": torch.__version__}
 
 
+# ---- held-out data ---------------------------------------------------------------------------------
+@dataclass
+class Split:
+    """The windows of one seq_len: what the models train on, what every method is scored on, and the training
+    streams (each training file's symbols in order, for a split that keeps files whole; None for a random one)."""
+
+    train: list[torch.Tensor]
+    test: list[torch.Tensor]
+    streams: list[torch.Tensor] | None = None
+
+    def codec_windows(self, seq_len: int) -> list[torch.Tensor]:
+        """What a classical codec that learns fits on: every full window of the streams, at every symbol offset
+        (views, not copies), or the training windows of a random split."""
+        if self.streams is None:
+            return self.train
+        return [s[i : i + seq_len] for s in self.streams for i in range(len(s) - seq_len + 1)]
+
+
+def tail_split(stream: torch.Tensor, held_out: float, where: str = "the data") -> tuple[torch.Tensor, torch.Tensor]:
+    """A stream of symbols (S, ...) -> its first and its last `held_out` share (views)."""
+    cut = round(len(stream) * (1 - held_out))
+    if not 0 < cut < len(stream):
+        raise InputError(f"{where} holds {len(stream)} symbol(s): too few to hold out its last {held_out:.0%} "
+                         "and train on the rest")
+    return stream[:cut], stream[cut:]
+
+
+def shifted_windows(stream: torch.Tensor, seq_len: int, shifts: int) -> list[torch.Tensor]:
+    """Windows of seq_len symbols cut from the stream (S, ...) at `shifts` offsets 0, seq_len // shifts,
+    2 seq_len // shifts, ... (each cut drops the symbols before its offset; the last window of each is
+    shorter). One shift is the ordinary cut."""
+    offsets = sorted({k * seq_len // shifts for k in range(shifts)})
+    return [w for offset in offsets if offset < len(stream) for w in split_windows(stream[offset:], seq_len)]
+
+
 # ---- running ---------------------------------------------------------------------------------------
 class Probe:
-    def __init__(self, plan: ProbePlan, domain: Domain, out_dir: str | os.PathLike) -> None:
-        self.plan, self.domain, self.out = plan, domain, Path(out_dir)
-        self.results = self._load_or_start()
+    """Runs a plan's cells in `out_dir`, resuming the cells of a probe with the same plan already there (with
+    `force`, its results are discarded instead)."""
 
-    def _load_or_start(self) -> dict:
+    def __init__(self, plan: ProbePlan, domain: Domain, out_dir: str | os.PathLike, force: bool = False) -> None:
+        self.plan, self.domain, self.out = plan, domain, Path(out_dir)
+        self.learned: Domain | None = None  # the domain with what it learned from the training files
+        self.results = self._load_or_start(force)
+
+    def _load_or_start(self, force: bool) -> dict:
         path = self.out / RESULTS
-        if path.is_file():
+        if path.is_file() and not force:
             try:
                 results = json.loads(path.read_text(encoding="utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise InputError(f"{path} is not valid JSON ({exc}); remove it to start over") from None
             if results.get("schema") != SCHEMA or results.get("plan") != self.plan.as_json():
-                raise InputError(f"{self.out} holds a probe with different settings; use another --output "
-                                 "directory, or --force to start over")
+                raise InputError(f"{self.out} holds a probe with different settings; use another output "
+                                 "directory, or force to start over")
             return results
-        return {"schema": SCHEMA, "plan": self.plan.as_json(), "machine": machine(), "metric": self.domain.metric_name,
-                "higher_is_better": self.domain.higher_is_better, "cells": []}
+        objective = self.learned_domain().objective  # a domain may build its objective only once it has learned
+        return {"schema": SCHEMA, "plan": self.plan.as_json(), "machine": machine(), "metric": objective.metric_name,
+                "higher_is_better": objective.higher_is_better, "cells": []}
 
     def todo(self) -> list[tuple[str, int, float, int | None]]:
         """Every cell of the plan, in run order: (method, seq_len, ratio, seed); seed None for classical codecs."""
         cells = []
-        classical = sorted(self.domain.classical_baselines()) if self.plan.classical else []
+        classical = list(baselines_for(self.domain)) if self.plan.classical else []
         for seq_len, ratio in self.plan.cells:
             cells += [(name, seq_len, ratio, None) for name in classical]
             for seed in range(self.plan.seeds):
@@ -258,17 +331,16 @@ class Probe:
         todo, done = self.todo(), self.done()
         if on_cell:
             on_cell(len(done), len(todo), None)
-        self.domain.learn(self.training_files())
-        windows: dict[int, tuple[list, list]] = {}
+        splits: dict[int, Split] = {}
         for method, seq_len, ratio, seed in todo:
             key = cell_key(method, seq_len, ratio, seed)
             if key in done:
                 continue
-            if seq_len not in windows:
-                windows[seq_len] = self.split(seq_len)
-            train_w, test_w = windows[seq_len]
-            cell = (self.classical_cell(method, seq_len, ratio, train_w, test_w) if seed is None
-                    else self.model_cell(method, seq_len, ratio, seed, train_w, test_w))
+            if seq_len not in splits:
+                splits[seq_len] = self.split(seq_len)
+            split = splits[seq_len]
+            cell = (self.classical_cell(method, seq_len, ratio, split) if seed is None
+                    else self.model_cell(method, seq_len, ratio, seed, split))
             cell["key"] = key
             self.results["cells"].append(cell)
             self.save()
@@ -280,15 +352,36 @@ class Probe:
     def training_files(self) -> list[Path]:
         return [Path(p) for p in self.plan.data] or self.domain.default_data()
 
-    def split(self, seq_len: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        windows = self.domain.load_windows(self.training_files(), seq_len)
+    def learned_domain(self) -> Domain:
+        """The domain with the settings it learns from the training files (learned once)."""
+        if self.learned is None:
+            self.learned = self.domain.learn(self.training_files())
+        return self.learned
+
+    def split(self, seq_len: int) -> Split:
+        """The training and held-out windows of seq_len symbols (see the module's docstring)."""
+        domain = self.learned_domain()
+        if self.plan.split == "random" and not self.plan.test:
+            windows = domain.load_windows(self.training_files(), seq_len)
+            train_w, test_w, same = split_held_out(windows, self.plan.held_out, HELD_OUT_SEED)
+            if same:
+                raise InputError(f"the data gives a single window of {seq_len} symbols: nothing to hold out; "
+                                 "give more data, test files or a shorter seq_len")
+            return Split(train_w, test_w)
+        streams, test_w = [], []
+        for path in self.training_files():
+            windows = domain.load_windows([path], seq_len)
+            if not windows:
+                raise InputError(f"{path} gives no windows")
+            stream = torch.cat(windows)  # (S, ...) the file's symbols in order
+            if self.plan.split == "chronological":
+                stream, tail = tail_split(stream, self.plan.held_out, str(path))
+                test_w += split_windows(tail, seq_len)
+            streams.append(stream)
         if self.plan.test:
-            return windows, self.domain.load_windows([Path(p) for p in self.plan.test], seq_len)
-        train_w, test_w, same = split_held_out(windows, self.plan.held_out, HELD_OUT_SEED)
-        if same:
-            raise InputError(f"the data gives a single window of {seq_len} symbols: nothing to hold out; "
-                             "give more data, --test files or a shorter --seq-lens")
-        return train_w, test_w
+            test_w = domain.load_windows([Path(p) for p in self.plan.test], seq_len)
+        train_w = [w for s in streams for w in shifted_windows(s, seq_len, self.plan.train_shifts)]
+        return Split(train_w, test_w, streams)
 
     def config(self, method: str, seq_len: int, ratio: float) -> ModelConfig:
         overrides = dict(self.plan.variants()[method])
@@ -299,7 +392,8 @@ class Probe:
         if overrides["reducer"] == "attention":
             takes = option_defaults(overrides["attention"], overrides["positions"], overrides["resize"])
             overrides["options"] = {k: v for k, v in self.plan.options.items() if k in takes}
-        return ModelConfig(n_max=seq_len, ratio=ratio, **{**self.plan.model, **overrides, **self.domain.model_fields()})
+        fixed = self.learned_domain().model_fields()
+        return ModelConfig(n_max=seq_len, ratio=ratio, **{**self.plan.model, **overrides, **fixed})
 
     def _budget(self, config: ModelConfig, windows: list[torch.Tensor]) -> dict:
         lengths = [len(w) for w in windows]
@@ -309,34 +403,41 @@ class Probe:
                 "latent_floats_per_symbol": per_symbol, "bits_per_symbol": per_symbol * BITS[self.plan.dtype],
                 "dtype": self.plan.dtype, "test_windows": len(windows), "test_symbols": sum(lengths)}
 
-    def model_cell(self, method, seq_len, ratio, seed, train_w, test_w) -> dict:
+    def train_model(self, model, windows: list[torch.Tensor], options: TrainOptions):
+        """Train one cell's model in place on its windows; the TrainResult."""
+        return train(model, self.learned_domain().objective, windows, options)
+
+    def model_cell(self, method: str, seq_len: int, ratio: float, seed: int, split: Split) -> dict:
+        domain = self.learned_domain()
         config = self.config(method, seq_len, ratio)
         model = build_model(config, seed=seed)
         batch = {"batch_size": max(1, self.plan.batch_tokens // seq_len)} if self.plan.batch_tokens else {}
         options = TrainOptions(**{"val_fraction": 0.02, **self.plan.training, **batch, "seed": seed})
-        result = train(model, self.domain, train_w, options)
+        result = self.train_model(model, split.train, options)
         model.cpu().eval()
-        metrics = evaluate_quantized(model, self.domain, test_w, self.plan.dtype, batch_size=32)
+        metrics = evaluate_quantized(model, domain.objective, split.test, self.plan.dtype, batch_size=32)
         return {"method": method, "kind": "model", "seq_len": seq_len, "ratio": ratio, "seed": seed,
-                "metrics": metrics, "value": metrics[self.domain.metric_name], **self._budget(config, test_w),
+                "metrics": metrics, "value": metrics[domain.metric_name], **self._budget(config, split.test),
                 "parameters": model.parameter_count(), "steps": result.steps, "epochs": round(result.epochs, 4),
                 "seconds": round(result.seconds, 1), "train_windows": result.train_windows}
 
-    def classical_cell(self, name, seq_len, ratio, train_w, test_w) -> dict:
-        config = ModelConfig(n_max=seq_len, ratio=ratio, **{**self.plan.model, **self.domain.model_fields()})
-        floats = [config.latent_length(len(w)) * config.latent_dim for w in test_w]
+    def classical_cell(self, name: str, seq_len: int, ratio: float, split: Split) -> dict:
+        """A classical codec given each held-out window's stored floats of the model (m latents x latent_dim)."""
+        domain = self.learned_domain()
+        config = ModelConfig(n_max=seq_len, ratio=ratio, **{**self.plan.model, **domain.model_fields()})
+        floats = [config.latent_length(len(w)) * config.latent_dim for w in split.test]
         start = time.perf_counter()
-        outputs = self.domain.classical_baselines()[name](train_w, test_w, floats)
-        totals: dict[str, float] = {}
-        for out, target in zip(outputs, test_w):
-            mask = torch.ones(1, len(target), dtype=torch.bool)
-            for k, v in self.domain.metric_totals(out[None].float(), target[None], mask).items():
-                totals[k] = totals.get(k, 0.0) + v
-        metrics = self.domain.metric_values(totals)
+        baseline = baselines_for(domain)[name]
+        fit_on = split.codec_windows(seq_len) if baseline.learns else []
+        outputs = baseline.reconstruct(fit_on, split.test, floats)
+        totals = domain.objective.accumulator()
+        for out, target in zip(outputs, split.test):
+            totals.add(out[None].float(), target[None], torch.ones(1, len(target), dtype=torch.bool))
+        metrics = totals.values()
         return {"method": name, "kind": "classical", "seq_len": seq_len, "ratio": ratio, "seed": None,
-                "metrics": metrics, "value": metrics[self.domain.metric_name], **self._budget(config, test_w),
+                "metrics": metrics, "value": metrics[domain.metric_name], **self._budget(config, split.test),
                 "parameters": 0, "steps": 0, "epochs": 0, "seconds": round(time.perf_counter() - start, 1),
-                "train_windows": len(train_w)}
+                "train_windows": len(fit_on)}
 
     # ---- outputs ---------------------------------------------------------------------------------
     def save(self) -> None:
@@ -521,24 +622,3 @@ def _save_png(fig, path: Path) -> Path:
     fig.savefig(buf, format="png", dpi=120)
     atomic_write_bytes(path, buf.getvalue())
     return path
-
-
-def ratio_list(text: str, name: str = "--ratios") -> list[float]:
-    try:
-        values = [float(Fraction(v.strip())) for v in text.split(",") if v.strip()]
-    except (ValueError, ZeroDivisionError):
-        raise InputError(f"{name} takes numbers like 0.5,0.25 or 1/2,1/4, got {text!r}") from None
-    if not values:
-        raise InputError(f"{name} is empty")
-    return values
-
-
-def int_list(text: str, name: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(f"{name} takes whole numbers like 128,256, got {text!r}") from None
-    if not values:
-        raise InputError(f"{name} is empty")
-    return values
-

@@ -1,34 +1,46 @@
 """Training: AdamW on reconstruction loss, the paper's LR schedule, held-out evaluation, checkpoints.
 
-The loop knows nothing of files or terminals: it takes lists of windows, a domain (loss and
-metric) and options, and reports progress through callbacks. The CLI draws the progress bar.
+The loop knows nothing of files or terminals: it takes a `WindowSource` (the windows of some files,
+streamed as they are read, or a list already in memory), an `Objective` (loss and metric) and options,
+and reports progress through callbacks. The CLI draws the progress bar.
 
-Schedule (Biermann et al.): LR falls linearly from `lr` to `lr_end` over the first
-`decay_epochs` epochs, then stays at `lr_end`. Reproducible: the model, the held-out split and
-the order of every epoch derive from `seed`, so a resumed run sees the batches it would have seen.
+Streaming: nothing holds the corpus. A first pass (`scan`) counts the windows and decides the held-out
+split, window by window, from a seeded hash of each window's index in the stream; every epoch then
+streams the training windows again through a seeded shuffle buffer (`TrainWindows`), and every evaluation
+streams the held-out ones. Memory is bounded by the buffer, not by the data.
+
+Schedule (Biermann et al.): LR falls linearly from `lr` to `lr_end` over the first `decay_epochs`
+epochs, then stays at `lr_end`. Reproducible: the model, the split and the order of every epoch derive
+from `seed`; a checkpoint records the stream position (epoch, batches consumed) and the random state, so
+a resumed run replays the stream to that point and continues bit for bit as if never interrupted.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save as safetensors_bytes
+from torch.utils.data import DataLoader, IterableDataset
 
 from seqcompress.atomic import atomic_write_bytes, atomic_write_text
 from seqcompress.attention import length_mask
-from seqcompress.domain import Domain
+from seqcompress.domain import Domain, Objective
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress.model import SequenceAutoencoder
 
 CHECKPOINT_DIR = "checkpoint"
+SHUFFLE_BYTES = 256 * 2**20  # the shuffle buffer never holds more window data than this
+_MASK64 = 2**64 - 1
 
 
 @dataclass
@@ -47,26 +59,31 @@ class TrainOptions:
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     val_fraction: float = 0.05  # share of windows held out for validation
     eval_every: int = 0  # also evaluate every N steps (0: once per epoch and at the end)
-    eval_batches: int | None = None  # cap held-out batches per evaluation (None: all)
+    eval_batches: int | None = None  # cap held-out batches per evaluation during training (None: all)
+    shuffle_buffer: int = 4096  # windows shuffled together (fewer when they would pass SHUFFLE_BYTES)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.lr <= 0 or self.lr_end <= 0:
-            raise InputError("learning rates must be positive")
+            raise InputError(f"lr and lr_end must be positive, got {self.lr} and {self.lr_end}")
         if self.epochs is None and self.max_steps is None and self.max_minutes is None:
-            raise InputError("give epochs, max steps or max minutes")
+            raise InputError("give epochs, max_steps or max_minutes")
         for name in ("epochs", "max_steps", "max_minutes"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise InputError(f"{name.replace('_', ' ')} must be positive, got {value}")
+                raise InputError(f"{name} must be positive, got {value}")
         if not 0 <= self.val_fraction < 1:
-            raise InputError(f"validation fraction must be in [0, 1), got {self.val_fraction}")
+            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.shuffle_buffer < 1:
+            raise InputError(f"shuffle_buffer must be at least 1, got {self.shuffle_buffer}")
+        if self.eval_batches is not None and self.eval_batches < 1:
+            raise InputError(f"eval_batches must be at least 1, got {self.eval_batches}")
 
 
 @dataclass
 class Progress:
-    """What the loop reports after each step (and, with `evaluated`, after an evaluation)."""
+    """What the loop reports after each step (and, with `held_out` filled in, after an evaluation)."""
 
     step: int
     total_steps: int | None
@@ -77,6 +94,189 @@ class Progress:
     symbols_per_s: float
     elapsed_s: float
     held_out: dict[str, float] | None = None
+
+
+# ---- where windows come from ----------------------------------------------------------------------
+class WindowSource:
+    """Windows (L,) or (L, F) in a fixed order that can be streamed again and again: once to count them,
+    then once per epoch and per evaluation.
+
+    `WindowSource.files(domain, paths, seq_len)` reads the files anew on every pass (`Domain.windows`), so
+    nothing holds the corpus; `WindowSource.of(windows)` serves a list already in memory (the probe, tests).
+    `train` also takes a plain list and wraps it with `of`."""
+
+    def __init__(self, open_stream: Callable[[], Iterable[torch.Tensor]]) -> None:
+        self._open = open_stream
+
+    @classmethod
+    def files(cls, domain: Domain, paths: Sequence[str | os.PathLike], seq_len: int) -> "WindowSource":
+        paths = [Path(p) for p in paths]
+        return cls(lambda: domain.windows(paths, seq_len))
+
+    @classmethod
+    def of(cls, windows: Iterable[torch.Tensor]) -> "WindowSource":
+        windows = list(windows)
+        return cls(lambda: windows)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter(self._open())
+
+
+# ---- the held-out split, decided window by window ------------------------------------------------
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def held_out_draw(seed: int, index: int) -> float:
+    """A seeded hash of a window's index in the stream, uniform in [0, 1): the window is held out when it
+    falls below the held-out fraction. The same in every epoch, every run and every Python."""
+    return _splitmix64((_splitmix64(seed & _MASK64) + index) & _MASK64) / 2.0**64
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which windows of a stream are held out, and how many there are (from `scan`'s counting pass).
+
+    Window i is held out when `held_out_draw(seed, i) < fraction`, except `forced`: when the draws hold out
+    no window (or every window), the one with the lowest (highest) draw changes side, so both sides have
+    one. With fraction 0 or a single window nothing is held out and evaluation uses the training windows
+    (`held_out_is_train`)."""
+
+    fraction: float
+    seed: int
+    windows: int
+    held_out_windows: int  # = windows when held_out_is_train
+    forced: int | None = None
+    max_window_bytes: int = 0
+
+    @property
+    def held_out_is_train(self) -> bool:
+        return self.fraction == 0 or self.windows < 2
+
+    @property
+    def train_windows(self) -> int:
+        return self.windows if self.held_out_is_train else self.windows - self.held_out_windows
+
+    def _drawn(self, index: int) -> bool:
+        return (held_out_draw(self.seed, index) < self.fraction) != (index == self.forced)
+
+    def trains_on(self, index: int) -> bool:
+        return self.held_out_is_train or not self._drawn(index)
+
+    def evaluates_on(self, index: int) -> bool:
+        return self.held_out_is_train or self._drawn(index)
+
+    def state(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Split":
+        return cls(**state)
+
+
+def scan(source: Iterable[torch.Tensor], fraction: float, seed: int) -> Split:
+    """One streaming pass: count the windows and settle the held-out split (see `Split`)."""
+    count = held = largest = 0
+    low, high = (2.0, 0), (-1.0, 0)  # (draw, index) of the lowest and the highest draw
+    for index, window in enumerate(source):
+        count += 1
+        largest = max(largest, window.numel() * window.element_size())
+        if fraction == 0:
+            continue
+        draw = held_out_draw(seed, index)
+        held += draw < fraction
+        low, high = min(low, (draw, index)), max(high, (draw, index))
+    if count == 0:
+        raise InputError("no data: the input produced no sequences")
+    forced = None
+    if fraction == 0 or count < 2:
+        held = count
+    elif held == 0:
+        forced, held = low[1], 1
+    elif held == count:
+        forced, held = high[1], count - 1
+    return Split(fraction, seed, count, held, forced, largest)
+
+
+def held_out_windows(source: Iterable[torch.Tensor], split: Split) -> Iterator[torch.Tensor]:
+    """The held-out windows of a stream, in stream order (every window when held_out_is_train)."""
+    return (w for i, w in enumerate(source) if split.evaluates_on(i))
+
+
+def split_held_out(windows: list[torch.Tensor], fraction: float, seed: int) -> tuple[list, list, bool]:
+    """A list split by the streaming rule: (train, held_out, held_out_is_train)."""
+    split = scan(windows, fraction, seed)
+    train_w = [w for i, w in enumerate(windows) if split.trains_on(i)]
+    return train_w, list(held_out_windows(windows, split)), split.held_out_is_train
+
+
+# ---- the training stream -------------------------------------------------------------------------
+def shuffled(items: Iterable, size: int, rng: random.Random) -> Iterator:
+    """Items in a random order, holding at most `size` of them: each arriving item takes the place of a
+    random one in the buffer, which is yielded; the rest leave in random order at the end."""
+    buffer: list = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = rng.randrange(size)
+        yield buffer[j]
+        buffer[j] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class TrainWindows(IterableDataset):
+    """The training windows of one epoch, streamed in a seeded shuffled order that changes each epoch.
+
+    `set_epoch(epoch, skip)` chooses the epoch and how many of its windows to pass over (a resumed run
+    replays the epoch's order to where it stopped). For a DataLoader with num_workers=0."""
+
+    def __init__(self, source: Iterable[torch.Tensor], split: Split, buffer: int, seed: int) -> None:
+        self.source, self.split, self.buffer, self.seed = source, split, buffer, seed
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        # A string seed is hashed (SHA-512) by random.Random: stable across Python versions and platforms.
+        rng = random.Random(f"seqcompress shuffle {self.seed} {self.epoch}")
+        windows = (w for i, w in enumerate(self.source) if self.split.trains_on(i))
+        return itertools.islice(shuffled(windows, self.buffer, rng), self.skip, None)
+
+
+def shuffle_buffer_size(opts: TrainOptions, split: Split) -> int:
+    """Windows in the shuffle buffer: opts.shuffle_buffer, fewer when large windows would pass SHUFFLE_BYTES."""
+    return max(1, min(opts.shuffle_buffer, SHUFFLE_BYTES // max(split.max_window_bytes, 1)))
+
+
+def collate(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad windows (L,) or (L, F) to the longest: (B, N) or (B, N, F) and lengths (B,)."""
+    lengths = torch.tensor([len(w) for w in windows])
+    n = int(lengths.max())
+    batch = windows[0].new_zeros((len(windows), n, *windows[0].shape[1:]))  # (B, N, ...)
+    for i, w in enumerate(windows):
+        batch[i, : len(w)] = w
+    return batch, lengths
+
+
+def batches(windows: Iterable[torch.Tensor], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive windows collated batch_size at a time, as they arrive (the last batch may be smaller)."""
+    stream = iter(windows)
+    while chunk := list(itertools.islice(stream, batch_size)):
+        yield collate(chunk)
+
+
+def autocast_for(device: torch.device):
+    """bf16 (or fp16) autocast on CUDA, nothing on CPU (fp32 is fastest there)."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
 
 
 @dataclass
@@ -91,81 +291,45 @@ class TrainResult:
     held_out: dict[str, float]
     symbols_per_s: float
     history: list[dict] = field(default_factory=list)
+    split: Split | None = None  # which windows were held out (saved with the model for `held_out_example`)
 
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA device is available")
+        raise InputError("device 'cuda' was asked for but no CUDA device is available")
     if name not in ("cpu", "cuda"):
         raise InputError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
 
 
-def split_held_out(windows: list[torch.Tensor], fraction: float, seed: int) -> tuple[list, list, bool]:
-    """Seeded split into (train, held_out, held_out_is_train). With one window there is nothing to hold out."""
-    if not windows:
-        raise InputError("no data: the input produced no sequences")
-    if len(windows) < 2 or fraction == 0:
-        return windows, windows, True
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(windows), generator=g).tolist()
-    n_val = min(len(windows) - 1, max(1, round(len(windows) * fraction)))
-    return [windows[i] for i in order[n_val:]], [windows[i] for i in order[:n_val]], False
-
-
-def collate(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad windows (L,) or (L, F) to the longest: (B, N) or (B, N, F) and lengths (B,)."""
-    lengths = torch.tensor([len(w) for w in windows])
-    n = int(lengths.max())
-    batch = windows[0].new_zeros((len(windows), n, *windows[0].shape[1:]))  # (B, N, ...)
-    for i, w in enumerate(windows):
-        batch[i, : len(w)] = w
-    return batch, lengths
-
-
-def batches(windows: list[torch.Tensor], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [collate(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
-
-
-def autocast_for(device: torch.device):
-    """bf16 (or fp16) autocast on CUDA, nothing on CPU (fp32 is fastest there)."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
-
-
 @torch.no_grad()
 def evaluate(
     model: SequenceAutoencoder,
-    domain: Domain,
-    windows: list[torch.Tensor],
+    objective: Objective,
+    windows: Iterable[torch.Tensor],
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     max_batches: int | None = None,
 ) -> dict[str, float]:
-    """The domain's metrics and mean loss over `windows`, in eval mode."""
+    """The objective's metrics and mean loss per symbol over `windows` (streamed), in eval mode."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    totals: dict[str, float] = {}
+    totals = objective.accumulator()
     loss_sum, count = 0.0, 0
-    for i, (x, lengths) in enumerate(batches(windows, batch_size)):
-        if max_batches is not None and i >= max_batches:
-            break
+    for x, lengths in itertools.islice(batches(windows, batch_size), max_batches):
         x, lengths = x.to(device), lengths.to(device)
         with autocast_for(device):
             out, _, _ = model(x, lengths)
         mask = length_mask(lengths, x.shape[1])  # (B, N)
         symbols = int(mask.sum())
-        loss_sum += float(domain.loss(out, x, mask)) * symbols
+        loss_sum += float(objective.loss(out, x, mask)) * symbols
         count += symbols
-        for key, value in domain.metric_totals(out.float(), x, mask).items():
-            totals[key] = totals.get(key, 0.0) + value
+        totals.add(out.float(), x, mask)
     model.train(was_training)
-    values = domain.metric_values(totals)
+    values = totals.values()
     values["loss"] = loss_sum / max(count, 1)
     return values
 
@@ -184,45 +348,65 @@ class _Schedule:
         return o.lr + (o.lr_end - o.lr) * t
 
 
+def _epoch_batches(loader: DataLoader, dataset: TrainWindows, steps_per_epoch: int, epoch: int, done: int):
+    """(epoch, batches consumed in it, batch) from stream position (epoch, done) on, epoch after epoch."""
+    while True:
+        dataset.set_epoch(epoch, skip=done * loader.batch_size)
+        for batch in loader:
+            done += 1
+            yield epoch, done, batch
+        if done != steps_per_epoch:
+            raise InputError(f"the training data changed while training: epoch {epoch} gave {done} batches, "
+                             f"the counting pass {steps_per_epoch}")
+        epoch, done = epoch + 1, 0
+
+
 def train(
     model: SequenceAutoencoder,
-    domain: Domain,
-    windows: list[torch.Tensor],
+    objective: Objective,
+    source: WindowSource | Sequence[torch.Tensor],
     opts: TrainOptions,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     on_step: Callable[[Progress], None] | None = None,
     on_eval: Callable[[Progress], None] | None = None,
 ) -> TrainResult:
-    """Train `model` in place on `windows` (a held-out share is split off first) and return the summary."""
+    """Train `model` in place on the windows of `source` (a held-out share is split off) and return the summary.
+
+    `source` is a WindowSource (e.g. `WindowSource.files(domain, paths, seq_len)`, streamed) or a list of
+    windows. With `checkpoint_dir`, a checkpoint is written at the end of each epoch and of the run; `resume`
+    continues from it (same seed, batch_size, val_fraction, shuffle_buffer and data)."""
+    if not isinstance(source, WindowSource):
+        source = WindowSource.of(source)
     device = pick_device(opts.device)
     model.to(device).train()
-    train_w, val_w, held_out_is_train = split_held_out(windows, opts.val_fraction, opts.seed)
-    steps_per_epoch = math.ceil(len(train_w) / opts.batch_size)
+    split = scan(source, opts.val_fraction, opts.seed)
+    steps_per_epoch = math.ceil(split.train_windows / opts.batch_size)
     limits = [s for s in (opts.max_steps, opts.epochs and math.ceil(opts.epochs * steps_per_epoch)) if s]
     total_steps = min(limits) if limits else None
     schedule = _Schedule(opts, steps_per_epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
 
-    step, elapsed_before, history = 0, 0.0, []
+    step, epoch, done, elapsed_before, history = 0, 0, 0, 0.0, []
     ckpt = Path(checkpoint_dir) / CHECKPOINT_DIR if checkpoint_dir else None
     if resume:
         if ckpt is None or not (ckpt / "state.json").is_file():
             raise ModelFileError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
-        step, elapsed_before, history = _load_checkpoint(ckpt, model, optimizer, opts, device)
+        step, epoch, done, elapsed_before, history = _load_checkpoint(ckpt, model, optimizer, opts, split, device)
+
+    dataset = TrainWindows(source, split, shuffle_buffer_size(opts, split), opts.seed)
+    # A DataLoader draws a base seed at every iter(); its own generator keeps that draw off the global one,
+    # whose sequence (dropout) a resumed run must continue exactly.
+    loader = DataLoader(dataset, batch_size=opts.batch_size, collate_fn=collate, generator=torch.Generator())
+    stream = _epoch_batches(loader, dataset, steps_per_epoch, epoch, done)
 
     start, symbols_done, last_loss = time.perf_counter(), 0, float("nan")
-    order: list[int] = []
     while total_steps is None or step < total_steps:
         elapsed = elapsed_before + time.perf_counter() - start
         if opts.max_minutes is not None and elapsed >= opts.max_minutes * 60:
             break
-        epoch, index = divmod(step, steps_per_epoch)
-        if index == 0 or not order:
-            g = torch.Generator().manual_seed(opts.seed * 100_003 + epoch)
-            order = torch.randperm(len(train_w), generator=g).tolist()
-        x, lengths = collate([train_w[i] for i in order[index * opts.batch_size : (index + 1) * opts.batch_size]])
+        epoch, done, (x, lengths) = next(stream)
         x, lengths = x.to(device), lengths.to(device)
         lr = schedule(step)
         for group in optimizer.param_groups:
@@ -230,9 +414,9 @@ def train(
         mask = length_mask(lengths, x.shape[1])  # (B, N)
         with autocast_for(device):
             out, _, _ = model(x, lengths)
-            loss = domain.loss(out, x, mask)
+            loss = objective.loss(out, x, mask)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower --lr or check the data")
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower lr or check the data")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -244,63 +428,84 @@ def train(
         last_loss = float(loss.detach())
         run_s = time.perf_counter() - start
         with torch.no_grad():
-            batch_metric = domain.metric_values(domain.metric_totals(out.detach().float(), x, mask))[domain.metric_name]
+            batch_metric = objective.values(objective.totals(out.detach().float(), x, mask))[objective.metric_name]
         progress = Progress(
             step, total_steps, step / steps_per_epoch, last_loss, batch_metric, lr,
             symbols_done / max(run_s, 1e-9), elapsed_before + run_s,
         )
         if on_step:
             on_step(progress)
-        end_of_epoch = step % steps_per_epoch == 0
+        end_of_epoch = done == steps_per_epoch
+        if end_of_epoch:
+            epoch, done = epoch + 1, 0
         if end_of_epoch or (opts.eval_every and step % opts.eval_every == 0):
-            progress.held_out = evaluate(model, domain, val_w, opts.batch_size * 4, device, opts.eval_batches)
+            progress.held_out = evaluate(model, objective, held_out_windows(source, split), opts.batch_size * 4,
+                                         device, opts.eval_batches)
             model.train()
             history.append({"step": step, "epoch": round(progress.epoch, 4), "elapsed_s": round(progress.elapsed_s, 1),
                             "train_loss": last_loss, **progress.held_out})
             if on_eval:
                 on_eval(progress)
             if ckpt is not None and end_of_epoch:
-                _save_checkpoint(ckpt, model, optimizer, opts, step, progress.elapsed_s, history)
+                _save_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done, progress.elapsed_s, history)
+    stream.close()
 
-    seconds = elapsed_before + time.perf_counter() - start
-    held_out = evaluate(model, domain, val_w, opts.batch_size * 4, device)
+    loop_s = time.perf_counter() - start
+    seconds = elapsed_before + loop_s
+    held_out_values = evaluate(model, objective, held_out_windows(source, split), opts.batch_size * 4, device)
     if not history or history[-1]["step"] != step:
         history.append({"step": step, "epoch": round(step / steps_per_epoch, 4), "elapsed_s": round(seconds, 1),
-                        "train_loss": last_loss, **held_out})
+                        "train_loss": last_loss, **held_out_values})
     if ckpt is not None:
-        _save_checkpoint(ckpt, model, optimizer, opts, step, seconds, history)
+        _save_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done, seconds, history)
     model.eval()
     return TrainResult(
-        steps=step, epochs=step / steps_per_epoch, seconds=seconds, train_windows=len(train_w),
-        held_out_windows=len(val_w), held_out_is_train=held_out_is_train, final_loss=last_loss,
-        held_out=held_out, symbols_per_s=symbols_done / max(time.perf_counter() - start, 1e-9), history=history,
+        steps=step, epochs=step / steps_per_epoch, seconds=seconds, train_windows=split.train_windows,
+        held_out_windows=split.held_out_windows, held_out_is_train=split.held_out_is_train, final_loss=last_loss,
+        held_out=held_out_values, symbols_per_s=symbols_done / max(loop_s, 1e-9),
+        history=history, split=split,
     )
 
 
-# ---- checkpoints: weights and optimizer state in safetensors, counters in JSON ------------------
-def _save_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, step: int, elapsed: float, history) -> None:
+# ---- checkpoints: weights, optimizer and random state in safetensors, counters in JSON -------------
+_RESUME_MATCH = ("seed", "batch_size", "val_fraction", "shuffle_buffer")  # options that fix the batch stream
+
+
+def _save_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Split, step: int, epoch: int,
+                     done: int, elapsed: float, history) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
     state = optimizer.state_dict()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for pid, pstate in state["state"].items():
         for key, value in pstate.items():
             tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    # Dropout draws from the global generators: a resumed run continues their sequence.
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        for i, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = rng
     atomic_write_bytes(ckpt / "train.safetensors", safetensors_bytes(tensors))
-    meta = {"step": step, "elapsed_s": elapsed, "options": asdict(opts), "history": history,
-            "param_groups": state["param_groups"]}
+    meta = {"step": step, "epoch": epoch, "batches": done, "elapsed_s": elapsed, "options": asdict(opts),
+            "split": split.state(), "history": history, "param_groups": state["param_groups"]}
     atomic_write_text(ckpt / "state.json", json.dumps(meta, indent=2))
 
 
-def _load_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, device) -> tuple[int, float, list]:
+def _load_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Split, device):
+    """Restore model, optimizer and random state; returns (step, epoch, batches consumed, elapsed_s, history)."""
     try:
         meta = json.loads((ckpt / "state.json").read_text())
         tensors = load_file(str(ckpt / "train.safetensors"))
     except (OSError, ValueError, SafetensorError) as exc:
         raise ModelFileError(f"cannot read the checkpoint in {ckpt}: {exc}") from None
-    for key in ("seed", "batch_size", "val_fraction"):
-        if meta["options"].get(key) != getattr(opts, key):
-            raise InputError(f"--resume needs the same {key.replace('_', ' ')} as the interrupted run "
-                             f"({meta['options'].get(key)}), got {getattr(opts, key)}")
+    for key in _RESUME_MATCH:
+        saved = meta["options"].get(key, getattr(TrainOptions, key))
+        if saved != getattr(opts, key):
+            raise InputError(f"resume needs the same {key} as the interrupted run ({saved}), got {getattr(opts, key)}")
+    if "split" in meta and Split.from_state(meta["split"]) != split:
+        saved = Split.from_state(meta["split"])
+        raise InputError(f"the training data changed since the interrupted run: it had {saved.windows} windows "
+                         f"({saved.held_out_windows} held out), the data now gives {split.windows} "
+                         f"({split.held_out_windows} held out)")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     optim_state: dict[int, dict] = {}
     for key, value in tensors.items():
@@ -308,4 +513,12 @@ def _load_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, device) -
             _, pid, name = key.split(".", 2)
             optim_state.setdefault(int(pid), {})[name] = value.to(device) if name != "step" else value
     optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
-    return int(meta["step"]), float(meta["elapsed_s"]), list(meta["history"])
+    if "rng.cpu" in tensors:
+        torch.set_rng_state(tensors["rng.cpu"])
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
+    if cuda_states and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    step = int(meta["step"])
+    steps_per_epoch = math.ceil(split.train_windows / opts.batch_size)
+    epoch, done = (int(meta["epoch"]), int(meta["batches"])) if "epoch" in meta else divmod(step, steps_per_epoch)
+    return step, epoch, done, float(meta["elapsed_s"]), list(meta["history"])

@@ -8,9 +8,9 @@ import typer
 
 
 def decode(
-    input_path: Path = typer.Argument(..., metavar="IN.sqz", help="Latent file written by `seqcompress encode`."),
+    input_path: Path = typer.Argument(..., metavar="IN.sqz", help="Latent file written by `seqcompress encode` (- reads stdin)."),
     model_dir: Path = typer.Option(..., "--model", "-m", help="The model directory that encoded the file."),
-    output: Path = typer.Option(..., "--output", "-o", help="File to write, in the domain's format."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write, in the domain's format (- writes stdout)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
     force_model: bool = typer.Option(False, "--force-model", help="Decode even if the file names another model."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -20,10 +20,15 @@ def decode(
     from seqcompress.cli.files import check_output, load_model_and_domain, windows_progress
     from seqcompress.cli.output import console, print_json
     from seqcompress.compress import decode_file
+    from seqcompress.errors import InputError
     from seqcompress.format import LatentReader
+    from seqcompress.streams import is_stdio
 
+    if is_stdio(output) and json_out:
+        raise InputError("--json prints on stdout, where -o - writes the decoded file; choose one")
     check_output(output, force, inputs=[input_path])
-    LatentReader(input_path)  # a corrupt file fails here, before the model is loaded
+    if not is_stdio(input_path):
+        LatentReader(input_path)  # a corrupt file fails here, before the model is loaded
     model, meta, domain = load_model_and_domain(model_dir, device)
     with windows_progress("decoding", quiet=json_out) as progress:
         report = decode_file(model, meta, domain, input_path, output, force_model=force_model, on_progress=progress)

@@ -12,9 +12,6 @@ from typing import Optional
 
 import typer
 
-# (domain, seq_len, ratio, share of the time budget). Domains join this list as they land.
-DEMO_RUNS = [("text", 128, 0.5, 0.5), ("dna", 128, 0.5, 0.25), ("timeseries", 4, 0.5, 0.1), ("audio", 32, 0.5, 0.15)]
-
 
 def demo(
     minutes: float = typer.Option(2.5, "--minutes", help="Total training time budget across domains."),
@@ -23,11 +20,12 @@ def demo(
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Train, evaluate and show a reconstruction on the bundled samples."""
+    from rich.markup import escape
     from rich.table import Table
 
     from seqcompress.api import fit, held_out_example
-    from seqcompress.cli.output import TrainingProgress, console, print_json
-    from seqcompress.domains import get_domain
+    from seqcompress.cli.output import TrainingProgress, console, print_json, results as out
+    from seqcompress.domains import DEMO_RUNS, get_domain
     from seqcompress.train import TrainOptions
 
     if minutes <= 0:
@@ -57,16 +55,16 @@ def demo(
     for column in ("domain", "metric", "held-out value", "reduction", "floats/symbol", "train time"):
         table.add_column(column)
     for s in results:
-        better = "" if get_domain(s["domain"]).higher_is_better else " (lower is better)"
+        better = "" if get_domain(s["domain"]).objective.higher_is_better else " (lower is better)"
         table.add_row(s["domain"], s["metric"] + better, f"{s['value']:.4f}", f"{s['seq_len']} -> {s['latent_len']}",
                       f"{s['latent_floats_per_symbol']:.0f}", f"{s['seconds']:.0f} s")
-    console.print(table)
+    out.print(table)
     for s in results:
         if s["example"]:
-            console.print(f"[bold]{s['domain']} example[/] (a held-out window):")
-            console.print(f"  original:      {s['example']['original']}")
-            console.print(f"  reconstructed: {s['example']['reconstructed']}")
-    console.print("The reduction is in sequence length (latent vectors per input symbol), not in bytes.")
+            out.print(f"[bold]{s['domain']} example[/] (a held-out window):")
+            out.print(f"  original:      {escape(s['example']['original'])}")
+            out.print(f"  reconstructed: {escape(s['example']['reconstructed'])}")
+    out.print("The reduction is in sequence length (latent vectors per input symbol), not in bytes.")
 
 
 def register(app: typer.Typer) -> None:

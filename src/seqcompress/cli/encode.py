@@ -6,40 +6,43 @@ from pathlib import Path
 
 import typer
 
+from seqcompress.defaults import CHUNK_WINDOWS, DEFAULT_BATCH
+
 
 def encode(
-    input_path: Path = typer.Argument(..., metavar="INPUT", help="Data file to encode."),
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Data file to encode (- reads stdin)."),
     model_dir: Path = typer.Option(..., "--model", "-m", help="Model directory written by `seqcompress fit`."),
-    output: Path = typer.Option(..., "--output", "-o", help="Latent file to write (.sqz)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Latent file to write (.sqz; - writes stdout)."),
     dtype: str = typer.Option("float16", "--dtype", help="Stored latent type: float32, float16, bfloat16 or int8."),
     codec: str = typer.Option("zlib", "--codec", help="Payload codec: zlib or none."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Windows per batch (and per stored chunk)."),
+    batch_size: int = typer.Option(DEFAULT_BATCH, "--batch-size", help="Windows per model batch."),
+    chunk_windows: int = typer.Option(CHUNK_WINDOWS, "--chunk-windows", help="Windows per stored chunk (and int8 scale)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
-    drop_qualities: bool = typer.Option(False, "--drop-qualities",
-                                        help="dna: do not keep FASTQ quality strings (decode then writes FASTA)."),
+    domain_option: list[str] = typer.Option([], "--domain-option", "-D", metavar="KEY=VALUE",
+                                            help="An encode setting of the model's domain (e.g. -D qualities=drop); "
+                                                 "`seqcompress domains` lists them."),
     compare: bool = typer.Option(True, "--compare/--no-compare", help="Also measure gzip -9, bzip2 -9 and xz -9."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON object on stdout."),
 ) -> None:
     """Encode a data file into latents stored in a .sqz file."""
-    from seqcompress.cli.files import check_output, load_model_and_domain, windows_progress
+    from seqcompress.cli.files import check_output, encode_domain, load_model_and_domain, windows_progress
+    from seqcompress.cli.options import split_key_values
     from seqcompress.cli.output import console, key_value_table, print_json
     from seqcompress.compress import classical_sizes, encode_file
-    from seqcompress.domain import check_data_paths
     from seqcompress.errors import InputError
+    from seqcompress.streams import is_stdio
 
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
-    check_data_paths([input_path])
+    if is_stdio(output) and json_out:
+        raise InputError("--json prints on stdout, where -o - writes the latent file; choose one")
+    if is_stdio(input_path) and compare:
+        compare = False  # a stream is read once; the gzip/bzip2/xz comparison needs the file
     check_output(output, force, inputs=[input_path])
     model, meta, domain = load_model_and_domain(model_dir, device)
-    if drop_qualities:
-        if not hasattr(domain, "drop_qualities"):
-            raise InputError(f"--drop-qualities applies to DNA models, not to {domain.name}")
-        domain.drop_qualities = True
+    domain = encode_domain(domain, split_key_values(domain_option, "--domain-option"))
     with windows_progress("encoding", quiet=json_out) as progress:
         report = encode_file(model, meta, domain, input_path, output, dtype=dtype, codec=codec,
-                             batch_size=batch_size, on_progress=progress)
+                             batch_size=batch_size, chunk_windows=chunk_windows, on_progress=progress)
     if compare:
         report["classical_bytes"] = classical_sizes(input_path)
         report["classical_bits_per_symbol"] = {k: 8 * v / report["symbols"] for k, v in report["classical_bytes"].items()}
@@ -58,7 +61,7 @@ def encode(
         rows.append((name, f"{bits:.3f} bits/symbol"))
     for name, size in report.get("classical_bytes", {}).items():
         rows.append((f"{name} (lossless)", f"{size:,} bytes, {report['classical_bits_per_symbol'][name]:.3f} bits/symbol"))
-    console.print(key_value_table("seqcompress encode", rows))
+    console.print(key_value_table("seqcompress encode", rows))  # stderr: the result is the .sqz file
 
 
 def register(app: typer.Typer) -> None:

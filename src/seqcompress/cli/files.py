@@ -11,11 +11,13 @@ from seqcompress.errors import InputError
 
 
 def check_output(output: Path, force: bool, inputs: list[Path]) -> None:
-    """Refuse to overwrite an existing file without --force, and never write over an input."""
+    """Refuse to overwrite an existing file without --force, and never write over an input (`-` is stdout)."""
+    if str(output) == "-":
+        return
     if output.is_dir():
         raise InputError(f"{output} is a directory; give a file name for the output")
     for source in inputs:
-        if source.exists() and output.exists() and os.path.samefile(source, output):
+        if str(source) != "-" and source.exists() and output.exists() and os.path.samefile(source, output):
             raise InputError(f"{output} is also the input; choose another output file")
     if output.exists() and not force:
         raise InputError(f"{output} already exists; use --force to overwrite it")
@@ -30,6 +32,13 @@ def load_model_and_domain(model_dir: Path, device: str):
 
     model, meta = load_model(model_dir, pick_device(device))
     return model, meta, get_domain(meta["domain"].get("name", ""), meta["domain"])
+
+
+def encode_domain(domain, options: dict[str, str]):
+    """The model's domain with encode settings from -D (only settings that leave the model unchanged)."""
+    allowed = domain.settings_class.encode_names()
+    changes = domain.settings_class.parse(options, allowed=allowed)
+    return domain.with_settings(**changes) if changes else domain
 
 
 @contextlib.contextmanager
@@ -50,7 +59,7 @@ def windows_progress(label: str, quiet: bool = False) -> Iterator[Callable[[int,
         if not started:
             progress.start()
             started = True
-        progress.update(task, completed=done, total=total)
+        progress.update(task, completed=done, total=total)  # total None while a stream is still being read
 
     try:
         yield update

@@ -7,19 +7,14 @@ from typing import Optional
 
 import typer
 
+from seqcompress.cli.options import DOMAIN_OPTION
+from seqcompress.domains import DEFAULT_DOMAIN
+
 
 def fit(
     data: Optional[list[Path]] = typer.Argument(None, help="Data files; the domain's bundled sample when omitted."),
-    domain: str = typer.Option("text", "--domain", "-d", help="Data domain: text, dna, timeseries or audio."),
-    kmer: int = typer.Option(1, "--kmer", help="dna: bases per token (1, or non-overlapping k-mers, 2 to 6)."),
-    patch: Optional[int] = typer.Option(None, "--patch", help="timeseries: time steps per token (default 8)."),
-    time_col: Optional[str] = typer.Option(None, "--time-col", help="timeseries: the time column (default: detected)."),
-    no_time_col: bool = typer.Option(False, "--no-time-col", help="timeseries: the CSV has no time column."),
-    columns: Optional[str] = typer.Option(None, "--columns", help="timeseries: channels, comma-separated (default: all numeric)."),
-    keep_columns: bool = typer.Option(False, "--keep-columns", help="timeseries: keep non-numeric columns exactly."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="timeseries: mse (default) or huber."),
-    sample_rate: Optional[int] = typer.Option(None, "--sample-rate", help="audio: the model's sample rate in Hz (default 16000)."),
-    frame_ms: Optional[float] = typer.Option(None, "--frame-ms", help="audio: milliseconds per frame token (default 20)."),
+    domain: str = typer.Option(DEFAULT_DOMAIN, "--domain", "-d", help="Data domain (`seqcompress domains` lists them)."),
+    domain_option: list[str] = DOMAIN_OPTION,
     output: Path = typer.Option(..., "--output", "-o", help="Model directory to write."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Symbols per window (n_max); domain default when omitted."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Latents per symbol, in (0, 1]; default 0.5."),
@@ -59,27 +54,12 @@ def fit(
     """Train a reducing-attention autoencoder and save it to a model directory."""
     from seqcompress.api import fit as fit_model
     from seqcompress.cli.output import TrainingProgress, console, key_value_table, print_json
-    from seqcompress.cli.options import parse_key_values
-    from seqcompress.probe import ratio_list
-    from seqcompress.domains import get_domain
+    from seqcompress.cli.options import parse_key_values, split_key_values
+    from seqcompress.cli.options import ratio_list
+    from seqcompress.domains import make_domain
     from seqcompress.train import TrainOptions
 
-    from seqcompress.errors import InputError
-
-    series_options = {"patch": patch, "time_col": False if no_time_col else time_col,
-                      "columns": columns.split(",") if columns else None, "keep_columns": keep_columns or None,
-                      "loss": loss}
-    if kmer != 1 and domain != "dna":
-        raise InputError("--kmer applies to --domain dna only")
-    if domain != "timeseries" and any(v is not None for v in series_options.values()):
-        raise InputError("--patch, --time-col, --columns, --keep-columns and --loss apply to --domain timeseries only")
-    audio_options = {"sample_rate": sample_rate, "frame_ms": frame_ms}
-    if domain != "audio" and any(v is not None for v in audio_options.values()):
-        raise InputError("--sample-rate and --frame-ms apply to --domain audio only")
-    state = {"dna": {"name": "dna", "k": kmer},
-             "timeseries": {"name": "timeseries", **{k: v for k, v in series_options.items() if v is not None}},
-             "audio": {"name": "audio", **{k: v for k, v in audio_options.items() if v is not None}}}
-    dom = get_domain(domain, state.get(domain))
+    dom = make_domain(domain, split_key_values(domain_option, "--domain-option"))
     if epochs is None and max_steps is None and minutes is None:
         epochs = 1.0
     options = TrainOptions(

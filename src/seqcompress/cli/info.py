@@ -14,18 +14,20 @@ def info(
 ) -> None:
     """Show a model's configuration and training summary, or a latent file's header."""
     from seqcompress.api import describe_model
-    from seqcompress.cli.output import console, key_value_table, print_json
-    from seqcompress.format import is_latent_file, read_header
+    from seqcompress.cli.output import key_value_table, print_json, results
+    from seqcompress.format import LatentReader, is_latent_file
 
     if path.is_file() and is_latent_file(path):
-        header = read_header(path)
+        reader = LatentReader(path)
+        described = {**reader.header, "windows": reader.windows, "symbols": reader.symbols,
+                     "latent_rows": reader.latent_rows, "source": reader.source}
         if json_out:
-            print_json(header)
+            print_json(described)
             return
-        rows = [(key, value) for key, value in _flatten(header) if not key.startswith("side.")]
-        side_bytes = len(json.dumps(header["side"]))
-        rows.append(("side", f"{len(header['side'])} field(s), {side_bytes:,} bytes of JSON"))
-        console.print(key_value_table(f"seqcompress latent file {path}", rows))
+        rows = [(key, value) for key, value in _flatten(described) if not key.startswith(("side.", "windows."))]
+        if reader.version == 1:
+            rows.append(("side", f"{len(reader.side)} field(s), {len(json.dumps(reader.side)):,} bytes of JSON"))
+        results.print(key_value_table(f"seqcompress latent file {path}", rows))
         return
     described = describe_model(path)
     if json_out:
@@ -36,7 +38,7 @@ def info(
             ("reduction", f"{described['seq_len']} -> {described['latent_len']}")]
     rows += [(f"config.{k}", v) for k, v in described["config"].items()]
     rows += [(f"training.{k}", v) for k, v in described["training"].items()]
-    console.print(key_value_table(f"seqcompress model {path}", rows))
+    results.print(key_value_table(f"seqcompress model {path}", rows))
 
 
 def _flatten(obj: dict, prefix: str = "") -> list[tuple[str, object]]:

@@ -7,6 +7,7 @@ Every expected failure (a SeqCompressError) ends as one line on stderr and exit 
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import typer
@@ -31,7 +32,7 @@ class _Group(TyperGroup):
             if (ctx.obj or {}).get("debug"):
                 raise
             if isinstance(exc, SeqCompressError):
-                message = f"error: {exc}"
+                message = f"error: {_as_flag(ctx, str(exc))}"
             elif isinstance(exc, KeyboardInterrupt):
                 message = "interrupted"
             else:
@@ -40,9 +41,23 @@ class _Group(TyperGroup):
             ctx.exit(1)
 
 
+def _as_flag(ctx, message: str) -> str:
+    """The library names parameters ("ratio must be ..."); on the command line, name the flag ("--ratio must be
+    ...") when the message starts with a parameter of the command that ran."""
+    command = ctx.command.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+    first = re.match(r"[a-z_]+", message)
+    if command is None or first is None:
+        return message
+    for param in command.params:
+        flags = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+        if param.name == first.group(0) and flags and getattr(param, "param_type_name", "") == "option":
+            return flags[0] + message[first.end():]
+    return message
+
+
 app = typer.Typer(
     cls=_Group,
-    help="Shorten sequences (text, DNA, time series, audio) into latent sequences with a "
+    help="Shorten sequences (`seqcompress domains` lists the kinds of data) into latent sequences with a "
     "reducing-attention autoencoder, and rebuild them.",
     no_args_is_help=True,
     add_completion=False,
@@ -59,9 +74,9 @@ def _options(
 
 
 def _register() -> None:
-    from seqcompress.cli import decode, demo, encode, evaluate, fit, info, probe
+    from seqcompress.cli import decode, demo, domains, encode, evaluate, fit, info, probe
 
-    for module in (fit, encode, decode, evaluate, info, probe, demo):
+    for module in (fit, encode, decode, evaluate, info, probe, demo, domains):
         module.register(app)
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
+import typer
+
 from seqcompress.errors import InputError
+
+# One vocabulary for domain settings in every command: -D KEY=VALUE, parsed by the domain's Settings class.
+DOMAIN_OPTION = typer.Option([], "--domain-option", "-D", metavar="KEY=VALUE",
+                             help="A domain setting, repeatable (e.g. -D k=3); `seqcompress domains` lists each "
+                                  "domain's settings and defaults.")
 
 
 def parse_key_values(items: list[str], flag: str) -> dict:
@@ -20,3 +27,27 @@ def parse_key_values(items: list[str], flag: str) -> dict:
         except json.JSONDecodeError:
             out[key.strip()] = value
     return out
+
+
+def split_key_values(items: list[str], flag: str) -> dict[str, str]:
+    """["k=3", "columns=a,b"] -> {"k": "3", "columns": "a,b"}, values kept as text for the parser that owns them."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = value
+    return out
+
+
+def ratio_list(text: str, flag: str) -> list[float]:
+    """"0.5, 1/4" -> [0.5, 0.25]: comma-separated decimals or fractions (--ratios, --stages)."""
+    from fractions import Fraction
+
+    try:
+        values = [float(Fraction(v.strip())) for v in text.split(",") if v.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise InputError(f"{flag} takes numbers like 0.5,0.25 or 1/2,1/4, got {text!r}") from None
+    if not values:
+        raise InputError(f"{flag} is empty")
+    return values

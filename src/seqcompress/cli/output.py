@@ -13,7 +13,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-console = Console(stderr=True)  # progress and tables for people; stdout stays clean for --json
+console = Console(stderr=True)  # progress and diagnostics for people
+results = Console()  # a command's result (info, evaluate, demo): stdout, so `seqcompress info m.sqz | grep` works
 
 
 def print_json(obj: dict) -> None:

@@ -13,35 +13,48 @@ from typing import Optional
 
 import typer
 
-
-def _domain_options(items: list[str]) -> dict:
-    """-D key=value pairs -> domain settings; `columns` is a comma-separated list."""
-    from seqcompress.cli.options import parse_key_values
-
-    state = parse_key_values(items, "--domain-option")
-    if isinstance(state.get("columns"), str):
-        state["columns"] = state["columns"].split(",")
-    return state
+from seqcompress.cli.options import DOMAIN_OPTION
+from seqcompress.defaults import DEFAULT_BATCH, STORED_DTYPE
+from seqcompress.domains import DEFAULT_DOMAIN
 
 
 def _names(text: str) -> list[str]:
     return [v.strip() for v in text.split(",") if v.strip()]
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    from seqcompress.errors import InputError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{flag} takes whole numbers like 128,256, got {text!r}") from None
+    if not values:
+        raise InputError(f"{flag} is empty")
+    return values
+
+
 def probe(
     data: Optional[list[Path]] = typer.Argument(None, help="Training files; the domain's bundled sample when omitted."),
-    domain: str = typer.Option("text", "--domain", "-d", help="Data domain (text, dna, timeseries, ...)."),
-    domain_option: list[str] = typer.Option([], "--domain-option", "-D",
-                                            help="Domain setting KEY=VALUE, e.g. -D k=3 (dna) or -D patch=8."),
-    test: list[Path] = typer.Option([], "--test", help="Held-out files (default: hold out a share of the windows)."),
-    held_out: float = typer.Option(0.1, "--held-out", help="Share of windows held out when no --test is given."),
+    domain: str = typer.Option(DEFAULT_DOMAIN, "--domain", "-d", help="Data domain (`seqcompress domains` lists "
+                               "them)."),
+    domain_option: list[str] = DOMAIN_OPTION,
+    test: list[Path] = typer.Option([], "--test", help="Held-out files (default: hold out a share of the data)."),
+    held_out: float = typer.Option(0.1, "--val-fraction", help="Share held out when no --test is given: of the windows, "
+                                   "or with --split chronological of each file's end."),
+    split: str = typer.Option("random", "--split", help="Without --test: hold out random windows, or the "
+                              "chronological end of each training file (train on the past, score the future)."),
+    train_shifts: int = typer.Option(1, "--train-shifts", help="With --test or --split chronological: cut each "
+                                     "training file into windows at this many offsets (more windows from a short "
+                                     "series)."),
     ratios: str = typer.Option("0.5,0.25,0.125,0.0625", "--ratios", help="Latents per symbol, comma-separated."),
-    seq_lens: Optional[str] = typer.Option(None, "--seq-lens", help="Window lengths, comma-separated "
+    seq_len: Optional[str] = typer.Option(None, "--seq-len", help="Window lengths, comma-separated "
                                            "(default: the domain's)."),
     cells: Optional[str] = typer.Option(None, "--cells", help="Explicit SEQ_LEN:LATENT_LEN pairs instead of the "
                                         "grid, e.g. 512:256,128:72."),
     seeds: int = typer.Option(3, "--seeds", help="Runs per cell, seeds 0..N-1."),
-    budget_minutes: Optional[float] = typer.Option(None, "--budget-minutes", help="Training minutes per run."),
+    minutes: Optional[float] = typer.Option(None, "--minutes", help="Training minutes per run "
+                                                   "(2 when no budget is given)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs per run (instead of minutes)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Also stop each run after this many steps."),
     baselines: bool = typer.Option(False, "--baselines", help="Also run the Perceiver-, Linformer- and mean-pool "
@@ -49,7 +62,7 @@ def probe(
     methods: str = typer.Option("attention", "--methods", help="Reducers to train, comma-separated: attention, "
                                 "perceiver, linformer, meanpool."),
     classical: bool = typer.Option(True, "--classical/--no-classical", help="Also score the domain's classical "
-                                   "codecs at the same stored floats (time series: DCT, PCA)."),
+                                   "codecs, if it has any, at the same stored floats (seqcompress/baselines.py)."),
     attention: str = typer.Option("full", "--attention", help="Attention kernels of the reducing-attention "
                                   "method, comma-separated (full, lowrank, local); each is a method of its own."),
     positions: Optional[str] = typer.Option(None, "--positions", help="Position schemes, comma-separated (learned, "
@@ -59,12 +72,12 @@ def probe(
     resize: str = typer.Option("absolute", "--resize", help="W_S kinds, comma-separated: absolute, relative."),
     option: list[str] = typer.Option([], "--option", "-O", help="Kernel, position or resize option KEY=VALUE "
                                      "(window, rank, buckets, band); each variant takes the ones it uses."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Windows per optimizer step."),
+    batch_size: int = typer.Option(DEFAULT_BATCH, "--batch-size", help="Windows per optimizer step."),
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Symbols per optimizer step instead: "
                                                "batch size = this // seq-len in each cell."),
-    paper: Optional[str] = typer.Option(None, "--paper", help="Reproduce the paper's table on text: 'cpu' (under 2 "
-                                        "hours on 2 cores, smaller model) or 'full' (the paper's setting, CUDA); "
-                                        "sets cells, baselines, model and budget (docs/reproduction.md)."),
+    paper: Optional[str] = typer.Option(None, "--paper", help="Reproduce the paper's table: 'cpu' (under 2 hours on "
+                                        "2 cores, smaller model) or 'full' (the paper's setting, CUDA); sets cells, "
+                                        "baselines, model and budget (docs/reproduction.md)."),
     lr: float = typer.Option(1e-3, "--lr", help="Initial learning rate (paper: 1e-3)."),
     lr_end: float = typer.Option(1e-4, "--lr-end", help="Final learning rate (paper: 1e-4)."),
     decay_epochs: float = typer.Option(5.0, "--decay-epochs", help="Epochs of linear LR decay (paper: 5)."),
@@ -72,7 +85,7 @@ def probe(
     heads: int = typer.Option(4, "--heads", help="Attention heads."),
     layers: int = typer.Option(2, "--layers", help="Blocks in the encoder and in the decoder."),
     latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Width of a stored latent (default d-model)."),
-    dtype: str = typer.Option("float16", "--dtype", help="Score latents stored as float32, float16, bfloat16 or int8."),
+    dtype: str = typer.Option(STORED_DTYPE, "--dtype", help="Score latents stored as float32, float16, bfloat16 or int8."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     output: Path = typer.Option(..., "--output", "-o", help="Report directory (resumes the probe already there)."),
     force: bool = typer.Option(False, "--force", help="Discard a probe with other settings in the report directory."),
@@ -80,46 +93,45 @@ def probe(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Measure how far sequences can be reduced: held-out metric per seq-len, ratio and seed."""
-    from seqcompress.cli.output import console, print_json
+    from seqcompress.cli.options import parse_key_values, ratio_list, split_key_values
+    from seqcompress.cli.output import console, print_json, results
     from seqcompress.domain import check_data_paths
-    from seqcompress.domains import get_domain
+    from seqcompress.domains import make_domain
     from seqcompress.errors import InputError
-    from seqcompress.probe import (PAPER_CELLS, PAPER_PROTOCOLS, RESULTS, Probe, ProbePlan, grid, int_list,
-                                   parse_cells, ratio_list, summarise)
-    from seqcompress.cli.options import parse_key_values
+    from seqcompress.probe import PAPER_CELLS, PAPER_DOMAIN, PAPER_PROTOCOLS, Probe, ProbePlan, grid, parse_cells, \
+        summarise
     from seqcompress.reducers import REDUCERS
 
     model = {"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
              "latent_dim": latent_dim or d_model}
-    training = {"epochs": epochs, "max_minutes": budget_minutes, "max_steps": max_steps, "batch_size": batch_size,
+    training = {"epochs": epochs, "max_minutes": minutes, "max_steps": max_steps, "batch_size": batch_size,
                 "lr": lr, "lr_end": lr_end, "decay_epochs": decay_epochs, "device": device}
     if paper is not None:
         if paper not in PAPER_PROTOCOLS:
             raise InputError(f"--paper takes {' or '.join(PAPER_PROTOCOLS)}, got {paper!r}")
-        if domain != "text":
-            raise InputError("--paper reproduces the paper's text table: use it with --domain text")
+        if domain != PAPER_DOMAIN:
+            raise InputError(f"--paper reproduces the paper's table on {PAPER_DOMAIN}: use it with --domain "
+                             f"{PAPER_DOMAIN}")
         preset = PAPER_PROTOCOLS[paper]
         cells, baselines, model, batch_tokens = PAPER_CELLS, True, dict(preset["model"]), preset["batch_tokens"]
         training = {**training, "epochs": None, "max_minutes": None, **preset["training"]}
-    if training["epochs"] is None and training["max_minutes"] is None and training["max_steps"] is None:
-        raise InputError("give a training budget per run: --budget-minutes M or --epochs E")
-    state = _domain_options(domain_option)
-    dom = get_domain(domain, {"name": domain, **state} if state else None)
+    dom = make_domain(domain, split_key_values(domain_option, "--domain-option"))
     if cells:
         plan_cells = parse_cells(cells)
     else:
-        plan_cells = grid(int_list(seq_lens, "--seq-lens") if seq_lens else [dom.default_seq_len], ratio_list(ratios))
+        plan_cells = grid(_int_list(seq_len, "--seq-len") if seq_len else [dom.default_seq_len],
+                          ratio_list(ratios, "--ratios"))
     plan = ProbePlan(
         domain=domain, domain_state=dom.state(), data=[str(p) for p in check_data_paths(data)] if data else [],
-        test=[str(p) for p in check_data_paths(test)] if test else [], held_out=held_out, cells=plan_cells,
-        seeds=seeds, methods=list(REDUCERS) if baselines else _names(methods),
-        classical=classical, attention=_names(attention), positions=_names(positions or ""),
-        stages=int_list(stages, "--stages"), resize=_names(resize), options=parse_key_values(option, "--option"),
+        test=[str(p) for p in check_data_paths(test)] if test else [], held_out=held_out, split=split,
+        train_shifts=train_shifts, cells=plan_cells, seeds=seeds,
+        methods=list(REDUCERS) if baselines else _names(methods), classical=classical,
+        attention=_names(attention), positions=_names(positions or ""), stages=_int_list(stages, "--stages"),
+        resize=_names(resize), options=parse_key_values(option, "--option"),
         model=model, training=training, dtype=dtype, batch_tokens=batch_tokens,
     )
-    if force and (output / RESULTS).is_file():
-        (output / RESULTS).unlink()
-    runner = Probe(plan, dom, output)
+    runner = Probe(plan, dom, output, force=force)
+    metric = runner.results["metric"]
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
         TimeRemainingColumn
@@ -134,7 +146,7 @@ def probe(
             state_["task"] = bar.add_task("cells", total=total, completed=finished)
             return
         note = f"{cell['method']} n={cell['seq_len']} ratio={cell['ratio']:.4g} seed={cell['seed']}: " \
-               f"{dom.metric_name} {cell['value']:.4f}"
+               f"{metric} {cell['value']:.4f}"
         bar.update(state_["task"], completed=finished, description=note)
 
     with bar:
@@ -142,12 +154,12 @@ def probe(
     written = runner.write_reports()
     rows = summarise(runner.results)
     if json_out:
-        print_json({"report_dir": str(output), "metric": dom.metric_name, "rows": rows,
+        print_json({"report_dir": str(output), "metric": metric, "rows": rows,
                     "files": [str(p) for p in written]})
         return
     from rich.table import Table
 
-    table = Table(title=f"seqcompress probe: {domain}, held-out {dom.metric_name}, mean±std over seeds, "
+    table = Table(title=f"seqcompress probe: {domain}, held-out {metric}, mean±std over seeds, "
                         "ranked within each cell", title_justify="left")
     for column, width in (("n", 4), ("ratio", 6), ("method", 9), ("held-out", 13), ("floats/sym", 6),
                           (f"bits/sym {dtype}", 7), ("params", 6)):
@@ -156,8 +168,8 @@ def probe(
         table.add_row(str(r["seq_len"]), f"{r['ratio']:.4g}", r["method"], f"{r['mean']:.4f}±{r['std']:.4f}",
                       f"{r['latent_floats_per_symbol']:.3g}", f"{r['bits_per_symbol']:.4g}",
                       f"{r['parameters'] / 1e6:.2f}M")
-    console.print(table)
-    console.print(f"report: {', '.join(str(p) for p in written)}")
+    results.print(table)
+    results.print(f"report: {', '.join(str(p) for p in written)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,55 +1,115 @@
 """Audio domain: WAV/FLAC files <-> frames of the waveform at the model's sample rate, SI-SDR.
 
-Every channel of a file is its own sequence (one mono model serves any channel count). A channel is
-resampled to the model rate (default 16 kHz), cut into non-overlapping frames of `frame_ms`
-(default 20 ms = 320 samples), and the frames into windows of seq_len frames (the last one shorter):
+Every channel of a file is its own sequence (one mono model serves any channel count). The file is read
+in blocks; each block is resampled to the model rate (default 16 kHz) by a streaming resampler, cut into
+non-overlapping frames of `frame_ms` (default 20 ms = 320 samples), and the frames into windows of
+seq_len frames (the last one shorter):
 
-    file (T, C) at rate r -> channel c (T,) -> resample to the model rate (n,) n = ceil(T * rate / r)
-    -> zero-pad to whole frames (frames, S) -> append each frame's share of real samples (frames, S + 1)
-    -> windows of seq_len frames, channel after channel
+    file (T, C) at rate r, block by block -> (C, n) at the model rate, n = ceil(T * rate / r) in all
+    -> time steps of seq_len frames: one window (seq_len, S + 1) per channel, channel 0 first
+    -> the last step: zero-padded to whole frames, each frame's share of real samples appended
 
 The last feature of a frame vector (1 for a full frame, k / S for a last frame of k real samples) tells
-the loss and the metrics which samples are padding. `write` takes the reconstructed windows back to the
-file's own rate, exact length, channel count, format and subtype. docs/audio.md describes the design,
-the bit-rate accounting and every edge case.
+the loss and the metrics which samples are padding. The writer takes the windows back to the file's own
+rate block by block and writes the exact length, channel count, format and subtype. docs/audio.md
+describes the design, the bit-rate accounting and every edge case.
+
+Pieces (`AudioCodec.iter_windows`): the windows in time steps, channel after channel within a step (window
+k is channel k % C); at most 64 windows or 4 MB a piece. The first piece's side describes the file
+(`FILE_KEYS`), the last one's (possibly the same piece) adds the input's `peak` and
+`near_full_scale_samples`; the others are empty. A format-1 file's side becomes one piece flagged
+`"layout": "channel-major"` (all windows of channel 0, then of channel 1, ...), written whole.
 """
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import math
 import struct
-from importlib import resources
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
-from seqcompress.atomic import atomic_open
-from seqcompress.domain import Baseline, Domain, check_data_paths, split_windows
-from seqcompress.domains.audio_signal import (
-    dct, fit_length, fourier_resample, idct, log_mel, multi_resolution_stft_loss, mu_law_decode, mu_law_encode,
-    resample,
+from seqcompress.domain import (
+    Codec, Domain, Objective, Piece, Settings, Writer, bundled, check_data_paths, option, shorten,
 )
+from seqcompress.domains.audio_signal import Resampler, fit_length, log_mel, multi_resolution_stft_loss, resample
 from seqcompress.errors import FormatError, InputError
 
-DEFAULT_RATE = 16000
-DEFAULT_FRAME_MS = 20.0
 SILENCE_POWER = 1e-10  # mean square below this (-100 dBFS): a silent window, SI-SDR undefined and skipped
 NEAR_FULL_SCALE = 0.99  # |sample| at or above: counted in the side information as a sign of clipping
 SISDR_CAP = 100.0  # dB: a window reconstructed exactly would be +inf
+MAX_FILE_RATE = 10_000_000  # Hz: beyond it the resampling kernel spans too many input samples per output
+BLOCK_SAMPLES = 1 << 16  # samples read at once (all channels together), and per channel once resampled
+PIECE_WINDOWS = 64  # windows per piece at most
+PIECE_BYTES = 4 << 20  # window floats (4 bytes each) per piece at most (a piece holds at least one window)
 # Subtypes whose samples are integers: values beyond [-1, 1] are clipped when written.
 _FLOAT_SUBTYPES = frozenset(["FLOAT", "DOUBLE"])
 _SUFFIX_FORMAT = {".wav": "WAV", ".flac": "FLAC"}
 _FLAC_SUBTYPE = {"PCM_U8": "PCM_S8", "PCM_32": "PCM_24", "FLOAT": "PCM_24", "DOUBLE": "PCM_24"}
+# The side keys that describe a file (the first piece's side).
+FILE_KEYS = ("sample_rate", "channels", "frames", "format", "subtype", "model_rate", "frame_samples", "model_samples")
 
 
-def sample_path() -> Path:
-    """The bundled sample: 5 s of espeak-ng speech, 16 kHz mono 16-bit FLAC (seqcompress/data/NOTICE.md)."""
-    return Path(str(resources.files("seqcompress") / "data" / "speech_sample.flac"))
+# ---- settings ------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class AudioSettings(Settings):
+    """The model's rate and frame, the loss weights, and the learned level. Saved states of the old domain
+    (keys name, sample_rate, frame_ms, l1_weight, stft_weight, scale, features) load as they are."""
+
+    sample_rate: int = option(16000, "the model's sample rate in Hz; files are resampled to it and back")
+    frame_ms: float = option(20.0, "frame length in milliseconds: sample_rate * frame_ms / 1000 samples a frame")
+    l1_weight: float = option(1.0, "weight of the waveform L1 loss")
+    stft_weight: float = option(0.1, "weight of the multi-resolution STFT loss")
+    scale: float | None = option(None, "the RMS level of the training audio; the model sees samples / scale",
+                                 learned=True)
+
+    def __post_init__(self) -> None:
+        # JSON and older states give 25 for 25.0 and 16000.0 for 16000: keep the declared types
+        for name in ("frame_ms", "l1_weight", "stft_weight", "scale"):
+            value = getattr(self, name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, name, float(value))
+        if isinstance(self.sample_rate, float) and self.sample_rate.is_integer():
+            object.__setattr__(self, "sample_rate", int(self.sample_rate))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        rate = self.sample_rate
+        if isinstance(rate, bool) or not isinstance(rate, int) or not 1000 <= rate <= 384000:
+            raise InputError(f"sample_rate must be a whole number of Hz from 1000 to 384000, got {rate!r}")
+        if not isinstance(self.frame_ms, float) or not self.frame_ms > 0:
+            raise InputError(f"frame_ms must be a positive number of milliseconds, got {self.frame_ms!r}")
+        samples = rate * self.frame_ms / 1000
+        if abs(samples - round(samples)) > 1e-9 or round(samples) < 1:
+            raise InputError(f"frame_ms: a frame of {self.frame_ms:g} ms at {rate} Hz is {samples:g} samples; choose "
+                             "a frame length that is a whole number of samples (e.g. 20 ms at 16 kHz = 320)")
+        weights = (self.l1_weight, self.stft_weight)
+        if not all(isinstance(w, float) and w >= 0 for w in weights) or sum(weights) <= 0:
+            raise InputError(f"l1_weight and stft_weight must be non-negative and not both zero, got {weights}")
+        scale = self.scale
+        if scale is not None and not (isinstance(scale, float) and math.isfinite(scale) and scale > 0):
+            raise InputError(f"scale must be a positive number, got {self.scale!r}")
+
+    @property
+    def frame_samples(self) -> int:
+        """S: samples per frame at the model rate."""
+        return int(round(self.sample_rate * self.frame_ms / 1000))
+
+    @property
+    def gain(self) -> float:
+        """What samples are divided by before the model sees them (1 until `learn`)."""
+        return self.scale or 1.0
+
+    def model_samples(self, frames: int, rate: int) -> int:
+        """Samples at the model rate of a channel of `frames` samples at `rate` Hz: ceil(frames * model / rate)."""
+        return -(-frames * self.sample_rate // rate)
 
 
-# ---- files -> arrays ------------------------------------------------------------------------------
+# ---- reading files in blocks -----------------------------------------------------------------------------
 def wav_truncation(path: Path) -> tuple[int, int] | None:
     """(bytes the WAV header declares for its data chunk, bytes present) when the file is cut short, else
     None. A size of 0 or 0xFFFFFFFF (written by streaming tools that cannot seek back) is not a promise."""
@@ -69,206 +129,225 @@ def wav_truncation(path: Path) -> tuple[int, int] | None:
     return None
 
 
-def read_audio(path: Path) -> tuple[np.ndarray, dict]:
-    """Samples (T, C) float64 in [-1, 1] for integer formats (soundfile's scaling) and the file's
-    properties {sample_rate, channels, frames, format, subtype}. InputError for anything unreadable."""
-    import soundfile as sf
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    detail = str(exc).split(": ", 1)[-1].strip().rstrip(".") if ": " in str(exc) else str(exc)
+    return InputError(f"{path} is not a readable audio file (WAV, FLAC or another format libsndfile reads): {detail}")
 
-    path = Path(path)
-    check_data_paths([path])
-    try:
-        info = sf.info(str(path))
-        data, rate = sf.read(str(path), dtype="float64", always_2d=True)  # (T, C)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        detail = str(exc).split(": ", 1)[-1].strip().rstrip(".") if ": " in str(exc) else str(exc)
-        raise InputError(f"{path} is not a readable audio file (WAV, FLAC or another format libsndfile reads): "
-                         f"{detail}") from None
-    if info.format == "WAV" and (cut := wav_truncation(path)):
-        declared, present = cut
-        raise InputError(f"{path} is truncated: its header declares {declared:,} bytes of samples but only "
-                         f"{present:,} are present (an interrupted copy or download?)")
-    if len(data) == 0:
-        raise InputError(f"{path} holds no audio samples (0 frames)")
-    bad = ~np.isfinite(data)
-    if bad.any():
+
+@dataclasses.dataclass(frozen=True)
+class AudioInfo:
+    """What an audio file's header declares."""
+
+    sample_rate: int
+    channels: int
+    frames: int  # samples per channel
+    format: str  # libsndfile's major format: "WAV", "FLAC", ...
+    subtype: str  # "PCM_16", "FLOAT", ...
+
+
+class AudioReader:
+    """An audio file opened for streaming: its header checked at once (`info`), its samples read by `blocks`.
+    Use as a context manager; InputError for anything unreadable."""
+
+    def __init__(self, path: Path) -> None:
+        import soundfile as sf
+
+        self.path = Path(path)
+        check_data_paths([self.path])
+        try:
+            self.sound = sf.SoundFile(str(self.path))
+        except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+            raise _unreadable(self.path, exc) from None
+        try:
+            self.info = AudioInfo(int(self.sound.samplerate), int(self.sound.channels), int(self.sound.frames),
+                                  str(self.sound.format), str(self.sound.subtype))
+            self._check_header()
+        except BaseException:
+            self.sound.close()
+            raise
+
+    def _check_header(self) -> None:
+        info, path = self.info, self.path
+        if info.format == "WAV" and (cut := wav_truncation(path)):
+            declared, present = cut
+            raise InputError(f"{path} is truncated: its header declares {declared:,} bytes of samples but only "
+                             f"{present:,} are present (an interrupted copy or download?)")
+        if info.frames <= 0:
+            raise InputError(f"{path} holds no audio samples (0 frames)")
+        if not 1 <= info.sample_rate <= MAX_FILE_RATE:
+            raise InputError(f"{path} declares a sample rate of {info.sample_rate:,} Hz; rates from 1 Hz to "
+                             f"{MAX_FILE_RATE:,} Hz can be compressed")
+
+    def __enter__(self) -> "AudioReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.sound.close()
+
+    def blocks(self, frames: int) -> Iterator[np.ndarray]:
+        """The samples in blocks (at most `frames`, C) float64, in [-1, 1] for integer formats (soundfile's
+        scaling). InputError for a non-finite sample or fewer samples than the header declared."""
+        import soundfile as sf
+
+        done = 0
+        while True:
+            try:
+                block = self.sound.read(frames, dtype="float64", always_2d=True)  # (t, C)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise _unreadable(self.path, exc) from None
+            if len(block) == 0:
+                break
+            if not np.isfinite(block).all():
+                self._refuse_non_finite(block, done)
+            done += len(block)
+            yield block
+        if done != self.info.frames:
+            raise InputError(f"{self.path} is truncated: its header declares {self.info.frames:,} samples per "
+                             f"channel but only {done:,} could be read")
+
+    def _refuse_non_finite(self, block: np.ndarray, start: int) -> None:
+        """Raise for the first NaN or infinity of `block` (which begins at sample `start`), counting the
+        non-finite samples of the whole file (the rest is scanned block by block)."""
+        bad = ~np.isfinite(block)
         frame, channel = (int(i) for i in np.argwhere(bad)[0])
-        kind = "NaN" if np.isnan(data[frame, channel]) else "an infinite value"
-        raise InputError(f"{path}: channel {channel + 1}, sample {frame + 1} is {kind}; only finite samples can "
-                         f"be compressed ({int(bad.sum()):,} non-finite sample(s) in all)")
-    props = {"sample_rate": int(rate), "channels": int(data.shape[1]), "frames": int(data.shape[0]),
-             "format": info.format, "subtype": info.subtype}
-    return data, props
+        kind = "NaN" if np.isnan(block[frame, channel]) else "an infinite value"
+        count, frames = int(bad.sum()), max(1, BLOCK_SAMPLES // self.info.channels)
+        while len(rest := self.sound.read(frames, dtype="float64", always_2d=True)):
+            count += int((~np.isfinite(rest)).sum())
+        raise InputError(f"{self.path}: channel {channel + 1}, sample {start + frame + 1} is {kind}; only finite "
+                         f"samples can be compressed ({count:,} non-finite sample(s) in all)")
 
 
-def flac_bytes(samples: np.ndarray, rate: int) -> int:
-    """Size in bytes of (T,) or (T, C) samples as 16-bit FLAC (libsndfile's default compression), measured."""
-    import soundfile as sf
-
-    buffer = io.BytesIO()
-    sf.write(buffer, np.clip(samples, -1, 1), rate, format="FLAC", subtype="PCM_16")
-    return len(buffer.getvalue())
+def block_frames(channels: int, rate: int, model_rate: int) -> int:
+    """Input samples per channel read at once: BLOCK_SAMPLES samples in all at the file's rate, and no more than
+    BLOCK_SAMPLES per channel once resampled to the model rate (a 1 Hz file becomes 16,000 times longer)."""
+    return max(1, min(BLOCK_SAMPLES // channels, BLOCK_SAMPLES * rate // model_rate))
 
 
-# ---- the domain -----------------------------------------------------------------------------------
-class AudioDomain(Domain):
-    """Audio frames: each channel resampled to `sample_rate`, cut into frames of `frame_ms` milliseconds.
+class _CountingSink:
+    """A seekable write-only file that keeps no bytes, only the size of what was written (for libsndfile)."""
 
-    Settings (saved in the model):
-      sample_rate   the model's rate in Hz (CLI fit --sample-rate); files are resampled to it and back
-      frame_ms      frame length in milliseconds (CLI fit --frame-ms); sample_rate * frame_ms / 1000 samples
-      stft_weight   weight of the multi-resolution STFT loss (default 0.1)
-      l1_weight     weight of the waveform L1 loss (default 1)
-      scale         learned by `fit`: the RMS level of the training audio; the model sees samples / scale,
-                    so its inputs and targets have unit level whatever the recording level (1 until learned)
-    """
+    def __init__(self) -> None:
+        self.pos = 0
+        self.size = 0
 
-    name = "audio"
-    metric_name = "si_sdr"
-    higher_is_better = True
-    default_seq_len = 64  # frames: 1.28 s at 20 ms
-    output_suffix = ".wav"
+    def write(self, data: bytes) -> int:
+        self.pos += len(data)
+        self.size = max(self.size, self.pos)
+        return len(data)
 
-    def __init__(self, sample_rate: int = DEFAULT_RATE, frame_ms: float = DEFAULT_FRAME_MS,
-                 l1_weight: float = 1.0, stft_weight: float = 0.1, scale: float | None = None) -> None:
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 1000 <= sample_rate <= 384000:
-            raise InputError(f"sample rate must be a whole number of Hz from 1000 to 384000, got {sample_rate!r}")
-        samples = sample_rate * float(frame_ms) / 1000
-        if not frame_ms > 0 or abs(samples - round(samples)) > 1e-9 or round(samples) < 1:
-            raise InputError(f"a frame of {frame_ms} ms at {sample_rate} Hz is {samples:g} samples; choose a frame "
-                             "length that is a whole number of samples (e.g. 20 ms at 16 kHz = 320)")
-        if not (l1_weight >= 0 and stft_weight >= 0 and l1_weight + stft_weight > 0):
-            raise InputError("the loss weights must be non-negative and not both zero")
-        self.sample_rate, self.frame_ms = sample_rate, float(frame_ms)
-        self.frame_samples = int(round(samples))
-        self.l1_weight, self.stft_weight = float(l1_weight), float(stft_weight)
-        if scale is not None and not (math.isfinite(scale) and scale > 0):
-            raise InputError(f"audio scale must be a positive number, got {scale!r}")
-        self.scale = None if scale is None else float(scale)
-        self._flac_bits_per_frame: float | None = None  # of the last file read, for size_references
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
+        return self.pos
 
-    # ---- state ---------------------------------------------------------------------------------
-    def model_fields(self) -> dict:
-        return {"feature_dim": self.frame_samples + 1}
+    def tell(self) -> int:
+        return self.pos
 
-    def state(self) -> dict:
-        return {"name": self.name, "sample_rate": self.sample_rate, "frame_ms": self.frame_ms,
-                "l1_weight": self.l1_weight, "stft_weight": self.stft_weight, "scale": self.scale,
-                "features": f"per frame: {self.frame_samples} samples at {self.sample_rate} Hz divided by scale, "
-                            "then the share of them that is real (not padding)"}
+    def read(self, count: int = -1) -> bytes:
+        return b""
 
-    @classmethod
-    def from_state(cls, state: dict) -> "AudioDomain":
-        """A saved state, or settings to fit with: missing or None entries take their defaults."""
-        def get(key, default):
-            return default if state.get(key) is None else state[key]
 
-        return cls(sample_rate=int(get("sample_rate", DEFAULT_RATE)), frame_ms=float(get("frame_ms", DEFAULT_FRAME_MS)),
-                   l1_weight=float(get("l1_weight", 1.0)), stft_weight=float(get("stft_weight", 0.1)),
-                   scale=state.get("scale"))
+# ---- codec ---------------------------------------------------------------------------------------------
+class AudioCodec(Codec):
+    """Audio files <-> windows (L, S + 1) of frames at the model rate, streamed (see the module docstring)."""
 
-    @property
-    def gain(self) -> float:
-        """What samples are divided by before the model sees them (1 until `learn`)."""
-        return self.scale or 1.0
+    suffix = ".wav"
+    settings: AudioSettings
 
-    def learn(self, paths: list[Path]) -> None:
-        """The RMS level of every training file's samples, pooled: the model then sees unit-level audio, which
-        it learns far faster than speech at its usual level of -20 to -30 dBFS. Silence only: scale 1."""
-        paths = check_data_paths([Path(p) for p in paths])
-        if not paths:
-            raise InputError("no data files to learn from")
-        energy, count = 0.0, 0
-        for path in paths:
-            data, _ = read_audio(path)
-            energy += float(np.square(data).sum())
-            count += data.size
-        rms = math.sqrt(energy / count)
-        self.scale = rms if rms > 1e-5 else 1.0
+    # ---- windows <-> waveforms (also what a probe-side baseline codec uses) ------------------------------
+    def window_waveform(self, window: torch.Tensor) -> torch.Tensor:
+        """One window (L, S + 1) -> its real samples (k,) at the file's level (times scale), read from the
+        real-share feature (use it on input windows; a prediction counts every frame as whole)."""
+        s = self.settings.frame_samples
+        real = int((window[:, s].float() * s).round().sum()) if len(window) else 0
+        return window[:, :s].float().reshape(-1)[:real] * self.settings.gain
 
-    def default_data(self) -> list[Path]:
-        return [sample_path()]
-
-    def size_references(self) -> dict[str, float]:
-        rate = f"{self.sample_rate / 1000:g} kHz"
-        refs = {f"16-bit PCM at {rate}": 16.0 * self.frame_samples}
-        if self._flac_bits_per_frame is not None:
-            refs[f"FLAC of the input at {rate}, 16-bit"] = self._flac_bits_per_frame
-        return refs
-
-    def decode_note(self, side: dict) -> str | None:
-        notes = []
-        if int(side.get("sample_rate", self.sample_rate)) > self.sample_rate:
-            notes.append(f"the model works at {self.sample_rate} Hz, so the output holds nothing above "
-                         f"{self.sample_rate // 2} Hz")
-        if side.get("written_as"):
-            notes.append(side["written_as"])
-        return "; ".join(notes) or None
-
-    # ---- waveform <-> frames ----------------------------------------------------------------------
-    def channel_windows(self, samples: np.ndarray | torch.Tensor, rate: int, seq_len: int) -> list[torch.Tensor]:
-        """One channel (T,) at `rate` Hz -> windows (L, S + 1) float32 of at most seq_len frames at the
-        model rate: S samples, then the share of them that is real."""
-        x = resample(torch.as_tensor(samples, dtype=torch.float32), rate, self.sample_rate) / self.gain  # (n,)
-        s = self.frame_samples
-        frames = -(-len(x) // s)
-        padded = torch.zeros(frames * s)
-        padded[: len(x)] = x
-        real = torch.ones(frames)
-        real[-1] = (len(x) - (frames - 1) * s) / s
-        vectors = torch.cat([padded.view(frames, s), real[:, None]], dim=1)  # (frames, S + 1)
-        return split_windows(vectors, seq_len)
-
-    def model_samples(self, frames: int, rate: int) -> int:
-        """Samples at the model rate of a channel of `frames` samples at `rate` Hz."""
-        return frames if rate == self.sample_rate else math.ceil(frames * self.sample_rate / rate)
+    def waveform_window(self, samples: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The inverse of `window_waveform`: samples (k,) at the file's level -> a window shaped like `like`
+        (L, S + 1), zero-padded after them, with `like`'s real-share feature."""
+        s = self.settings.frame_samples
+        rebuilt = torch.zeros(len(like) * s)
+        rebuilt[: len(samples)] = samples.float() / self.settings.gain
+        return torch.cat([rebuilt.view(len(like), s), like[:, s:].float()], dim=1)
 
     def windows_waveform(self, windows: list[torch.Tensor], samples: int) -> torch.Tensor:
-        """Windows (L, S + 1) of one channel, in order -> its first `samples` samples (samples,) at the model rate,
-        at the file's level (times scale)."""
-        s = self.frame_samples
+        """Windows (L, S + 1) of one channel, in order -> its first `samples` samples (samples,) at the model
+        rate, at the file's level (times scale)."""
+        s = self.settings.frame_samples
         if any(w.ndim != 2 or w.shape[1] != s + 1 for w in windows):
             raise FormatError(f"audio windows must have {s + 1} features per frame")
         x = torch.cat([w[:, :s].float() for w in windows]).reshape(-1) if windows else torch.zeros(0)
         if len(x) != -(-samples // s) * s:
             raise FormatError(f"audio: {len(x) // s} frames decoded for a channel of {samples} samples "
                               f"({-(-samples // s)} frames of {s})")
-        return x[:samples] * self.gain
+        return x[:samples] * self.settings.gain
 
-    # ---- files ---------------------------------------------------------------------------------------
-    def read(self, path: Path, seq_len: int) -> tuple[list[torch.Tensor], dict]:
-        """Windows (L, S + 1) of every channel, channel after channel, and the side information `write` needs."""
-        path = Path(path)
-        data, props = read_audio(path)
-        windows: list[torch.Tensor] = []
-        per_channel = []
-        for c in range(props["channels"]):
-            channel = self.channel_windows(data[:, c], props["sample_rate"], seq_len)
-            per_channel.append(len(channel))
-            windows += channel
-        n = self.model_samples(props["frames"], props["sample_rate"])
-        model_rate = torch.stack([self.windows_waveform(windows[sum(per_channel[:c]) : sum(per_channel[: c + 1])], n)
-                                  for c in range(props["channels"])], dim=1)  # (n, C)
-        flac = flac_bytes(model_rate.numpy(), self.sample_rate)
-        self._flac_bits_per_frame = 8 * flac / sum(len(w) for w in windows)
-        side = {
-            **props,
-            "model_rate": self.sample_rate,
-            "frame_samples": self.frame_samples,
-            "model_samples": n,
-            "windows_per_channel": per_channel,
-            "near_full_scale_samples": int((np.abs(data) >= NEAR_FULL_SCALE).sum()),  # a sign of clipping
-            "peak": float(np.abs(data).max()),
-            "flac_bytes_at_model_rate": flac,
-        }
-        return windows, side
+    def frame_windows(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Model-rate samples (C, n) of one time step, already divided by scale -> one window (ceil(n / S),
+        S + 1) per channel: the samples zero-padded to whole frames, then each frame's real share."""
+        s = self.settings.frame_samples
+        channels, n = x.shape
+        frames = -(-n // s)
+        padded = x.new_zeros(channels, frames * s)
+        padded[:, :n] = x
+        real = torch.ones(frames)
+        real[-1] = (n - (frames - 1) * s) / s
+        shares = real[None, :, None].expand(channels, frames, 1)
+        return list(torch.cat([padded.view(channels, frames, s), shares], dim=2))  # C windows (frames, S + 1)
 
-    def output_format(self, path: Path, side: dict) -> tuple[str, str, str | None]:
-        """(format, subtype, note) `write` uses: the input's own, unless the output's suffix (.wav, .flac)
+    # ---- files -> pieces -----------------------------------------------------------------------------------
+    def iter_windows(self, path: Path, seq_len: int) -> Iterator[Piece]:
+        """The windows of every channel, one time step of seq_len frames after another (channel 0 first in
+        each), read, resampled and cut block by block."""
+        if seq_len < 1:
+            raise InputError(f"seq_len must be at least 1, got {seq_len}")
+        settings = self.settings
+        model_rate, s = settings.sample_rate, settings.frame_samples
+        span = seq_len * s  # model samples per window
+        per_piece = max(1, min(PIECE_WINDOWS, PIECE_BYTES // (4 * seq_len * (s + 1))))
+        with AudioReader(Path(path)) as reader:
+            info = reader.info
+            n = settings.model_samples(info.frames, info.sample_rate)
+            side: dict = {**dataclasses.asdict(info), "model_rate": model_rate, "frame_samples": s, "model_samples": n}
+            resampler = Resampler(info.sample_rate, model_rate, info.channels)
+            pending = torch.zeros(info.channels, 0)  # (C, < span) model samples not yet in a window
+            windows: list[torch.Tensor] = []
+            peak, loud = 0.0, 0
+            for block in reader.blocks(block_frames(info.channels, info.sample_rate, model_rate)):
+                peak = max(peak, float(np.abs(block).max()))
+                loud += int((np.abs(block) >= NEAR_FULL_SCALE).sum())
+                x = resampler.push(torch.from_numpy(block.T).float()) / settings.gain  # (C, m)
+                pending = torch.cat([pending, x], dim=1)
+                while pending.shape[1] >= span:
+                    windows += self.frame_windows(pending[:, :span])
+                    pending = pending[:, span:]
+                while len(windows) >= per_piece:
+                    yield Piece(windows[:per_piece], side)
+                    windows, side = windows[per_piece:], {}
+            pending = torch.cat([pending, resampler.finish() / settings.gain], dim=1)
+            while pending.shape[1] > 0:  # at most a whole step and a shorter one
+                windows += self.frame_windows(pending[:, :span])
+                pending = pending[:, span:]
+            while len(windows) > per_piece:
+                yield Piece(windows[:per_piece], side)
+                windows, side = windows[per_piece:], {}
+            yield Piece(windows, {**side, "peak": peak, "near_full_scale_samples": loud})
+
+    def legacy_pieces(self, side: dict, lengths: list[int]) -> Iterator[tuple[int, dict]]:
+        """Format 1 kept every window of channel 0, then of channel 1, ...: one piece flagged channel-major,
+        which the writer takes whole (format-1 files were held whole anyway)."""
+        yield len(lengths), {**side, "layout": "channel-major"}
+
+    def open_writer(self, file: BinaryIO, name: str, header: dict) -> Writer:
+        return AudioWriter(self, file, name)
+
+    def output_format(self, name: str, side: dict) -> tuple[str, str, str | None]:
+        """(format, subtype, note) the writer uses: the input's own, unless the output's suffix (.wav, .flac)
         names another format; then the closest subtype that format holds, and a note saying so."""
         import soundfile as sf
 
         fmt, subtype = str(side["format"]), str(side["subtype"])
-        wanted = _SUFFIX_FORMAT.get(Path(path).suffix.lower())
+        wanted = _SUFFIX_FORMAT.get(Path(name).suffix.lower())
         if wanted is None or wanted == fmt:
             return fmt, subtype, None
         new_subtype = subtype if sf.check_format(wanted, subtype) else _FLAC_SUBTYPE.get(subtype, "PCM_16")
@@ -276,41 +355,173 @@ class AudioDomain(Domain):
             new_subtype = "PCM_16"
         return wanted, new_subtype, f"written as {wanted} {new_subtype} (the output name's suffix), not {fmt} {subtype}"
 
-    def write(self, path: Path, windows: list[torch.Tensor], side: dict) -> None:
-        """An audio file with the input's rate, channel count, length in samples, format and subtype (values
-        clipped to [-1, 1] for integer subtypes); written atomically."""
+    def references(self, path: Path, symbols: int) -> dict[str, float]:
+        """Bits per frame of 16-bit PCM at the model rate and of the input resampled to the model rate as
+        16-bit FLAC (libsndfile's default compression), measured by encoding it block by block into a sink
+        that only counts bytes."""
         import soundfile as sf
 
+        model_rate = self.settings.sample_rate
+        rate = f"{model_rate / 1000:g} kHz"
+        refs = {f"16-bit PCM at {rate}": 16.0 * self.settings.frame_samples}
+        if symbols <= 0:
+            return refs
+        sink = _CountingSink()
+        with AudioReader(Path(path)) as reader:
+            info = reader.info
+            resampler = Resampler(info.sample_rate, model_rate, info.channels)
+            with sf.SoundFile(sink, "w", samplerate=model_rate, channels=info.channels, format="FLAC",
+                              subtype="PCM_16") as flac:
+                for block in reader.blocks(block_frames(info.channels, info.sample_rate, model_rate)):
+                    flac.write(np.clip(resampler.push(torch.from_numpy(block.T).float()).T.double().numpy(), -1, 1))
+                flac.write(np.clip(resampler.finish().T.double().numpy(), -1, 1))
+        refs[f"FLAC of the input at {rate}, 16-bit"] = 8.0 * sink.size / symbols
+        return refs
+
+
+class AudioWriter(Writer):
+    """Windows -> an audio file with the input's rate, channel count, exact length, format and subtype (values
+    clipped to [-1, 1] for integer subtypes). Holds at most one time step's windows: each complete step is
+    resampled to the file's rate and written at once."""
+
+    def __init__(self, codec: AudioCodec, file: BinaryIO, name: str) -> None:
+        self.codec, self.settings, self.file, self.name = codec, codec.settings, file, name
+        self.sound: Any = None  # the soundfile.SoundFile being written, once the file's side arrived
+        self.step: list[torch.Tensor] = []  # windows of the time step being collected (fewer than channels)
+        self.frames_done = 0  # frames per channel received in complete time steps
+        self.written = 0  # samples per channel written
+        self.legacy = False  # a format-1 channel-major piece: written whole
+        self.notes: list[str] = []
+
+    def write(self, windows: list[torch.Tensor], side: dict) -> None:
         try:
-            rate, channels, frames = int(side["sample_rate"]), int(side["channels"]), int(side["frames"])
-            if int(side["model_rate"]) != self.sample_rate or int(side["frame_samples"]) != self.frame_samples:
+            if any(key in side for key in FILE_KEYS):
+                self._begin(side)
+            if windows and self.sound is None:
+                raise FormatError("audio windows arrived before the side information that describes their file")
+            s = self.settings.frame_samples
+            if any(w.ndim != 2 or w.shape[1] != s + 1 for w in windows):
+                raise FormatError(f"audio windows must have {s + 1} features per frame")
+            if self.legacy:
+                self._write_channel_major(windows)
+                return
+            for window in windows:
+                self.step.append(window)
+                if len(self.step) == self.channels:
+                    self._write_step()
+        except BaseException:
+            self._abandon()
+            raise
+
+    def close(self) -> dict:
+        try:
+            if self.sound is None:
+                raise FormatError("audio: no side information describes the file to write")
+            expected = -(-self.model_samples // self.settings.frame_samples)
+            if self.frames_done != expected or self.step:
+                raise FormatError(f"audio side information describes {self.channels} channel(s) of {expected} frames, "
+                                  f"but {self.frames_done} frames per channel (and {len(self.step)} windows of an "
+                                  "unfinished time step) were decoded; windows were decoded for another file")
+            if not self.legacy:
+                self._write_samples(self.resampler.finish())
+            while self.written < self.frames:  # the resampled length fell short of the file's: zero-pad
+                self._write_samples(torch.zeros(self.channels, min(self.frames - self.written, BLOCK_SAMPLES)))
+        except BaseException:
+            self._abandon()
+            raise
+        self.sound.close()
+        return {"note": "; ".join(self.notes)} if self.notes else {}
+
+    def _begin(self, side: dict) -> None:
+        import soundfile as sf
+
+        if self.sound is not None:
+            raise FormatError("audio side information describes a second file inside one")
+        settings = self.settings
+        try:
+            self.rate, self.channels, self.frames = int(side["sample_rate"]), int(side["channels"]), int(side["frames"])
+            self.model_samples = int(side["model_samples"])
+            if int(side["model_rate"]) != settings.sample_rate or int(side["frame_samples"]) != settings.frame_samples:
                 raise FormatError(f"the latents hold {side['frame_samples']}-sample frames at {side['model_rate']} Hz; "
-                                  f"this model uses {self.frame_samples} at {self.sample_rate} Hz")
-            counts = [int(k) for k in side["windows_per_channel"]]
-            n = int(side["model_samples"])
-            if len(counts) != channels or sum(counts) != len(windows):
-                raise FormatError(f"audio side information describes {sum(counts)} windows in {len(counts)} "
-                                  f"channel(s), but {len(windows)} windows were decoded")
-            fmt, subtype, note = self.output_format(Path(path), side)
+                                  f"this model uses {settings.frame_samples} at {settings.sample_rate} Hz")
+            if not (1 <= self.rate <= MAX_FILE_RATE and 1 <= self.channels <= 1024 and self.frames >= 1
+                    and self.model_samples == settings.model_samples(self.frames, self.rate)):
+                raise ValueError(f"{self.channels} channel(s) of {self.frames} samples at {self.rate} Hz "
+                                 f"cannot be {self.model_samples} samples at {settings.sample_rate} Hz")
+            fmt, self.subtype, note = self.codec.output_format(self.name, side)
+            self.legacy = side.get("layout") == "channel-major"
+            self.counts = [int(k) for k in side["windows_per_channel"]] if self.legacy else []
         except (KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"audio side information is malformed ({type(exc).__name__}: {exc})") from None
-        side["written_as"] = note
-        out = np.zeros((frames, channels), dtype=np.float64)
-        start = 0
-        for c, count in enumerate(counts):
-            x = self.windows_waveform(windows[start : start + count], n)  # (n,) at the model rate
-            start += count
-            out[:, c] = fit_length(resample(x, self.sample_rate, rate), frames).double().numpy()
-        if subtype not in _FLOAT_SUBTYPES:
-            np.clip(out, -1.0, 1.0, out=out)  # libsndfile would wrap out-of-range values around
-        with atomic_open(path, "wb") as handle:
-            sf.write(handle, out, rate, subtype=subtype, format=fmt)
+        if self.rate > settings.sample_rate:
+            self.notes.append(f"the model works at {settings.sample_rate} Hz, so the output holds nothing above "
+                              f"{settings.sample_rate // 2} Hz")
+        if note:
+            self.notes.append(note)
+        self.resampler = Resampler(settings.sample_rate, self.rate, self.channels)
+        self.sound = sf.SoundFile(self.file, "w", samplerate=self.rate, channels=self.channels, subtype=self.subtype,
+                                  format=fmt)
 
-    # ---- training and evaluation ----------------------------------------------------------------
+    def _write_step(self) -> None:
+        """The collected windows (one per channel, the same length) -> samples at the file's rate, written."""
+        s = self.settings.frame_samples
+        frames = len(self.step[0])
+        if any(len(w) != frames for w in self.step):
+            raise FormatError(f"audio windows of one time step differ in length: {[len(w) for w in self.step]}")
+        real = min(frames * s, self.model_samples - self.frames_done * s)  # the padding of a last frame dropped
+        if real <= 0:
+            raise FormatError(f"audio: more frames decoded than the {self.model_samples} samples of each channel")
+        x = torch.stack([w[:, :s].float().reshape(-1)[:real] for w in self.step]) * self.settings.gain  # (C, real)
+        self.step, self.frames_done = [], self.frames_done + frames
+        self._write_samples(self.resampler.push(x))
+
+    def _write_channel_major(self, windows: list[torch.Tensor]) -> None:
+        """A format-1 piece: each channel whole, resampled whole (exactly as format 1 decoded it)."""
+        if self.frames_done:
+            raise FormatError("audio: a format-1 piece arrived in parts; it must come whole")
+        if len(self.counts) != self.channels or sum(self.counts) != len(windows):
+            raise FormatError(f"audio side information describes {sum(self.counts)} windows in {len(self.counts)} "
+                              f"channel(s), but {len(windows)} windows were decoded")
+        out = np.zeros((self.frames, self.channels), dtype=np.float64)
+        start = 0
+        for c, count in enumerate(self.counts):
+            x = self.codec.windows_waveform(windows[start : start + count], self.model_samples)  # (n,) model rate
+            start += count
+            out[:, c] = fit_length(resample(x, self.settings.sample_rate, self.rate), self.frames).double().numpy()
+        self.frames_done = -(-self.model_samples // self.settings.frame_samples)
+        self._write_samples(torch.from_numpy(out.T))
+
+    def _write_samples(self, y: torch.Tensor) -> None:
+        """Samples (C, m) at the file's rate -> the file, cut at its exact length."""
+        keep = min(y.shape[1], self.frames - self.written)
+        if keep <= 0:
+            return
+        out = y[:, :keep].T.double().numpy()  # (keep, C)
+        if self.subtype not in _FLOAT_SUBTYPES:
+            out = np.clip(out, -1.0, 1.0)  # libsndfile would wrap out-of-range values around
+        self.sound.write(out)
+        self.written += keep
+
+    def _abandon(self) -> None:
+        """Close the sound file after a failure (the caller discards the output)."""
+        if self.sound is not None and not self.sound.closed:
+            self.sound.close()
+
+
+# ---- objective -----------------------------------------------------------------------------------------
+class AudioObjective(Objective):
+    """L1 + multi-resolution STFT loss on real samples; SI-SDR (headline), SNR, log-mel distance and MAE."""
+
+    metric_name = "si_sdr"
+    higher_is_better = True
+
+    def __init__(self, settings: AudioSettings) -> None:
+        self.settings = settings
+
     def _waveforms(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
         """Output and target waveforms (B, N * S) and the mask (B, N * S) of real samples: padding frames
         (mask False) and the padded tail of a last frame (its real share < 1) are excluded."""
-        s = self.frame_samples
+        s = self.settings.frame_samples
         b, n = target.shape[:2]
         real = (target[..., s].float() * s).round()  # (B, N) real samples per frame
         sample_mask = (torch.arange(s, device=target.device) < real[..., None]) & mask[..., None]  # (B, N, S)
@@ -322,16 +533,18 @@ class AudioDomain(Domain):
         feature (the real share) of the output is not trained."""
         y, x, m = self._waveforms(output, target, mask)
         l1 = ((y - x).abs() * m).sum() / m.sum().clamp(min=1)
-        if self.stft_weight == 0:
-            return self.l1_weight * l1
-        return self.l1_weight * l1 + self.stft_weight * multi_resolution_stft_loss(y, x, m, self.sample_rate)
+        if self.settings.stft_weight == 0:
+            return self.settings.l1_weight * l1
+        stft = multi_resolution_stft_loss(y, x, m, self.settings.sample_rate)
+        return self.settings.l1_weight * l1 + self.settings.stft_weight * stft
 
-    def metric_totals(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    def totals(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         """Sums over windows and real samples at the model rate: SI-SDR x samples of every non-silent window,
         signal and error energy, absolute error, and absolute log-mel differences (dB) over real mel frames."""
         y, x, m = self._waveforms(output, target, mask)
         mf = m.double()
-        y, x = y.double() * mf * self.gain, x.double() * mf * self.gain  # at the file's level
+        gain = self.settings.gain
+        y, x = y.double() * mf * gain, x.double() * mf * gain  # at the file's level
         count = mf.sum(1)  # (B,)
         energy = x.square().sum(1)
         error = (y - x).square().sum(1)
@@ -340,8 +553,8 @@ class AudioDomain(Domain):
         projected = alpha.square() * energy
         residual = (y - alpha[:, None] * x).square().sum(1)
         si_sdr = (10 * torch.log10(projected.clamp(min=1e-300) / residual.clamp(min=1e-300))).clamp(-SISDR_CAP, SISDR_CAP)
-        mel_y, hop = log_mel(y.float(), self.sample_rate)  # (B, mels, frames)
-        mel_x, _ = log_mel(x.float(), self.sample_rate)
+        mel_y, hop = log_mel(y.float(), self.settings.sample_rate)  # (B, mels, frames)
+        mel_x, _ = log_mel(x.float(), self.settings.sample_rate)
         centres = torch.arange(mel_x.shape[-1], device=m.device) * hop
         mel_frames = m[:, centres.clamp(max=m.shape[1] - 1)] & (centres < m.shape[1])  # (B, frames)
         mel_diff = 10 * (mel_y - mel_x).abs() * mel_frames[:, None, :]
@@ -358,7 +571,7 @@ class AudioDomain(Domain):
             "log_mel_cells": float(mel_frames.sum()) * mel_x.shape[1],
         }
 
-    def metric_values(self, totals: dict[str, float]) -> dict[str, float]:
+    def values(self, totals: dict[str, float]) -> dict[str, float]:
         """si_sdr: per-window SI-SDR (dB, capped at +-100) averaged over non-silent windows, weighted by their
         real samples (NaN when every window is silent); snr: 10 log10(signal energy / error energy) pooled
         over every sample (NaN for pure silence); log_mel_distance: mean |difference| of 10 log10 mel power
@@ -382,54 +595,54 @@ class AudioDomain(Domain):
         """Model output (B, N, S + 1) with its last feature set to 1: the real share is not trained (the side
         information knows each channel's length), so a reconstructed frame counts as whole."""
         out = output.clone()
-        out[..., self.frame_samples] = 1.0
+        out[..., self.settings.frame_samples] = 1.0
         return out
+
+
+# ---- the domain ----------------------------------------------------------------------------------------
+class AudioDomain(Domain):
+    """Audio frames: each channel resampled to `sample_rate`, cut into frames of `frame_ms` milliseconds; the
+    model sees samples / `scale` (learned by `learn`: the training audio's RMS level)."""
+
+    name = "audio"
+    settings_class = AudioSettings
+    default_seq_len = 64  # frames: 1.28 s at 20 ms
+    settings: AudioSettings
+
+    def make_codec(self) -> AudioCodec:
+        return AudioCodec(self.settings)
+
+    def make_objective(self) -> AudioObjective:
+        return AudioObjective(self.settings)
+
+    def model_fields(self) -> dict:
+        return {"feature_dim": self.settings.frame_samples + 1}
+
+    def default_data(self) -> list[Path]:
+        """The bundled sample: 5 s of espeak-ng speech, 16 kHz mono 16-bit FLAC (seqcompress/data/NOTICE.md)."""
+        return [bundled("speech_sample.flac")]
+
+    def learn(self, paths: list[Path]) -> "AudioDomain":
+        """The RMS level of every training file's samples, pooled and read block by block: the model then sees
+        unit-level audio, which it learns far faster than speech at its usual level of -20 to -30 dBFS.
+        Silence only: scale 1."""
+        paths = check_data_paths([Path(p) for p in paths])
+        if not paths:
+            raise InputError("no data files to learn from")
+        energy, count = 0.0, 0
+        for path in paths:
+            with AudioReader(path) as reader:
+                for block in reader.blocks(max(1, BLOCK_SAMPLES // reader.info.channels)):
+                    energy += float(np.square(block).sum())
+                    count += block.size
+        rms = math.sqrt(energy / count)
+        return self.with_settings(scale=rms if rms > 1e-5 else 1.0)
 
     def render(self, window: torch.Tensor, limit: int = 160) -> str:
         """Duration, loudness and a few samples (at the file's level) from the middle of a window's first frame."""
-        s = self.frame_samples
-        real = (window[:, s].float() * s).round().clamp(0, s).long() if window.shape[0] else torch.zeros(0)
-        x = torch.cat([window[i, : int(k)].float() for i, k in enumerate(real)]) * self.gain if len(real) else torch.zeros(0)
+        s, sample_rate = self.settings.frame_samples, self.settings.sample_rate
+        x = self.codec.window_waveform(window)
         rms = float(x.square().mean().sqrt()) if len(x) else 0.0
         level = f"{20 * math.log10(rms):.1f} dBFS" if rms > 0 else "silence"
-        text = f"{len(x) / self.sample_rate * 1000:.0f} ms, rms {level}: " + " ".join(f"{float(v):+.3f}" for v in x[s // 2 : s // 2 + 16])
-        return text if len(text) <= limit else text[: limit - 3] + "..."
-
-    # ---- reduction probe --------------------------------------------------------------------------------
-    def classical_baselines(self) -> dict[str, Baseline]:
-        """Two classical codecs at the model's budget of `floats` stored numbers per window:
-
-        dct:    the window's real samples -> orthonormal DCT-II, keep the `floats` lowest coefficients,
-                inverse DCT (the optimal linear low-pass code of one window, no learning);
-        mu_law: the window resampled (FFT method) to `floats` samples, each mu-law companded to 8 bits,
-                then resampled back: 8-bit mu-law at a reduced sample rate (G.711's idea), one stored
-                number per latent float, so its bits equal the model's latents stored as int8.
-        """
-        return {"dct": self._dct_baseline, "mu_law_8bit": self._mu_law_baseline}
-
-    def _baseline(self, windows: list[torch.Tensor], floats: list[int], codec) -> list[torch.Tensor]:
-        s = self.frame_samples
-        out = []
-        for window, budget in zip(windows, floats):
-            real = int((window[:, s].float() * s).round().sum())
-            x = window[:, :s].float().reshape(-1)[:real] * self.gain  # at the file's level
-            y = (codec(x, min(int(budget), real)) if real else x) / self.gain
-            rebuilt = torch.zeros(len(window) * s)
-            rebuilt[:real] = y
-            out.append(torch.cat([rebuilt.view(len(window), s), window[:, s:].float()], dim=1))  # (L, S + 1)
-        return out
-
-    def _dct_baseline(self, train: list[torch.Tensor], test: list[torch.Tensor], floats: list[int]) -> list[torch.Tensor]:
-        def codec(x: torch.Tensor, k: int) -> torch.Tensor:
-            c = dct(x)
-            c[k:] = 0
-            return idct(c)
-
-        return self._baseline(test, floats, codec)
-
-    def _mu_law_baseline(self, train: list[torch.Tensor], test: list[torch.Tensor], floats: list[int]) -> list[torch.Tensor]:
-        def codec(x: torch.Tensor, k: int) -> torch.Tensor:
-            low = mu_law_decode(mu_law_encode(fourier_resample(x, max(k, 1))))
-            return fourier_resample(low, len(x))
-
-        return self._baseline(test, floats, codec)
+        middle = " ".join(f"{float(v):+.3f}" for v in x[s // 2 : s // 2 + 16])
+        return shorten(f"{len(x) / sample_rate * 1000:.0f} ms, rms {level}: {middle}", limit)

@@ -1,37 +1,57 @@
 """Text domain: UTF-8 text files, BERT uncased WordPiece tokens, token accuracy.
 
-A text file is a sequence of documents separated by blank lines. Each document is tokenized
-with the BERT uncased WordPiece vocabulary shipped in the package (no hub download) and
-followed by [SEP]; a file's token stream is cut into windows of seq_len tokens, the last
-window of a file shorter. Decoding splits the stream at [SEP] and detokenizes each document.
+A text file is a sequence of documents separated by blank lines. Each document is tokenized with the BERT
+uncased WordPiece vocabulary shipped in the package (no hub download) and followed by [SEP]; the file's token
+stream is cut into windows of seq_len tokens, only the last one shorter, so windows span documents.
+
+Pieces: at most WINDOWS_PER_PIECE consecutive windows (fewer when seq_len is large: PIECE_TOKENS tokens), with
+the side information {"documents": [n, ...]}: the token count (without its [SEP]) of each document whose [SEP]
+lies in the piece, in order. A document spans as many pieces as its tokens do; a piece inside a long document
+lists none. The writer takes document boundaries from these counts, never from predicted [SEP]s: it consumes
+n + 1 tokens per listed document (the last one, at the [SEP] position, dropped; so are predicted [SEP], [PAD]
+and [CLS] inside a document), and the tokens after a piece's last listed document begin the next one. Output:
+each document detokenized, joined by a blank line ("\\n\\n"), then a final "\\n".
+
+Memory is bounded by a piece and a block of text, with two exceptions stated where they arise: a document with
+no space or line break for more than DOCUMENT_SLICE characters is read whole (`_segments`), and the writer holds
+a document until its end when it has no word boundary to cut at (`TextWriter`).
 """
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
+import itertools
 import re
-from functools import cached_property
-from importlib import resources
+from collections import deque
+from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from seqcompress.domain import Domain, check_data_paths, decode_utf8, split_windows
-from seqcompress.atomic import atomic_write_text
+from seqcompress.domain import (Codec, Domain, Objective, Piece, Settings, TokenObjective, Writer, bundled,
+                                check_data_paths, option, shorten, split_windows)
 from seqcompress.errors import FormatError, InputError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID = 0, 100, 101, 102
 VOCAB_SIZE = 30522
-_DOC_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")
+TOKENIZER = "bert-base-uncased-wordpiece"
 
+BLOCK_SIZE = 1 << 18  # bytes read at a time
+DOCUMENT_SLICE = 1 << 18  # characters of an unfinished document held before tokenizing its start
+BATCH_CHARS = 1 << 16  # characters tokenized in one call
+WINDOWS_PER_PIECE = 64
+PIECE_TOKENS = 1 << 18  # at most this many tokens in a piece, unless one window is longer
+WRITER_SLICE = 1 << 16  # tokens of one document the writer holds before detokenizing its start
 
-def vocab_path() -> Path:
-    return Path(str(resources.files("seqcompress") / "data" / "vocab.txt"))
-
-
-def sample_path() -> Path:
-    return Path(str(resources.files("seqcompress") / "data" / "wiki_sample.txt"))
+_DOC_BREAK = re.compile(r"\n[ \t\r\f\v]*\n\s*")  # a blank line and all the whitespace after it
+_BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
+_OPEN_LINE = re.compile(r"\n[ \t\r\f\v]*\Z")  # a line break that the next text may turn into a blank line
+_SEPARATORS = " \n\t\r"  # whitespace that separates words for the tokenizer (\v, \f, \x1c-\x1f, \x85 are dropped)
+_LONG_RUN = 4096  # characters of trailing whitespace held before shortening it
 
 
 def split_documents(text: str) -> list[str]:
@@ -39,48 +59,341 @@ def split_documents(text: str) -> list[str]:
     return [doc.strip() for doc in _DOC_BREAK.split(text) if doc.strip()]
 
 
-def read_text(path: Path) -> str:
-    """The text of a UTF-8 file (a leading BOM dropped), or an InputError for binary or undecodable content."""
-    return decode_utf8(path, path.read_bytes(), "text").removeprefix("\ufeff")
+@cache
+def tokenizer():
+    """The BERT uncased WordPiece tokenizer over the shipped vocabulary (loaded once)."""
+    # Imported here: transformers takes about a second to import, which `--help` should not pay.
+    from transformers import BertTokenizer
+
+    path = bundled("vocab.txt")
+    # transformers 5 silently ignores vocab_file=; vocab= is the argument that works.
+    tok = BertTokenizer(vocab=str(path), do_lower_case=True)
+    if tok.vocab_size != VOCAB_SIZE:
+        raise RuntimeError(f"tokenizer loaded {tok.vocab_size} entries from {path}, expected {VOCAB_SIZE}")
+    return tok
 
 
+def detokenize(ids: list[int]) -> str:
+    """Text of token ids, as format 1 wrote each document (lowercased, spaces cleaned up around punctuation)."""
+    return tokenizer().decode(ids, clean_up_tokenization_spaces=True)
+
+
+# ---- settings ------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TextSettings(Settings):
+    """Text has no user options; the tokenizer and its size are kept so that a saved model names them (models
+    saved before these settings have the same keys: "tokenizer", "vocab_size")."""
+
+    tokenizer: str = option(TOKENIZER, "the WordPiece vocabulary (the one shipped with seqcompress)", learned=True)
+    vocab_size: int = option(VOCAB_SIZE, "the number of tokens in that vocabulary", learned=True)
+
+    def validate(self) -> None:
+        if self.tokenizer != TOKENIZER:
+            raise InputError(f"tokenizer must be {TOKENIZER!r} (the vocabulary shipped), got {self.tokenizer!r}")
+        if self.vocab_size != VOCAB_SIZE:
+            raise InputError(f"vocab_size must be {VOCAB_SIZE} (the size of {TOKENIZER}), got {self.vocab_size!r}")
+
+
+# ---- reading -------------------------------------------------------------------------------------------
+def _utf8_blocks(path: Path, kind: str) -> Iterator[str]:
+    """The text of a UTF-8 file, a block at a time (a leading BOM dropped), or an InputError naming `kind`
+    for binary data or invalid UTF-8 (the messages of `decode_utf8`, with the byte offset in the file)."""
+    with path.open("rb") as file:
+        if b"\x00" in file.read(65536):
+            raise InputError(f"{path} is binary data, not {kind}")
+        file.seek(0)
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        offset, first = 0, True  # offset: file position of the next block
+        while True:
+            block = file.read(BLOCK_SIZE)
+            start = offset - len(decoder.getstate()[0])  # file position of the bytes the decoder sees
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path} is not {kind}: invalid UTF-8 at byte {start + exc.start}") from None
+            offset += len(block)
+            if first and text:
+                text, first = text.removeprefix("\ufeff"), False
+            if text:
+                yield text
+            if not block:
+                return
+
+
+def _short_run(run: str) -> str:
+    """A short whitespace run that splits documents and tokenizes as `run` does before any text: a blank line if
+    it holds one; a line break if it ends in one that the next text may complete; else each character it holds,
+    once (every whitespace character either separates words or is dropped by the tokenizer)."""
+    if _BLANK_LINE.search(run):
+        return "\n\n"
+    if _OPEN_LINE.search(run):
+        return "\n"
+    chars = set(run)
+    if "\n" in chars:
+        chars = (chars - {"\n"}) | {" "}
+    return "".join(sorted(chars))
+
+
+def _segments(path: Path) -> Iterator[tuple[str, bool]]:
+    """The file's documents, stripped, as (text, ends_document) segments, exactly as `split_documents` splits the
+    whole text. A document longer than DOCUMENT_SLICE characters comes in several segments cut at a space or a
+    line break, which the tokenizer turns into the same tokens as the whole; a document without one for that
+    long is held until one comes (or it ends)."""
+    carry = ""  # the unfinished document (or leading whitespace) and the whitespace after it
+    documents = 0
+    for text in _utf8_blocks(path, "text"):
+        buf = carry + text
+        end = len(buf.rstrip())  # buf[:end] ends with a non-whitespace character, so its breaks are final
+        last = None
+        for last in _DOC_BREAK.finditer(buf, 0, end):
+            pass
+        start = 0
+        if last is not None:
+            for document in split_documents(buf[: last.start()]):
+                yield document, True
+                documents += 1
+            start = last.end()
+        content, run = buf[start:end], buf[end:]
+        if len(content) > DOCUMENT_SLICE:
+            cut = max(content.rfind(c) for c in _SEPARATORS)
+            if cut > 0:
+                if head := content[:cut].strip():
+                    yield head, False
+                content = content[cut:]
+        carry = content + (_short_run(run) if len(run) > _LONG_RUN else run)
+    if tail := carry.strip():
+        yield tail, True
+        documents += 1
+    if not documents:
+        raise InputError(f"{path} holds no text, only whitespace")
+
+
+def _tokenized(segments: Iterator[tuple[str, bool]]) -> Iterator[tuple[np.ndarray, int | None]]:
+    """Token ids of each segment, tokenized in batches of about BATCH_CHARS characters, with [SEP] and the
+    document's token count after the segment that ends a document (None after the others)."""
+    backend = tokenizer().backend_tokenizer  # what tokenizer(texts)["input_ids"] calls, without the offsets
+    count = 0  # tokens of the current document so far
+    for batch in _batches(segments):
+        encodings = backend.encode_batch_fast([text for text, _ in batch], add_special_tokens=False)
+        for (_, ends), encoding in zip(batch, encodings):
+            doc_ids = encoding.ids
+            count += len(doc_ids)
+            if ends:
+                yield np.array([*doc_ids, SEP_ID], dtype=np.int64), count
+                count = 0
+            else:
+                yield np.array(doc_ids, dtype=np.int64), None
+
+
+def _batches(segments: Iterator[tuple[str, bool]]) -> Iterator[list[tuple[str, bool]]]:
+    batch, size = [], 0
+    for segment in segments:
+        batch.append(segment)
+        size += len(segment[0])
+        if size >= BATCH_CHARS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _groups(lengths: list[int]) -> Iterator[tuple[int, int]]:
+    """(window count, token count) of consecutive pieces of windows of these lengths: at most WINDOWS_PER_PIECE
+    windows and PIECE_TOKENS tokens (at least one window)."""
+    first = 0
+    while first < len(lengths):
+        n, tokens = 0, 0
+        while (first + n < len(lengths) and n < WINDOWS_PER_PIECE
+               and (n == 0 or tokens + lengths[first + n] <= PIECE_TOKENS)):
+            tokens += lengths[first + n]
+            n += 1
+        yield n, tokens
+        first += n
+
+
+def _piece_windows(seq_len: int) -> int:
+    return max(1, min(WINDOWS_PER_PIECE, PIECE_TOKENS // seq_len))
+
+
+class TextCodec(Codec):
+    suffix = ".txt"
+
+    def iter_windows(self, path: Path, seq_len: int) -> Iterator[Piece]:
+        """Windows (L,) int64 of the file's token stream. Reads BLOCK_SIZE bytes at a time and holds the
+        unfinished document's text, one batch of tokens and one piece."""
+        if seq_len < 1:
+            raise InputError(f"seq_len must be at least 1, got {seq_len}")
+        check_data_paths([path])
+        size = _piece_windows(seq_len) * seq_len
+        parts: list[np.ndarray] = []
+        held = 0  # tokens in parts
+        ends: deque[tuple[int, int]] = deque()  # (position in parts just after a document's [SEP], its count)
+        for ids, count in _tokenized(_segments(path)):
+            parts.append(ids)
+            held += len(ids)
+            if count is not None:
+                ends.append((held, count))
+            if held >= size:
+                stream = np.concatenate(parts)
+                cut = len(stream) - len(stream) % size
+                for at in range(0, cut, size):
+                    yield self._piece(stream[at : at + size], ends, at + size, seq_len)
+                parts, held = ([stream[cut:].copy()] if cut < len(stream) else []), len(stream) - cut
+                ends = deque((end - cut, count) for end, count in ends)
+        if held:
+            yield self._piece(np.concatenate(parts), ends, held, seq_len)
+
+    @staticmethod
+    def _piece(ids: np.ndarray, ends: deque, upto: int, seq_len: int) -> Piece:
+        documents = []
+        while ends and ends[0][0] <= upto:
+            documents.append(ends.popleft()[1])
+        return Piece(split_windows(torch.from_numpy(ids.copy()), seq_len), {"documents": documents})
+
+    def open_writer(self, file: BinaryIO, name: str, header: dict) -> Writer:
+        return TextWriter(file)
+
+    def legacy_pieces(self, side: dict, lengths: list[int]) -> Iterator[tuple[int, dict]]:
+        """Format 1 kept {"documents": [count of every document]} for the whole file: cut the windows into pieces
+        as `iter_windows` does and give each piece the documents whose [SEP] falls in it (the last piece takes
+        any left over, so that a mismatch reaches the writer as a FormatError)."""
+        counts = _document_counts(side)
+        if not lengths:
+            yield 0, {"documents": counts}
+            return
+        ends = list(itertools.accumulate(c + 1 for c in counts))  # position just after each document's [SEP]
+        done, position, windows = 0, 0, 0
+        for n, tokens in _groups(lengths):
+            start, position, windows = done, position + tokens, windows + n
+            while done < len(counts) and (ends[done] <= position or windows == len(lengths)):
+                done += 1
+            yield n, {"documents": counts[start:done]}
+
+
+def _document_counts(side: dict) -> list[int]:
+    counts = side.get("documents") if isinstance(side, dict) else None
+    if not isinstance(counts, list) or not all(type(c) is int and c >= 0 for c in counts):
+        raise FormatError("text side information must list the token count of each document")
+    return counts
+
+
+# ---- writing -------------------------------------------------------------------------------------------
+@cache
+def _cut_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(V,) bool each: whether a token ends a word with a letter or digit, whether one starts a word with one.
+
+    Detokenizing is the WordPiece decoder (token i > 0 becomes " " + token, or the token without "##", each
+    cleaned up alone, so a token starting with a letter or digit is unchanged) and then `clean_up_tokenization`
+    over the whole text, whose patterns each begin with a space: " .", " ?", " !", " ,", " ' ", " n't", " 'm",
+    " 's", " 've", " 're". Between a token ending in a letter or digit and a token that starts a word with one
+    (and is not "n" alone, which " ' t" can turn into "n't"), the space matches none of them and no replacement
+    (each only deletes spaces) can put other characters next to it, so decode(a + b) == decode(a) + " " +
+    decode(b). tests/test_text.py checks this on token soup built from the patterns."""
+    tokens = tokenizer().convert_ids_to_tokens(list(range(VOCAB_SIZE)))
+    ends = np.array([t.removeprefix("##")[-1:].isalnum() for t in tokens])
+    starts = np.array([not t.startswith("##") and t[:1].isalnum() and (t[:1] != "n" or t[1:2].isalnum())
+                       for t in tokens])
+    return ends, starts
+
+
+def _last_cut(ids: np.ndarray) -> int:
+    """The last k (0 < k < len(ids)) with decode(ids) == decode(ids[:k]) + " " + decode(ids[k:]), or 0."""
+    ends, starts = _cut_tables()
+    left, right = ids[:-1], ids[1:]
+    known = (left >= 0) & (left < VOCAB_SIZE) & (right >= 0) & (right < VOCAB_SIZE)
+    ok = known & ends[np.clip(left, 0, VOCAB_SIZE - 1)] & starts[np.clip(right, 0, VOCAB_SIZE - 1)]
+    found = np.flatnonzero(ok)
+    return int(found[-1]) + 1 if len(found) else 0
+
+
+class TextWriter(Writer):
+    """Writes each document as soon as its last token arrives. A document longer than WRITER_SLICE tokens is
+    detokenized in slices cut between two words (see `_cut_tables`: the same bytes as the whole); one without
+    such a cut (say, a long run of punctuation) is held until it ends."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.documents = 0  # documents written
+        self.count = 0  # tokens of the current document received, [SEP] position excluded
+        self.held: list[np.ndarray] = []  # its tokens not yet written, [SEP], [PAD] and [CLS] dropped
+        self.searched = 0  # parts of `held` known to hold no cut
+        self.begun = False  # whether its start is written
+
+    def write(self, windows: list[torch.Tensor], side: dict) -> None:
+        counts = _document_counts(side)
+        ids = (torch.cat([w.reshape(-1) for w in windows]).to("cpu", torch.int64).numpy() if windows
+               else np.zeros(0, dtype=np.int64))
+        at = 0
+        for count in counts:
+            rest = count - self.count
+            if rest < 0 or at + rest >= len(ids):  # the document's [SEP] position must be in this piece
+                raise FormatError("text side information does not match the number of decoded tokens")
+            self._hold(ids[at : at + rest])
+            held = np.concatenate(self.held) if self.held else ids[:0]
+            self.held, self.searched = [], 0
+            self._emit(held, last=True)
+            at += rest + 1
+        self._hold(ids[at:])
+        self.count += len(ids) - at
+        if sum(len(part) for part in self.held) > WRITER_SLICE:
+            self._emit_start()
+
+    def close(self) -> dict:
+        if self.count:
+            raise FormatError("text side information does not match the number of decoded tokens")
+        self.file.write(b"\n")
+        return {}
+
+    def _hold(self, ids: np.ndarray) -> None:
+        kept = ids[(ids != SEP_ID) & (ids != PAD_ID) & (ids != CLS_ID)]
+        if len(kept):
+            self.held.append(kept)
+
+    def _emit_start(self) -> None:
+        """Write the held tokens up to the last cut between words, searching only parts not searched before."""
+        before = self.held[self.searched - 1][-1:] if self.searched else self.held[0][:0]
+        new = np.concatenate([before, *self.held[self.searched :]])
+        cut = _last_cut(new)
+        if not cut:
+            self.searched = len(self.held)
+            return
+        held = np.concatenate(self.held)
+        cut += len(held) - len(new)
+        self.held, self.searched = [held[cut:].copy()], 1  # no cut after the last one
+        self._emit(held[:cut], last=False)
+
+    def _emit(self, ids: np.ndarray, last: bool) -> None:
+        prefix = " " if self.begun else ("\n\n" if self.documents else "")
+        self.file.write((prefix + detokenize(ids.tolist())).encode("utf-8"))
+        if last:
+            self.documents, self.count, self.begun = self.documents + 1, 0, False
+        else:
+            self.begun = True
+
+
+# ---- the domain ----------------------------------------------------------------------------------------
 class TextDomain(Domain):
     name = "text"
-    metric_name = "token_accuracy"
+    settings_class = TextSettings
     default_seq_len = 512
-    output_suffix = ".txt"
+
+    def make_codec(self) -> Codec:
+        return TextCodec(self.settings)
+
+    def make_objective(self) -> Objective:
+        return TokenObjective(never=None)
 
     def model_fields(self) -> dict:
         return {"vocab_size": VOCAB_SIZE}
 
-    def state(self) -> dict:
-        return {"name": self.name, "tokenizer": "bert-base-uncased-wordpiece", "vocab_size": VOCAB_SIZE}
+    def default_data(self) -> list[Path]:
+        return [bundled("wiki_sample.txt")]
 
-    @cached_property
-    def tokenizer(self):
-        # Imported here: transformers takes about a second to import, which `--help` should not pay.
-        from transformers import BertTokenizer
-
-        # transformers 5 silently ignores vocab_file=; vocab= is the argument that works.
-        tok = BertTokenizer(vocab=str(vocab_path()), do_lower_case=True)
-        if tok.vocab_size != VOCAB_SIZE:
-            raise RuntimeError(f"tokenizer loaded {tok.vocab_size} entries from {vocab_path()}, expected {VOCAB_SIZE}")
-        return tok
-
-    # ---- tokens <-> text ------------------------------------------------------------------
-    def encode_documents(self, documents: list[str]) -> tuple[torch.Tensor, list[int]]:
-        """Token ids (T,) of the documents, each followed by [SEP], and each document's token count."""
-        pieces, counts = [], []
-        for start in range(0, len(documents), 2048):  # in batches, into compact arrays: bounded memory
-            for doc_ids in self.tokenizer(documents[start : start + 2048], add_special_tokens=False)["input_ids"]:
-                pieces.append(np.array([*doc_ids, SEP_ID], dtype=np.int64))
-                counts.append(len(doc_ids))
-        return torch.from_numpy(np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)), counts
-
-    def decode_documents(self, ids: list[int]) -> list[str]:
-        """Split a token stream at [SEP] and turn each document back into text."""
-        docs, current = [], []
-        for token in ids:
+    def render(self, window: torch.Tensor, limit: int = 160) -> str:
+        """The window's documents (split at [SEP], [PAD] dropped), detokenized and joined by " | "."""
+        docs: list[list[int]] = []
+        current: list[int] = []
+        for token in window.tolist():
             if token == SEP_ID:
                 docs.append(current)
                 current = []
@@ -88,49 +401,4 @@ class TextDomain(Domain):
                 current.append(token)
         if current:
             docs.append(current)
-        return [self.tokenizer.decode(doc, clean_up_tokenization_spaces=True) for doc in docs]
-
-    # ---- Domain interface -----------------------------------------------------------------
-    def default_data(self) -> list[Path]:
-        return [sample_path()]
-
-    def read(self, path: Path, seq_len: int) -> tuple[list[torch.Tensor], dict]:
-        """Windows of the file's token stream; side information: each document's token count."""
-        check_data_paths([path])
-        documents = split_documents(read_text(path))
-        ids, doc_tokens = self.encode_documents(documents)
-        # Windows are views of one tensor; the side information keeps document boundaries exactly.
-        return split_windows(ids, seq_len), {"documents": doc_tokens}
-
-    def write(self, path: Path, windows: list[torch.Tensor], side: dict) -> None:
-        """Text from reconstructed token ids. Document boundaries come from the side information, not from
-        predicted [SEP] tokens, so they survive any reconstruction error."""
-        ids = torch.cat(windows).tolist() if windows else []
-        counts = side.get("documents")
-        if not isinstance(counts, list) or sum(c + 1 for c in counts) != len(ids):
-            raise FormatError("text side information does not match the number of decoded tokens")
-        docs, start = [], 0
-        for count in counts:
-            doc = [t for t in ids[start : start + count] if t not in (SEP_ID, PAD_ID, CLS_ID)]
-            docs.append(self.tokenizer.decode(doc, clean_up_tokenization_spaces=True))
-            start += count + 1
-        atomic_write_text(path, "\n\n".join(docs) + "\n")
-
-    def loss(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # output (B, N, V) logits, target (B, N) ids, mask (B, N): cross-entropy over real tokens only.
-        target = target.masked_fill(~mask, -100)  # (B, N), -100 = ignored
-        return F.cross_entropy(output.reshape(-1, output.shape[-1]).float(), target.reshape(-1), ignore_index=-100)
-
-    def prediction(self, output: torch.Tensor) -> torch.Tensor:
-        return output.argmax(dim=-1)  # (B, N, V) logits -> (B, N) ids
-
-    def metric_totals(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-        correct = (self.prediction(output) == target) & mask  # (B, N)
-        return {"correct": float(correct.sum()), "tokens": float(mask.sum())}
-
-    def metric_values(self, totals: dict[str, float]) -> dict[str, float]:
-        return {self.metric_name: totals["correct"] / max(totals["tokens"], 1.0)}
-
-    def render(self, window: torch.Tensor, limit: int = 160) -> str:
-        text = " | ".join(self.decode_documents([int(t) for t in window]))
-        return text if len(text) <= limit else text[: limit - 3] + "..."
+        return shorten(" | ".join(detokenize(doc) for doc in docs), limit)

@@ -15,37 +15,39 @@ patches), a vector of 2 * patch * C floats: the patch's normalised values, then 
     values (T, C) -> normalised, NaN -> 0 (T, C) + observed (T, C) -> padded to T' = ceil(T / P) * P
     -> (T'/P, P*C) values | (T'/P, P*C) observed -> (T'/P, 2*P*C) -> windows of seq_len patches
 
-The loss and the metrics read the observed half of the target, so missing values and padding are
-never trained on or scored; `write` puts NaN back at the recorded positions. docs/timeseries.md
-describes the layout, the side information and every edge case. The scikit-learn style
-`SequenceCompressor` (arrays in, latents out) is in `timeseries_pipeline.py` and importable from here.
+The file is read with pandas in blocks of whole windows and streamed: each piece holds a bounded
+number of windows and the side information of exactly the rows they cover (time cells, kept cells,
+missing cells and how each number was spelled), and the writer writes each piece's rows as it
+arrives. The loss and the metrics read the observed half of the target, so missing values and
+padding are never trained on or scored. docs/timeseries.md describes the layout, the side
+information and every edge case. The scikit-learn estimator `SequenceCompressor` (arrays in,
+latents out) is in `timeseries_pipeline.py` and importable from here.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import csv
+import dataclasses
 import io
 import json
 import math
 import re
 import zlib
-from dataclasses import dataclass
-from importlib import resources
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seqcompress.atomic import atomic_write_text
-from seqcompress.classical import WindowPCA, truncated_dct
-from seqcompress.domain import Domain, check_data_paths, decode_utf8, split_windows
+from seqcompress.domain import (Codec, Domain, Objective, Piece, Settings, Writer, bundled, check_data_paths, option,
+                                shorten, split_windows)
 from seqcompress.errors import FormatError, InputError
-from seqcompress.format import expand_runs
 
-DEFAULT_PATCH = 8
 LOSSES = ("mse", "huber")
 # Cell texts read as a missing value: pandas' default NA spellings (pandas.read_csv), after stripping spaces.
 MISSING_TEXTS = frozenset([
@@ -60,79 +62,134 @@ TIME_NAMES = frozenset(["", "time", "date", "datetime", "timestamp", "ds", "t", 
                         "month", "week", "day"])
 _SCI = -1  # decimals code of a cell written in scientific notation: written back with 10 significant digits
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_SAMPLE_BYTES = 65536  # the start of a file, read first: binary data, byte order mark, line ending
+# A piece holds at most this many windows, and about this many cells (rows x columns) when windows are long:
+# the memory of reading or writing a file is bounded by a piece, whatever the file's length.
+PIECE_WINDOWS = 64
+PIECE_CELLS = 1 << 18
+NOTE = ("numeric values are the model's reconstruction, spelled with the decimals of the input; the time column, "
+        "kept columns and missing cells are exact")
 
 
-def sample_path() -> Path:
-    """The bundled sample: weekly Mauna Loa CO2, 1958-2001 (2,284 rows, 59 missing; statsmodels' co2)."""
-    return Path(str(resources.files("seqcompress") / "data" / "co2_sample.csv"))
+# ---- CSV text -> blocks of cells ----------------------------------------------------------------------
+class _Utf8Text(io.TextIOBase):
+    """The text of a binary UTF-8 stream, decoded as pandas reads it (a leading BOM dropped), with an
+    InputError naming the byte offset of invalid UTF-8."""
+
+    def __init__(self, raw: BinaryIO, path: Path) -> None:
+        self._raw, self._path = raw, path
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._consumed = 0  # bytes handed to the decoder so far
+        self._start = True
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> str:
+        while True:
+            data = self._raw.read(size if size is not None and size > 0 else -1)
+            pending = len(self._decoder.getstate()[0])
+            try:
+                text = self._decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                at = self._consumed - pending + exc.start
+                raise InputError(f"{self._path} is not CSV: invalid UTF-8 at byte {at}") from None
+            self._consumed += len(data)
+            if self._start and text:
+                text, self._start = text.removeprefix("\ufeff"), False
+            if text or not data:
+                return text
 
 
-# ---- CSV text -> columns --------------------------------------------------------------------------
-@dataclass
-class CsvTable:
-    """A CSV file as text cells: nothing is converted yet, so kept columns stay exactly as written."""
+class CsvFile:
+    """A UTF-8 CSV file (comma-separated, first line the header) read in blocks of text cells with pandas.
 
-    header: list[str]  # column names in file order, exactly as written
-    cells: list[np.ndarray]  # one object array of str (rows,) per column
-    newline: str  # "\n" or "\r\n"
-    quoted_header: bool = False  # every name in the header line is in double quotes (R's write.csv does this)
-    bom: bool = False  # the file starts with a UTF-8 byte order mark (Excel's "CSV UTF-8" does this)
-
-    @property
-    def rows(self) -> int:
-        return len(self.cells[0]) if self.cells else 0
-
-
-def read_csv(path: Path) -> CsvTable:
-    """Parse a UTF-8 CSV file (comma-separated, first line the header) into text cells with pandas.
-
-    Blank lines are skipped, as pandas does (a missing value of a one-column file is written `""`); a row
-    with fewer fields than the header gets empty (missing) cells; one with more fields is an InputError.
+    Nothing is converted (`dtype=str`, no NA conversion), so kept columns stay exactly as written. Blank lines
+    are skipped, as pandas does (a missing value of a one-column file is written `""`); a row with fewer fields
+    than the header gets empty (missing) cells; one with more fields is an InputError. Only the start of the
+    file is read on construction; `blocks` streams the data rows.
     """
-    import pandas as pd  # imported here: pandas takes a second to import, which `seqcompress --help` should not pay
 
-    check_data_paths([path])
-    text = decode_utf8(path, path.read_bytes(), "CSV")
-    bom = text.startswith("\ufeff")
-    text = text.removeprefix("\ufeff")
-    newline = "\r\n" if "\r\n" in text else "\n"
-    try:
-        frame = pd.read_csv(io.StringIO(text), header=None, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise InputError(f"{path} holds no CSV data") from None
-    except pd.errors.ParserError as exc:
-        detail = str(exc).replace("Error tokenizing data. C error: ", "").strip().rstrip(".")
-        raise InputError(f"{path} is not a well-formed CSV file: {detail}") from None
-    if len(frame) < 2:
-        raise InputError(f"{path} has a header line but no data rows")
-    header = [str(v) for v in frame.iloc[0]]
-    seen: set[str] = set()
-    for name in header:
-        if name in seen:
-            raise InputError(f"{path}: column name {name!r} appears twice; CSV columns must have distinct names")
-        seen.add(name)
-    cells = [frame.iloc[1:, j].to_numpy(dtype=object) for j in range(frame.shape[1])]
-    first_line = text.split("\n", 1)[0].removesuffix("\r")
-    return CsvTable(header, cells, newline, first_line == ",".join(_quoted(name) for name in header), bom)
+    def __init__(self, path: Path) -> None:
+        import pandas as pd  # imported here: pandas takes a second to import, which `seqcompress --help` should not pay
+
+        self.path = path = Path(path)
+        check_data_paths([path])
+        with path.open("rb") as raw:
+            sample = raw.read(_SAMPLE_BYTES)
+            raw.seek(0)
+            first_line = raw.readline(1 << 24)  # the header line, for `quoted_header`
+        if b"\x00" in sample:
+            raise InputError(f"{path} is binary data, not CSV")
+        self.bom = sample.startswith(codecs.BOM_UTF8)  # the file starts with a UTF-8 BOM (Excel's "CSV UTF-8")
+        body = sample.removeprefix(codecs.BOM_UTF8)
+        if not body.strip() and path.stat().st_size <= len(sample):
+            raise InputError(f"{path} holds no CSV, only whitespace")
+        # The line ending of the start of the file; writing uses it for every line.
+        self.newline = "\r\n" if b"\r\n" in body else "\n"
+        try:
+            with path.open("rb") as raw:
+                frame = pd.read_csv(_Utf8Text(raw, path), header=None, nrows=1, dtype=str, keep_default_na=False,
+                                    na_filter=False)
+        except pd.errors.EmptyDataError:
+            raise InputError(f"{path} holds no CSV data") from None
+        except pd.errors.ParserError as exc:
+            raise InputError(f"{path} is not a well-formed CSV file: {_parser_detail(exc)}") from None
+        self.header = [str(v) for v in frame.iloc[0]]  # column names in file order, exactly as written
+        seen: set[str] = set()
+        for name in self.header:
+            if name in seen:
+                raise InputError(f"{path}: column name {name!r} appears twice; CSV columns must have distinct names")
+            seen.add(name)
+        line = first_line.removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="replace").removesuffix("\n")
+        # Every name of the header line is in double quotes (R's write.csv does this): written back the same.
+        self.quoted_header = line.removesuffix("\r") == ",".join(_quoted(name) for name in self.header)
+
+    def blocks(self, rows: int) -> Iterator[list[np.ndarray]]:
+        """The data rows in blocks of `rows` (the last one shorter): one object array of str per column.
+        An InputError when there is no data row."""
+        import pandas as pd
+
+        pending: list[list[np.ndarray]] = []
+        have, total, first = 0, 0, True
+        try:
+            with self.path.open("rb") as raw:
+                reader = pd.read_csv(_Utf8Text(raw, self.path), header=None, dtype=str, keep_default_na=False,
+                                     na_filter=False, chunksize=rows)
+                for frame in reader:
+                    cells = [frame.iloc[:, j].to_numpy(dtype=object) for j in range(frame.shape[1])]
+                    if first:
+                        cells, first = [c[1:] for c in cells], False  # the header row
+                    pending.append(cells)
+                    have += len(cells[0])
+                    while have >= rows:
+                        joined = [np.concatenate(parts) for parts in zip(*pending)]
+                        yield [c[:rows] for c in joined]
+                        pending, have, total = [[c[rows:] for c in joined]], have - rows, total + rows
+        except pd.errors.ParserError as exc:
+            raise InputError(f"{self.path} is not a well-formed CSV file: {_parser_detail(exc)}") from None
+        if have:
+            yield [np.concatenate(parts) for parts in zip(*pending)]
+        elif total == 0:
+            raise InputError(f"{self.path} has a header line but no data rows")
+
+
+def _parser_detail(exc: Exception) -> str:
+    return str(exc).replace("Error tokenizing data. C error: ", "").strip().rstrip(".")
 
 
 def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-@dataclass
+# ---- cells -> numbers --------------------------------------------------------------------------------
+@dataclasses.dataclass
 class Channel:
-    """One numeric column: its values and what `write` needs to spell them as they were written."""
+    """One numeric column of a block: its values and what the writer needs to spell them as they were written."""
 
     values: np.ndarray  # (T,) float64, NaN where missing
     decimals: np.ndarray  # (T,) int: digits after the point as written, _SCI for scientific notation
     missing_text: str | list[str]  # the spelling of missing cells: one string, or one per missing cell
-
-
-def classify_cells(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Boolean masks (T,) of missing, finite-number and infinite cells of a text column (spaces around a
-    cell ignored)."""
-    return _classify(_stripped(cells))
 
 
 def _stripped(cells: np.ndarray):
@@ -148,6 +205,12 @@ def _classify(s) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return missing, number, infinite
 
 
+def classify_cells(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean masks (T,) of missing, finite-number and infinite cells of a text column (spaces around a
+    cell ignored)."""
+    return _classify(_stripped(cells))
+
+
 def is_numeric(cells: np.ndarray) -> bool:
     """Whether every cell is a number, an infinity (refused later, with its row) or a missing value."""
     missing, number, infinite = classify_cells(cells)
@@ -161,191 +224,245 @@ def is_iso_time(cells: np.ndarray) -> bool:
     s = pd.Series(cells, dtype=object).str.strip()
     if not s.str.fullmatch(r"\d{4}-\d{2}(?:-\d{2})?(?:[T ].*)?").fillna(False).all():
         return False
-    return bool(pd.to_datetime(s, errors="coerce", format="ISO8601").notna().all())
+    # utc: cells with and without a time zone (2024-01-31T12:00Z, 2024-01-31 13:00) are all dates
+    return bool(pd.to_datetime(s, errors="coerce", format="ISO8601", utc=True).notna().all())
 
 
-def parse_channel(path: Path, name: str, cells: np.ndarray) -> Channel:
-    """Numbers of a numeric text column; an InputError for an infinite value or one beyond float64."""
+def parse_channel(path: Path, name: str, cells: np.ndarray, first_row: int = 0, carry: int = 0) -> Channel:
+    """Numbers of a numeric text column (a block whose first cell is data row `first_row + 1` of the file); an
+    InputError for a cell that is not a number, an infinite value or one beyond float64. `carry`: the decimals
+    a leading missing cell takes (those of the cell before the block)."""
     stripped = _stripped(cells)
     missing, number, infinite = _classify(stripped)
     if infinite.any():
         row = int(np.flatnonzero(infinite)[0])
-        raise InputError(f"{path}: column {name!r}, data row {row + 1} holds {stripped[row]!r}; only finite "
-                         "numbers are read (leave the cell empty to mark a missing value)")
+        raise InputError(f"{path}: column {name!r}, data row {first_row + row + 1} holds {stripped[row]!r}; only "
+                         "finite numbers are read (leave the cell empty to mark a missing value)")
     bad = ~(missing | number)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{path}: column {name!r}, data row {row + 1} holds {stripped[row]!r}, which is not a number")
+        raise InputError(f"{path}: column {name!r}, data row {first_row + row + 1} holds {stripped[row]!r}, which "
+                         "is not a number")
     numbers = stripped[number]
     values = np.full(len(cells), np.nan)
     values[number] = numbers.to_numpy(dtype=np.float64)  # Python's float(): "1e999" becomes inf, refused below
     if not np.isfinite(values[number]).all():
         row = int(np.flatnonzero(number & ~np.isfinite(values))[0])
-        raise InputError(f"{path}: column {name!r}, data row {row + 1} holds {stripped[row]!r}, beyond the "
-                         "float64 range (about 1.8e308)")
+        raise InputError(f"{path}: column {name!r}, data row {first_row + row + 1} holds {stripped[row]!r}, beyond "
+                         "the float64 range (about 1.8e308)")
     dot, length = numbers.str.find(".").to_numpy(), numbers.str.len().to_numpy()
     written = np.where(numbers.str.contains("[eE]").to_numpy(dtype=bool), _SCI, np.where(dot >= 0, length - dot - 1, 0))
     decimals = np.full(len(cells), np.nan)
     decimals[number] = written
     # A missing cell takes the decimals of the cell before it, so runs stay long in the side information.
-    decimals = _forward_fill(decimals).astype(np.int64)
+    decimals = _forward_fill(decimals, carry).astype(np.int64)
     spellings = [str(c) for c in cells[missing]]  # as written, spaces included
     missing_text: str | list[str] = spellings if len(set(spellings)) > 1 else (spellings[0] if spellings else "")
     return Channel(values, decimals, missing_text)
 
 
-def _forward_fill(x: np.ndarray) -> np.ndarray:
-    """NaN entries of (T,) take the last value before them (0 at the start)."""
+def _forward_fill(x: np.ndarray, first: float = 0) -> np.ndarray:
+    """NaN entries of (T,) take the last value before them (`first` at the start)."""
     import pandas as pd
 
-    return pd.Series(x).ffill().fillna(0).to_numpy()
+    return pd.Series(x).ffill().fillna(first).to_numpy()
 
 
 def resolve_columns(
-    path: Path, table: CsvTable, time_col: str | bool | None, columns: list[str] | None, keep_columns: bool
-) -> tuple[str | None, list[str], list[str]]:
-    """(time column or None, channel names in channel order, kept column names) for this file.
+    path: Path, header: list[str], time_name: str | None, channels: list[str] | None, keep_columns: bool,
+    numeric: dict[str, bool] | None = None,
+) -> tuple[list[str], list[str]]:
+    """(channel names in channel order, kept column names) of a file with this header.
 
-    time_col None: the first column when its name is a usual time name (TIME_NAMES) or every cell of it
-    is an ISO 8601 date or time (2024-01-31, 2024-01-31 12:00, 2024-01-31T12:00:00Z); False: no time
-    column; a string: that column. columns None: every numeric column except the time column.
-    Any other column is kept when `keep_columns`, else an InputError says what to do.
+    `time_name`: the time column or None (already decided). `channels` None: every column that `numeric` marks
+    numeric, except the time column. Any other column is kept when `keep_columns`, else an InputError says
+    what to set.
     """
-    header = table.header
+    if time_name is not None and time_name not in header:
+        raise InputError(f"{path} has no time column {time_name!r}; its columns are {header}")
+    if channels is not None:
+        absent = [c for c in channels if c not in header]
+        if absent:
+            raise InputError(f"{path} has no column(s) {absent}; its columns are {header}")
+        if time_name in channels:
+            raise InputError(f"column {time_name!r} cannot be both the time column and a channel")
+        reason = "is not one of the chosen channels"
+    else:
+        channels = [name for name in header if name != time_name and (numeric or {}).get(name, False)]
+        reason = "is not numeric"
+    others = [name for name in header if name != time_name and name not in channels]
+    if others and not keep_columns:
+        raise InputError(f"{path}: column {others[0]!r} {reason}; set keep_columns=true to carry such columns "
+                         "through unchanged, or choose the channels with columns")
+    if not channels:
+        raise InputError(f"{path} has no numeric column to compress (columns: {header})")
+    return list(channels), others
+
+
+def detect_columns(csv_file: CsvFile, time_col: str | bool | None, need_numeric: bool) -> tuple[str | None, dict]:
+    """One pass over a file for what `learn` decides from content: the time column (time_col None: the first
+    column when its name is a usual time name (TIME_NAMES) or every cell of it is an ISO 8601 date or time, and
+    the file has another column) and, with `need_numeric`, which columns hold only numbers or missing cells."""
+    header = csv_file.header
+    check_iso = time_col is None and len(header) > 1 and header[0].strip().lower() not in TIME_NAMES
+    numeric = {name: True for name in header} if need_numeric else {}
+    iso = check_iso
+    if need_numeric or check_iso:
+        for cells in csv_file.blocks(PIECE_CELLS // len(header) + 1):
+            for j, name in enumerate(header):
+                if numeric.get(name):
+                    numeric[name] = is_numeric(cells[j])
+            iso = iso and is_iso_time(cells[0])
     if time_col is None:
-        first = header[0]
-        detected = first.strip().lower() in TIME_NAMES or is_iso_time(table.cells[0])
-        time_name = first if detected and len(header) > 1 else None
+        named = header[0].strip().lower() in TIME_NAMES
+        time_name = header[0] if len(header) > 1 and (named or iso) else None
     elif time_col is False:
         time_name = None
     else:
-        if time_col not in header:
-            raise InputError(f"{path} has no time column {time_col!r}; its columns are {header}")
         time_name = str(time_col)
-    if columns is not None:
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise InputError(f"{path} has no column(s) {missing}; its columns are {header}")
-        if time_name in columns:
-            raise InputError(f"column {time_name!r} cannot be both the time column and a channel")
-        channels = list(columns)
-    else:
-        channels = [name for name, cells in zip(header, table.cells) if name != time_name and is_numeric(cells)]
-    others = [name for name in header if name != time_name and name not in channels]
-    if others and not keep_columns:
-        reason = ("is not numeric" if columns is None else "is not one of the chosen channels")
-        raise InputError(f"{path}: column {others[0]!r} {reason}; pass --keep-columns (keep_columns=True) to "
-                         "carry such columns through unchanged, or --columns to choose the channels")
-    if not channels:
-        raise InputError(f"{path} has no numeric column to compress (columns: {header})")
-    return time_name, channels, others
+    return time_name, numeric
 
 
-# ---- side information helpers -------------------------------------------------------------------
-def encode_text_column(cells: np.ndarray) -> dict:
-    """A text column, exactly: {"range": [start, step, count]} for evenly spaced integers (e.g. years),
-    else {"zlib": base64 of the zlib-compressed JSON list of strings}."""
-    texts = [str(c) for c in cells]
+# ---- side information ----------------------------------------------------------------------------------
+def encode_text_column(texts: list[str]) -> dict:
+    """Cells of a text column, exactly: {"range": [start, step, count]} for evenly spaced integers (e.g. years),
+    else {"text": [cell, ...]}."""
     if len(texts) >= 2 and all(re.fullmatch(r"0|-?[1-9]\d{0,17}", t) for t in texts):
         ints = np.array([int(t) for t in texts], dtype=np.int64)
         step = int(ints[1] - ints[0])
         if (np.diff(ints) == step).all():
             return {"range": [int(ints[0]), step, len(ints)]}
-    packed = zlib.compress(json.dumps(texts, ensure_ascii=False, separators=(",", ":")).encode("utf-8"), 9)
-    return {"zlib": base64.b64encode(packed).decode("ascii")}
+    return {"text": texts}
 
 
 def decode_text_column(spec: dict) -> list[str]:
+    """The cells of `encode_text_column`'s spec; also reads format 1's {"zlib": base64 of zlib of JSON}."""
     if "range" in spec:
         start, step, count = (int(v) for v in spec["range"])
         return [str(start + step * i) for i in range(count)]
-    texts = json.loads(zlib.decompress(base64.b64decode(spec["zlib"])).decode("utf-8"))
+    if "text" in spec:
+        texts = spec["text"]
+    else:
+        texts = json.loads(zlib.decompress(base64.b64decode(spec["zlib"])).decode("utf-8"))
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise FormatError("timeseries side information: a kept column is not a list of strings")
     return texts
 
 
-_MAX_RUNS = 1024  # beyond this many runs, an integer column of the side information is stored zlib-compressed
+def mask_runs(mask: np.ndarray) -> list[list[int]]:
+    """[[start, length], ...] of the True runs of a (T,) bool mask."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.astype(np.int8), [0]))))
+    return [[s, e - s] for s, e in zip(edges[::2].tolist(), edges[1::2].tolist())]
 
 
-def encode_missing(values: np.ndarray) -> dict:
-    """Where (T,) values are NaN: {"runs": [[start, length], ...]}, or {"zlib": base64 of the zlib-compressed
-    bitmask (numpy.packbits, first row in the highest bit)} when there are more than _MAX_RUNS runs."""
-    nan = np.isnan(values)
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], nan.astype(np.int8), [0]))))
-    if len(edges) // 2 <= _MAX_RUNS:
-        return {"runs": [[int(s), int(e - s)] for s, e in zip(edges[::2], edges[1::2])]}
-    return {"zlib": base64.b64encode(zlib.compress(np.packbits(nan).tobytes(), 9)).decode("ascii")}
+def runs_mask(runs: list, rows: int) -> np.ndarray:
+    """The (rows,) bool mask of [[start, length], ...]."""
+    mask = np.zeros(rows, dtype=bool)
+    for start, length in runs:
+        if not (0 <= start and length > 0 and start + length <= rows):
+            raise FormatError("timeseries side information: a missing-value run lies outside the rows")
+        mask[start : start + length] = True
+    return mask
 
 
-def decode_missing(spec: dict, rows: int) -> np.ndarray:
-    """The (rows,) bool mask of missing cells."""
+def value_runs(values: np.ndarray) -> list[list[int]]:
+    """[[value, count], ...] of consecutive equal values of (T,) ints."""
+    if not len(values):
+        return []
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(values)) + 1))
+    counts = np.diff(np.concatenate((starts, [len(values)])))
+    return [[v, n] for v, n in zip(values[starts].tolist(), counts.tolist())]
+
+
+def runs_values(runs: list, rows: int) -> np.ndarray:
+    values = np.repeat(np.array([int(v) for v, _ in runs], dtype=np.int64), [int(n) for _, n in runs]) if runs else \
+        np.zeros(0, dtype=np.int64)
+    if len(values) != rows:
+        raise FormatError(f"timeseries side information: decimals cover {len(values)} rows, not {rows}")
+    return values
+
+
+def _legacy_missing(spec: dict, rows: int) -> np.ndarray:
+    """Format 1's missing cells: {"runs": [[start, length], ...]} or {"zlib": packbits bitmask}."""
     if "zlib" in spec:
         bits = np.frombuffer(zlib.decompress(base64.b64decode(spec["zlib"])), dtype=np.uint8)
         if len(bits) != -(-rows // 8):
             raise FormatError("timeseries side information: a missing-value bitmask does not cover the rows")
         return np.unpackbits(bits)[:rows].astype(bool)
-    mask = np.zeros(rows, dtype=bool)
-    for start, length in spec["runs"]:
-        if not (0 <= start and length > 0 and start + length <= rows):
-            raise FormatError("timeseries side information: a missing-value run lies outside the series")
-        mask[start : start + length] = True
-    return mask
+    return runs_mask(spec["runs"], rows)
 
 
-def encode_decimals(decimals: np.ndarray) -> dict:
-    """Each cell's decimals: {"runs": [[decimals, count], ...]}, or {"zlib": base64 of the zlib-compressed
-    int16 little-endian array} when there are more than _MAX_RUNS runs."""
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(decimals)) + 1)) if len(decimals) else np.zeros(0, int)
-    if len(starts) <= _MAX_RUNS:
-        counts = np.diff(np.concatenate((starts, [len(decimals)])))
-        return {"runs": [[int(decimals[i]), int(n)] for i, n in zip(starts, counts)]}
-    packed = np.clip(decimals, _SCI, 32767).astype("<i2").tobytes()
-    return {"zlib": base64.b64encode(zlib.compress(packed, 6)).decode("ascii")}
-
-
-def decode_decimals(spec: dict, rows: int) -> np.ndarray:
+def _legacy_decimals(spec: dict, rows: int) -> np.ndarray:
+    """Format 1's decimals: {"runs": [[decimals, count], ...]} or {"zlib": int16 little-endian array}."""
     if "zlib" in spec:
         decimals = np.frombuffer(zlib.decompress(base64.b64decode(spec["zlib"])), dtype="<i2").astype(np.int64)
-    else:
-        decimals = np.array(expand_runs(spec["runs"]), dtype=np.int64)
-    if len(decimals) != rows:
-        raise FormatError(f"timeseries side information: decimals cover {len(decimals)} rows, not {rows}")
-    return decimals
+        if len(decimals) != rows:
+            raise FormatError(f"timeseries side information: decimals cover {len(decimals)} rows, not {rows}")
+        return decimals
+    return runs_values(spec["runs"], rows)
 
 
 def _finite_or_none(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def channel_stats(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation (population) of (T, C) values over observed cells, safe for
-    magnitudes up to float64's limit: values are divided by the channel's largest |value| first.
-    A channel without observed values has mean 0, std 0."""
-    observed = ~np.isnan(values)
-    peak = np.where(observed, np.abs(values), 0.0).max(axis=0, initial=0.0)  # (C,)
-    peak = np.where(peak > 0, peak, 1.0)
-    scaled = values / peak  # (T, C), |x| <= 1
-    count = observed.sum(axis=0)
-    mean_s = np.where(count > 0, np.nansum(scaled, axis=0) / np.maximum(count, 1), 0.0)
-    var_s = np.where(count > 0, np.nansum((scaled - mean_s) ** 2, axis=0) / np.maximum(count, 1), 0.0)
-    return mean_s * peak, np.sqrt(var_s) * peak
+class ChannelStats:
+    """Running per-channel count, mean, population standard deviation, minimum and maximum of blocks of values
+    (T, C) with NaN for missing ones, safe for magnitudes up to float64's limit: sums are kept in units of the
+    channel's largest |value| so far (rescaled when it grows) and blocks are merged with Chan et al.'s formula.
+    A single block gives exactly the two-pass mean and variance of its scaled values."""
 
+    def __init__(self, channels: int) -> None:
+        self.count = np.zeros(channels)
+        self.mean_s = np.zeros(channels)  # mean / unit
+        self.m2_s = np.zeros(channels)  # sum of squared deviations / unit^2
+        self.peak = np.zeros(channels)  # largest |value| so far
+        self.missing = np.zeros(channels, dtype=np.int64)
+        self.low = np.full(channels, np.inf)
+        self.high = np.full(channels, -np.inf)
 
-def file_stats(names: list[str], values: np.ndarray) -> dict:
-    """Per-file, per-channel statistics recorded in the side information (None where nothing is observed)."""
-    mean, std = channel_stats(values)
-    observed = ~np.isnan(values)
-    out = {}
-    for c, name in enumerate(names):
-        seen = values[observed[:, c], c]
-        out[name] = {
-            "observed": int(observed[:, c].sum()), "missing": int((~observed[:, c]).sum()),
-            "mean": _finite_or_none(mean[c]) if seen.size else None,
-            "std": _finite_or_none(std[c]) if seen.size else None,
-            "min": float(seen.min()) if seen.size else None, "max": float(seen.max()) if seen.size else None,
-        }
-    return out
+    @staticmethod
+    def _unit(peak: np.ndarray) -> np.ndarray:
+        return np.where(peak > 0, peak, 1.0)
+
+    def add(self, values: np.ndarray) -> None:
+        observed = ~np.isnan(values)  # (T, C)
+        peak = np.maximum(self.peak, np.where(observed, np.abs(values), 0.0).max(axis=0, initial=0.0))
+        unit = self._unit(peak)
+        ratio = self._unit(self.peak) / unit  # <= 1: the running sums only shrink
+        mean_a, m2_a = self.mean_s * ratio, self.m2_s * ratio * ratio
+        scaled = values / unit  # (T, C), |x| <= 1
+        n_b = observed.sum(axis=0)
+        mean_b = np.where(n_b > 0, np.nansum(scaled, axis=0) / np.maximum(n_b, 1), 0.0)
+        m2_b = np.where(n_b > 0, np.nansum((scaled - mean_b) ** 2, axis=0), 0.0)
+        n_a, n = self.count, self.count + n_b
+        delta = mean_b - mean_a
+        merged = n_a > 0
+        self.mean_s = np.where(merged, mean_a + delta * n_b / np.maximum(n, 1), mean_b)
+        self.m2_s = np.where(merged, m2_a + m2_b + delta * delta * n_a * n_b / np.maximum(n, 1), m2_b)
+        self.count, self.peak = n, peak
+        self.missing += (~observed).sum(axis=0)
+        self.low = np.minimum(self.low, np.where(observed, values, np.inf).min(axis=0, initial=np.inf))
+        self.high = np.maximum(self.high, np.where(observed, values, -np.inf).max(axis=0, initial=-np.inf))
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel mean and standard deviation; 0 and 0 for a channel without observed values."""
+        unit = self._unit(self.peak)
+        var_s = np.where(self.count > 0, self.m2_s / np.maximum(self.count, 1), 0.0)
+        return self.mean_s * unit, np.sqrt(var_s) * unit
+
+    def report(self, names: list[str]) -> dict:
+        """Per channel: observed and missing counts, mean, std, min, max (None where nothing is observed)."""
+        mean, std = self.mean_std()
+        out = {}
+        for c, name in enumerate(names):
+            seen = self.count[c] > 0
+            out[name] = {
+                "observed": int(self.count[c]), "missing": int(self.missing[c]),
+                "mean": _finite_or_none(mean[c]) if seen else None, "std": _finite_or_none(std[c]) if seen else None,
+                "min": float(self.low[c]) if seen else None, "max": float(self.high[c]) if seen else None,
+            }
+        return out
 
 
 def format_values(values: np.ndarray, decimals: np.ndarray) -> list[str]:
@@ -360,57 +477,63 @@ def format_values(values: np.ndarray, decimals: np.ndarray) -> list[str]:
     return out
 
 
-# ---- the domain -----------------------------------------------------------------------------------
-class TimeSeriesDomain(Domain):
-    """CSV time series: patches of `patch` time steps of the channels, normalised with learned statistics.
+# ---- settings --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TimeSeriesSettings(Settings):
+    patch: int = option(8, "time steps per model position (a symbol); seq_len counts patches")
+    time_col: str | bool | None = option(None, "the time column: null detects it (a first column named like a "
+                                               "time or holding ISO 8601 dates), false: none, or its name")
+    columns: list[str] | None = option(None, "the channels, in the model's order (null: every numeric column but "
+                                             "the time column)")
+    keep_columns: bool = option(False, "carry other columns (text, or numbers not chosen as channels) through "
+                                       "exactly")
+    loss: str = option("mse", "training loss: mse or huber")
+    huber_delta: float = option(1.0, "huber loss: delta in channel standard deviations")
+    mean: list[float] | None = option(None, "per-channel mean of the training data", learned=True)
+    scale: list[float] | None = option(None, "per-channel standard deviation of the training data (1 for a "
+                                             "constant channel)", learned=True)
 
-    Settings (saved in the model with everything learned):
-      patch         time steps per model position (a symbol); seq_len counts patches
-      time_col      None: detect (the first column, when its name is a usual time name or its cells are ISO
-                    8601 dates), False: none, str: that column
-      columns       channel names (None: every numeric column but the time column, decided by `learn`)
-      keep_columns  carry other columns (text, or numbers not chosen as channels) through exactly
-      loss          "mse" or "huber" (delta `huber_delta`, in units of channel standard deviations)
-    """
+    def validate(self) -> None:
+        if isinstance(self.patch, bool) or not isinstance(self.patch, int) or self.patch < 1:
+            raise InputError(f"patch must be a positive whole number of time steps, got {self.patch!r}")
+        if self.time_col is True or not isinstance(self.time_col, (str, bool, type(None))):
+            raise InputError(f"time_col must be a column name, null (detect) or false (none), got {self.time_col!r}")
+        if self.columns is not None and (not isinstance(self.columns, list) or not self.columns
+                                         or not all(isinstance(c, str) for c in self.columns)
+                                         or len(set(self.columns)) != len(self.columns)):
+            raise InputError(f"columns must name at least one channel, each once, got {self.columns!r}")
+        if not isinstance(self.keep_columns, bool):
+            raise InputError(f"keep_columns must be true or false, got {self.keep_columns!r}")
+        if self.loss not in LOSSES:
+            raise InputError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if isinstance(self.huber_delta, bool) or not isinstance(self.huber_delta, (int, float)) \
+                or not self.huber_delta > 0:
+            raise InputError(f"huber_delta must be a positive number, got {self.huber_delta!r}")
+        if (self.mean is None) != (self.scale is None):
+            raise InputError("mean and scale are learned together: give both or neither")
+        if self.mean is not None:
+            if self.columns is None or self.time_col is None:
+                raise InputError("learned settings (mean, scale) need the columns and time_col they were learned with")
+            for name in ("mean", "scale"):
+                values = getattr(self, name)
+                if not isinstance(values, list) or len(values) != len(self.columns) \
+                        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                    raise InputError(f"{name} must hold one finite number per channel in columns")
+            if not all(v > 0 for v in self.scale):
+                raise InputError("scale must be positive")
 
-    name = "timeseries"
-    metric_name = "nrmse"
-    higher_is_better = False
-    default_seq_len = 64  # patches: 512 time steps at the default patch of 8
-    output_suffix = ".csv"
-
-    def __init__(
-        self, patch: int = DEFAULT_PATCH, time_col: str | bool | None = None, columns: list[str] | None = None,
-        keep_columns: bool = False, loss: str = "mse", huber_delta: float = 1.0,
-        mean: list[float] | None = None, scale: list[float] | None = None,
-    ) -> None:
-        if isinstance(patch, bool) or not isinstance(patch, int) or patch < 1:
-            raise InputError(f"patch must be a positive whole number of time steps, got {patch!r}")
-        if time_col is True:
-            raise InputError("time_col must be a column name, None (detect) or False (no time column)")
-        if loss not in LOSSES:
-            raise InputError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-        if not huber_delta > 0:
-            raise InputError(f"huber_delta must be positive, got {huber_delta}")
-        if columns is not None and (not columns or len(set(columns)) != len(columns)):
-            raise InputError("columns must name at least one channel, each once")
-        self.patch, self.time_col, self.keep_columns = patch, time_col, bool(keep_columns)
-        self.columns = list(columns) if columns is not None else None
-        self.loss_name, self.huber_delta = loss, float(huber_delta)
-        self.mean = np.array(mean, dtype=np.float64) if mean is not None else None
-        self.scale = np.array(scale, dtype=np.float64) if scale is not None else None
-        if self.mean is not None and (self.columns is None
-                                      or not len(self.mean) == len(self.scale) == len(self.columns)):
-            raise InputError("timeseries state: mean and scale need one entry per channel in columns")
-
-    # ---- state ---------------------------------------------------------------------------------
     @property
     def learned(self) -> bool:
         return self.mean is not None
 
+    def require_learned(self) -> None:
+        if not self.learned:
+            raise InputError("the timeseries domain has not learned its channels and normalisation yet; "
+                             "call learn(paths) (fit does) or load a trained model")
+
     @property
     def channels(self) -> int:
-        self._require_learned()
+        self.require_learned()
         return len(self.columns)
 
     @property
@@ -418,201 +541,20 @@ class TimeSeriesDomain(Domain):
         """Floats of the values half of a patch vector: patch * C."""
         return self.patch * self.channels
 
-    def _require_learned(self) -> None:
-        if not self.learned:
-            raise InputError("the timeseries domain has not learned its channels and normalisation yet; "
-                             "call learn(paths) (fit does) or load a trained model")
 
-    def model_fields(self) -> dict:
-        return {"feature_dim": 2 * self.values_width}
+# ---- objective -------------------------------------------------------------------------------------------
+class TimeSeriesObjective(Objective):
+    """MSE (or Huber) over observed values in normalised units; NRMSE, NMAE, MAE and R² from additive totals."""
 
-    def state(self) -> dict:
-        state = {"name": self.name, "patch": self.patch, "time_col": self.time_col, "columns": self.columns,
-                 "keep_columns": self.keep_columns, "loss": self.loss_name, "huber_delta": self.huber_delta}
-        if self.learned:
-            state.update(mean=self.mean.tolist(), scale=self.scale.tolist(),
-                         features="per patch: patch x channels normalised values, then their observed mask")
-        return state
+    metric_name = "nrmse"
+    higher_is_better = False
 
-    @classmethod
-    def from_state(cls, state: dict) -> "TimeSeriesDomain":
-        """A saved (learned) state, or settings to learn with: missing or None entries take their defaults."""
-        patch = state.get("patch")
-        return cls(patch=DEFAULT_PATCH if patch is None else patch, time_col=state.get("time_col"),
-                   columns=state.get("columns"), keep_columns=bool(state.get("keep_columns")),
-                   loss=state.get("loss") or "mse", huber_delta=float(state.get("huber_delta") or 1.0),
-                   mean=state.get("mean"), scale=state.get("scale"))
+    def __init__(self, settings: TimeSeriesSettings) -> None:
+        self.settings = settings  # used learned: the channels and their scale
 
-    def learn(self, paths: list[Path]) -> None:
-        """Decide the time column and channels from the first file, then learn each channel's mean and scale
-        (population standard deviation; 1 for a constant or empty channel) pooled over every file."""
-        paths = check_data_paths([Path(p) for p in paths])
-        if not paths:
-            raise InputError("no data files to learn from")
-        self.mean = self.scale = None
-        parsed = []
-        for path in paths:
-            table = read_csv(path)
-            time_name, channels, _ = resolve_columns(path, table, self.time_col, self.columns, self.keep_columns)
-            if self.columns is None:
-                self.columns = channels
-            if self.time_col is None:
-                self.time_col = time_name if time_name is not None else False
-            parsed.append(self._channel_values(path, table))
-        self.learn_arrays([values for values, _ in parsed])
-
-    def learn_arrays(self, series: list[np.ndarray]) -> None:
-        """Learn mean and scale from series (T_i, C) float64 with NaN for missing values (the channels are
-        self.columns)."""
-        mean, std = channel_stats(np.concatenate(series, axis=0))
-        self.mean = mean
-        self.scale = np.where(std > 0, std, 1.0)
-
-    def default_data(self) -> list[Path]:
-        return [sample_path()]
-
-    def size_references(self) -> dict[str, float]:
-        if not self.learned:
-            return {}
-        return {f"float32 values ({self.patch} steps x {self.channels} channels per symbol)": 32.0 * self.values_width}
-
-    def decode_note(self, side: dict) -> str | None:
-        return ("numeric values are the model's reconstruction, spelled with the decimals of the input; the time "
-                "column, kept columns and missing cells are exact")
-
-    # ---- arrays <-> windows ------------------------------------------------------------------------
-    def normalise(self, values: np.ndarray, where: str = "the input") -> np.ndarray:
-        """(T, C) float64 -> (T, C) normalised float64, NaN kept; an InputError when a value lies so far
-        outside the learned range that float32 cannot hold it."""
-        with np.errstate(over="ignore"):
-            z = values / self.scale - self.mean / self.scale  # two divisions: x - mean may overflow near 1e308
-        too_big = np.abs(np.nan_to_num(z, nan=0.0)) > _FLOAT32_MAX
-        if too_big.any():
-            row, col = (int(i) for i in np.argwhere(too_big)[0])
-            raise InputError(f"{where}: channel {self.columns[col]!r}, row {row + 1} holds "
-                             f"{float(values[row, col]):.6g}, more than {_FLOAT32_MAX:.3g} standard deviations from the learned mean: too far for the "
-                             "model's float32 input; fit on data of this magnitude")
-        return z
-
-    def series_windows(self, values: np.ndarray, seq_len: int, where: str = "the input") -> list[torch.Tensor]:
-        """A series (T, C) float64 with NaN for missing values -> windows (L, 2 * patch * C) float32 of at
-        most seq_len patches; the last patch is padded with unobserved steps."""
-        self._require_learned()
-        t, c = values.shape
-        if c != self.channels:
-            raise InputError(f"{where} has {c} channel(s); this model was fit on {self.channels}")
-        if t == 0:
-            raise InputError(f"{where} has no time steps")
-        z = self.normalise(values, where)
-        observed = ~np.isnan(z)  # (T, C)
-        patches = -(-t // self.patch)
-        padded = patches * self.patch
-        vals = np.zeros((padded, c), dtype=np.float32)
-        vals[:t] = np.where(observed, z, 0.0)
-        mask = np.zeros((padded, c), dtype=np.float32)
-        mask[:t] = observed
-        x = np.concatenate([vals.reshape(patches, self.patch * c), mask.reshape(patches, self.patch * c)], axis=1)
-        return split_windows(torch.from_numpy(x), seq_len)  # each (L, 2 * patch * C)
-
-    def windows_values(self, windows: list[torch.Tensor], rows: int, mean=None, scale=None) -> np.ndarray:
-        """Windows (L, 2 * patch * C) in read order -> the series' first `rows` time steps (rows, C) float64,
-        denormalised (every step, including those that were missing)."""
-        c = self.channels
-        width = 2 * self.values_width
-        x = torch.cat(list(windows)).detach().cpu().double().numpy() if windows else np.zeros((0, width))
-        if x.ndim != 2 or x.shape[1] != width:
-            raise FormatError(f"timeseries windows must have {width} features per patch, "
-                              f"got shape {tuple(x.shape)}")
-        if len(x) != -(-rows // self.patch):
-            raise FormatError(f"timeseries: {len(x)} patches decoded for a series of {rows} rows "
-                              f"({-(-rows // self.patch)} patches of {self.patch})")
-        z = x[:, : self.values_width].reshape(len(x) * self.patch, c)[:rows]  # (rows, C)
-        mean = self.mean if mean is None else np.asarray(mean, dtype=np.float64)
-        scale = self.scale if scale is None else np.asarray(scale, dtype=np.float64)
-        return z * scale + mean
-
-    # ---- files ---------------------------------------------------------------------------------------
-    def _channel_values(self, path: Path, table: CsvTable) -> tuple[np.ndarray, list[Channel]]:
-        index = {name: j for j, name in enumerate(table.header)}
-        parsed = [parse_channel(path, name, table.cells[index[name]]) for name in self.columns]
-        return np.stack([ch.values for ch in parsed], axis=1), parsed  # (T, C)
-
-    def read(self, path: Path, seq_len: int) -> tuple[list[torch.Tensor], dict]:
-        """Windows (L, 2 * patch * C) of the file's series and the side information `write` needs."""
-        self._require_learned()
-        path = Path(path)
-        table = read_csv(path)
-        time_name, _, kept = resolve_columns(path, table, self.time_col, self.columns, self.keep_columns)
-        values, parsed = self._channel_values(path, table)
-        windows = self.series_windows(values, seq_len, str(path))
-        index = {name: j for j, name in enumerate(table.header)}
-        side = {
-            "columns": table.header,
-            "rows": table.rows,
-            "newline": table.newline,
-            "quoted_header": table.quoted_header,
-            "bom": table.bom,
-            "patch": self.patch,
-            "time_col": time_name,
-            "time": encode_text_column(table.cells[index[time_name]]) if time_name is not None else None,
-            "channels": self.columns,
-            "missing": [encode_missing(ch.values) for ch in parsed],
-            "missing_text": [ch.missing_text for ch in parsed],
-            "decimals": [encode_decimals(ch.decimals) for ch in parsed],
-            "kept": {name: encode_text_column(table.cells[index[name]]) for name in kept},
-            "normalisation": {"mean": self.mean.tolist(), "scale": self.scale.tolist()},
-            "stats": file_stats(self.columns, values),
-        }
-        return windows, side
-
-    def write(self, path: Path, windows: list[torch.Tensor], side: dict) -> None:
-        """A CSV with the input's columns in order, its row count, time and kept columns and missing cells
-        exactly, and the reconstructed channel values; written atomically."""
-        try:
-            text = self._rebuild(windows, side)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, zlib.error, binascii.Error) as exc:
-            raise FormatError(f"timeseries side information is malformed ({type(exc).__name__}: {exc})") from None
-        atomic_write_text(path, text)
-
-    def _rebuild(self, windows: list[torch.Tensor], side: dict) -> str:
-        if int(side["patch"]) != self.patch or list(side["channels"]) != self.columns:
-            raise FormatError(f"the latents hold patches of {side['patch']} steps of {side['channels']}; this model "
-                              f"uses {self.patch} steps of {self.columns}")
-        rows = int(side["rows"])
-        norm = side["normalisation"]
-        values = self.windows_values(windows, rows, norm["mean"], norm["scale"])  # (rows, C)
-        columns: dict[str, list[str]] = {}
-        for c, name in enumerate(self.columns):
-            texts = format_values(values[:, c], decode_decimals(side["decimals"][c], rows))
-            gaps = np.flatnonzero(decode_missing(side["missing"][c], rows))
-            spelled = side["missing_text"][c]
-            for k, i in enumerate(gaps):
-                texts[i] = spelled if isinstance(spelled, str) else spelled[k]
-            columns[name] = texts
-        if side["time_col"] is not None:
-            columns[side["time_col"]] = decode_text_column(side["time"])
-        for name, spec in side["kept"].items():
-            columns[name] = decode_text_column(spec)
-        header = list(side["columns"])
-        if sorted(columns) != sorted(header) or any(len(columns[n]) != rows for n in header):
-            raise FormatError("timeseries side information: the columns do not match the header and row count")
-        newline = side["newline"]
-        if newline not in ("\n", "\r\n"):
-            raise FormatError("timeseries side information: the line ending must be LF or CRLF")
-        out = io.StringIO()
-        if side.get("bom"):
-            out.write("\ufeff")
-        if side.get("quoted_header"):
-            out.write(",".join(_quoted(name) for name in header) + newline)
-        else:
-            csv.writer(out, lineterminator=newline).writerow(header)
-        csv.writer(out, lineterminator=newline).writerows(zip(*(columns[n] for n in header)))
-        return out.getvalue()
-
-    # ---- training and evaluation ----------------------------------------------------------------
     def _split(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
         """Normalised errors (B, N, P*C) and the observed cells (B, N, P*C) of real patches."""
-        w = self.values_width
+        w = self.settings.values_width
         observed = (target[..., w:] > 0.5) & mask[..., None]
         return output[..., :w].float() - target[..., :w].float(), observed
 
@@ -620,20 +562,21 @@ class TimeSeriesDomain(Domain):
         """Mean MSE (or Huber) over observed values, in normalised units; the mask half of the output is not
         trained (the model's output width must equal its input width, so the head predicts it anyway)."""
         err, observed = self._split(output, target, mask)
-        if self.loss_name == "huber":
-            per_value = F.huber_loss(err, torch.zeros_like(err), reduction="none", delta=self.huber_delta)
+        if self.settings.loss == "huber":
+            delta = float(self.settings.huber_delta)
+            per_value = F.huber_loss(err, torch.zeros_like(err), reduction="none", delta=delta)
         else:
             per_value = err.square()
         return (per_value * observed).sum() / observed.sum().clamp(min=1)
 
-    def metric_totals(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    def totals(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         """Per channel c, over observed values: squared and absolute normalised errors, their count, and the
         squared deviations from each window's own mean (the error of storing one mean per window)."""
         err, observed = self._split(output, target, mask)
-        b, c = err.shape[0], self.channels
+        b, c = err.shape[0], self.settings.channels
         err = err.reshape(b, -1, c)  # (B, N*P, C): time steps of each window
         observed = observed.reshape(b, -1, c)
-        x = target[..., : self.values_width].float().reshape(b, -1, c)  # (B, N*P, C)
+        x = target[..., : self.settings.values_width].float().reshape(b, -1, c)  # (B, N*P, C)
         n_w = observed.sum(1)  # (B, C)
         mean_w = (x * observed).sum(1) / n_w.clamp(min=1)  # (B, C)
         base = (((x - mean_w[:, None]) * observed).square()).sum((0, 1))  # (C,)
@@ -646,70 +589,383 @@ class TimeSeriesDomain(Domain):
             totals[f"base.{i}"] = float(base[i])
         return totals
 
-    def metric_values(self, totals: dict[str, float]) -> dict[str, float]:
+    def values(self, totals: dict[str, float]) -> dict[str, float]:
         """nrmse: sqrt(mean over every observed value of ((x_hat - x) / sigma_c)^2), sigma_c the channel's
         learned scale (its standard deviation at fit time); nmae the same with |.|; mae in the channels' own
         units (pooled: meaningful when channels share a unit); r2 = 1 - SSE / (squared deviations from each
         window's own mean), so 0 is no better than keeping one mean per window and channel; per channel
         nrmse[name] and mae[name]."""
-        c = self.channels
+        c = self.settings.channels
         n = [totals.get(f"n.{i}", 0.0) for i in range(c)]
         sq = [totals.get(f"sq.{i}", 0.0) for i in range(c)]
         ab = [totals.get(f"abs.{i}", 0.0) for i in range(c)]
         total = sum(n)
         nan = float("nan")
+        base = sum(totals.get(f"base.{i}", 0.0) for i in range(c))
         out = {
             self.metric_name: math.sqrt(sum(sq) / total) if total else nan,
             "nmae": sum(ab) / total if total else nan,
-            "mae": sum(a * s for a, s in zip(ab, self.scale.tolist())) / total if total else nan,
-            "r2": 1.0 - sum(sq) / base if (base := sum(totals.get(f"base.{i}", 0.0) for i in range(c))) else nan,
+            "mae": sum(a * s for a, s in zip(ab, self.settings.scale)) / total if total else nan,
+            "r2": 1.0 - sum(sq) / base if base else nan,
             "observed_values": total,
         }
-        for i, name in enumerate(self.columns):
+        for i, name in enumerate(self.settings.columns):
             out[f"nrmse[{name}]"] = math.sqrt(sq[i] / n[i]) if n[i] else nan
-            out[f"mae[{name}]"] = ab[i] * float(self.scale[i]) / n[i] if n[i] else nan
+            out[f"mae[{name}]"] = ab[i] * self.settings.scale[i] / n[i] if n[i] else nan
         return out
 
-    # ---- classical baselines for the probe --------------------------------------------------------
-    def classical_baselines(self) -> dict:
-        """Truncated DCT per channel and PCA on windows, each keeping the model's number of floats per window."""
-        return {"dct": self.dct_baseline, "pca": self.pca_baseline}
 
-    def window_values(self, window: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """A window (L, 2PC) -> normalised values (L*P, C) and observed mask (L*P, C)."""
-        x = window.double().numpy()
-        w, c = self.values_width, self.channels
-        return x[:, :w].reshape(-1, c), x[:, w:].reshape(-1, c) > 0.5
+# ---- codec -----------------------------------------------------------------------------------------------
+class TimeSeriesCodec(Codec):
+    """CSV files <-> windows of patches, streamed; also arrays <-> windows for the scikit-learn estimator
+    (`series_windows`, `series_values`).
 
-    def as_window(self, values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-        """Normalised values (L*P, C) -> a window shaped like the model's output (L, 2PC)."""
-        out = like.clone().float()
-        out[:, : self.values_width] = torch.from_numpy(values.reshape(len(like), -1)).float()
-        return out
+    Piece side information (JSON; rows are data rows, 0-based within the piece):
 
-    def dct_baseline(self, train_windows, test_windows, floats) -> list[torch.Tensor]:
-        return [self.as_window(truncated_dct(*self.window_values(w), f), w) for w, f in zip(test_windows, floats)]
+        every piece   "rows": its row count (its patches x patch; the file's last piece: the remainder)
+                      "time": its time cells (absent without a time column), "kept": {name: its cells}, cells
+                      as {"range": [start, step, count]} (evenly spaced integers) or {"text": [cell, ...]}
+                      "missing": per channel [[start, length], ...] of missing cells
+                      "missing_text": per channel, their spelling: one string, or one per missing cell
+                      "decimals": per channel [[decimals, count], ...], -1 for scientific notation
+        first piece   also "columns" (every name, file order), "newline", "quoted_header", "bom", "patch",
+                      "time_col", "channels", "normalisation": {"mean": [...], "scale": [...]}
+        last piece    no windows, "rows": 0 and "stats": per channel observed, missing, mean, std, min, max
+    """
 
-    def pca_baseline(self, train_windows, test_windows, floats) -> list[torch.Tensor]:
-        steps = max(len(w) for w in [*train_windows, *test_windows]) * self.patch
-        pca = WindowPCA([self.window_values(w) for w in train_windows], steps)
-        return [self.as_window(pca.reconstruct(*self.window_values(w), f), w) for w, f in zip(test_windows, floats)]
+    suffix = ".csv"
+    settings: TimeSeriesSettings
+
+    def __init__(self, settings: TimeSeriesSettings) -> None:
+        super().__init__(settings)
+        if settings.learned:
+            self.mean = np.array(settings.mean, dtype=np.float64)
+            self.scale = np.array(settings.scale, dtype=np.float64)
+
+    # ---- arrays <-> windows -------------------------------------------------------------------------
+    def normalise(self, values: np.ndarray, where: str = "the input", first_row: int = 0) -> np.ndarray:
+        """(T, C) float64 -> (T, C) normalised float64, NaN kept; an InputError when a value lies so far
+        outside the learned range that float32 cannot hold it (rows counted from `first_row + 1`)."""
+        self.settings.require_learned()
+        with np.errstate(over="ignore"):
+            z = values / self.scale - self.mean / self.scale  # two divisions: x - mean may overflow near 1e308
+        too_big = np.abs(np.nan_to_num(z, nan=0.0)) > _FLOAT32_MAX
+        if too_big.any():
+            row, col = (int(i) for i in np.argwhere(too_big)[0])
+            raise InputError(f"{where}: channel {self.settings.columns[col]!r}, row {first_row + row + 1} holds "
+                             f"{float(values[row, col]):.6g}, more than {_FLOAT32_MAX:.3g} standard deviations from "
+                             "the learned mean: too far for the model's float32 input; fit on data of this magnitude")
+        return z
+
+    def series_windows(self, values: np.ndarray, seq_len: int, where: str = "the input",
+                       first_row: int = 0) -> list[torch.Tensor]:
+        """A series (T, C) float64 with NaN for missing values -> windows (L, 2 * patch * C) float32 of at
+        most seq_len patches; the last patch is padded with unobserved steps."""
+        self.settings.require_learned()
+        t, c = values.shape
+        if c != self.settings.channels:
+            raise InputError(f"{where} has {c} channel(s); this model was fit on {self.settings.channels}")
+        if t == 0:
+            raise InputError(f"{where} has no time steps")
+        patch = self.settings.patch
+        z = self.normalise(values, where, first_row)
+        observed = ~np.isnan(z)  # (T, C)
+        patches = -(-t // patch)
+        padded = patches * patch
+        vals = np.zeros((padded, c), dtype=np.float32)
+        vals[:t] = np.where(observed, z, 0.0)
+        mask = np.zeros((padded, c), dtype=np.float32)
+        mask[:t] = observed
+        x = np.concatenate([vals.reshape(patches, patch * c), mask.reshape(patches, patch * c)], axis=1)
+        return split_windows(torch.from_numpy(x), seq_len)  # each (L, 2 * patch * C)
+
+    def series_values(self, windows: list[torch.Tensor], rows: int, mean=None, scale=None) -> np.ndarray:
+        """Windows (L, 2 * patch * C) in read order -> the series' first `rows` time steps (rows, C) float64,
+        denormalised (every step, including those that were missing)."""
+        c, patch = self.settings.channels, self.settings.patch
+        width = 2 * self.settings.values_width
+        x = torch.cat(list(windows)).detach().cpu().double().numpy() if windows else np.zeros((0, width))
+        if x.ndim != 2 or x.shape[1] != width:
+            raise FormatError(f"timeseries windows must have {width} features per patch, got shape {tuple(x.shape)}")
+        if len(x) != -(-rows // patch):
+            raise FormatError(f"timeseries: {len(x)} patches decoded for {rows} rows "
+                              f"({-(-rows // patch)} patches of {patch})")
+        z = x[:, : self.settings.values_width].reshape(len(x) * patch, c)[:rows]  # (rows, C)
+        mean = self.mean if mean is None else np.asarray(mean, dtype=np.float64)
+        scale = self.scale if scale is None else np.asarray(scale, dtype=np.float64)
+        return z * scale + mean
+
+    # ---- files -> windows -----------------------------------------------------------------------------
+    def _open(self, path: Path) -> tuple[CsvFile, str | None, list[str]]:
+        """The file, its time column and kept columns, checked against the learned channels."""
+        s = self.settings
+        s.require_learned()
+        csv_file = CsvFile(path)
+        time_name = s.time_col if isinstance(s.time_col, str) else None
+        _, kept = resolve_columns(csv_file.path, csv_file.header, time_name, s.columns, s.keep_columns)
+        return csv_file, time_name, kept
+
+    def _channels(self, csv_file: CsvFile, cells: list[np.ndarray], first_row: int, carry: list[int]) -> list[Channel]:
+        index = {name: j for j, name in enumerate(csv_file.header)}
+        return [parse_channel(csv_file.path, name, cells[index[name]], first_row, carry[c])
+                for c, name in enumerate(self.settings.columns)]
+
+    def piece_rows(self, seq_len: int, columns: int) -> int:
+        """Rows of a piece: whole windows, at most PIECE_WINDOWS of them and about PIECE_CELLS cells."""
+        window_rows = seq_len * self.settings.patch
+        return window_rows * max(1, min(PIECE_WINDOWS, PIECE_CELLS // (window_rows * max(columns, 1))))
+
+    def iter_windows(self, path: Path, seq_len: int) -> Iterator[Piece]:
+        """Pieces of whole windows (L, 2 * patch * C) and the side information of exactly their rows."""
+        if seq_len < 1:
+            raise InputError(f"seq_len must be at least 1, got {seq_len}")
+        s = self.settings
+        csv_file, time_name, kept = self._open(Path(path))
+        index = {name: j for j, name in enumerate(csv_file.header)}
+        stats = ChannelStats(len(s.columns))
+        carry = [0] * len(s.columns)
+        first_row = 0
+        for cells in csv_file.blocks(self.piece_rows(seq_len, len(csv_file.header))):
+            channels = self._channels(csv_file, cells, first_row, carry)
+            values = np.stack([ch.values for ch in channels], axis=1)  # (T, C)
+            windows = self.series_windows(values, seq_len, str(csv_file.path), first_row)
+            side: dict = {}
+            if first_row == 0:
+                side.update(columns=csv_file.header, newline=csv_file.newline, quoted_header=csv_file.quoted_header,
+                            bom=csv_file.bom, patch=s.patch, time_col=time_name, channels=list(s.columns),
+                            normalisation={"mean": list(s.mean), "scale": list(s.scale)})
+            side["rows"] = len(values)
+            if time_name is not None:
+                side["time"] = encode_text_column([str(c) for c in cells[index[time_name]]])
+            side["kept"] = {name: encode_text_column([str(c) for c in cells[index[name]]]) for name in kept}
+            side["missing"] = [mask_runs(np.isnan(ch.values)) for ch in channels]
+            side["missing_text"] = [ch.missing_text for ch in channels]
+            side["decimals"] = [value_runs(ch.decimals) for ch in channels]
+            stats.add(values)
+            carry = [int(ch.decimals[-1]) for ch in channels]
+            first_row += len(values)
+            yield Piece(windows, side)
+        yield Piece([], {"rows": 0, "stats": stats.report(list(s.columns))})
+
+    def references(self, path: Path, symbols: int) -> dict[str, float]:
+        s = self.settings
+        return {f"float32 values ({s.patch} steps x {s.channels} channels per symbol)": 32.0 * s.values_width}
+
+    # ---- windows -> files -------------------------------------------------------------------------------
+    def open_writer(self, file: BinaryIO, name: str, header: dict) -> Writer:
+        self.settings.require_learned()
+        return TimeSeriesWriter(self, file)
+
+    def legacy_pieces(self, side: dict, lengths: list[int]) -> Iterator[tuple[int, dict]]:
+        """Format 1 kept the whole file's side information in one block (text columns and masks zlib-packed when
+        long): cut it into the pieces of this format, PIECE_WINDOWS windows each, then the stats piece."""
+        try:
+            yield from self._legacy_pieces(side, lengths)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, zlib.error, binascii.Error) as exc:
+            raise FormatError(f"timeseries side information is malformed ({type(exc).__name__}: {exc})") from None
+
+    def _legacy_pieces(self, side: dict, lengths: list[int]) -> Iterator[tuple[int, dict]]:
+        rows, patch = int(side["rows"]), int(side["patch"])
+        channels = list(side["channels"])
+        time = decode_text_column(side["time"]) if side["time_col"] is not None else None
+        kept = {name: decode_text_column(spec) for name, spec in side["kept"].items()}
+        missing = [_legacy_missing(spec, rows) for spec in side["missing"]]
+        decimals = [_legacy_decimals(spec, rows) for spec in side["decimals"]]
+        texts = [t if isinstance(t, str) else list(t) for t in side["missing_text"]]
+        if len(missing) != len(channels) or len(decimals) != len(channels) or len(texts) != len(channels):
+            raise FormatError("timeseries side information: per-channel entries do not match the channels")
+        spelled = [0] * len(channels)  # missing cells spelled so far, per channel (for per-cell spellings)
+        start = 0
+        for i in range(0, max(len(lengths), 1), PIECE_WINDOWS):
+            group = lengths[i : i + PIECE_WINDOWS]
+            end = rows if i + PIECE_WINDOWS >= len(lengths) else min(rows, start + sum(group) * patch)
+            piece: dict = {}
+            if i == 0:
+                piece.update({key: side[key] for key in ("columns", "newline", "quoted_header", "bom", "patch",
+                                                         "time_col", "channels", "normalisation")})
+            piece["rows"] = end - start
+            if time is not None:
+                piece["time"] = encode_text_column(time[start:end])
+            piece["kept"] = {name: encode_text_column(cells[start:end]) for name, cells in kept.items()}
+            piece["missing"] = [mask_runs(m[start:end]) for m in missing]
+            piece["missing_text"] = []
+            for c, text in enumerate(texts):
+                gaps = int(missing[c][start:end].sum())
+                piece["missing_text"].append(text if isinstance(text, str) else text[spelled[c] : spelled[c] + gaps])
+                spelled[c] += gaps
+            piece["decimals"] = [value_runs(d[start:end]) for d in decimals]
+            yield len(group), piece
+            start = end
+        yield 0, {"rows": 0, "stats": side.get("stats", {})}
+
+
+class TimeSeriesWriter(Writer):
+    """Writes a CSV piece by piece: the header line with the first piece, then each piece's rows: the input's
+    columns in order, its time and kept cells and missing cells exactly, the reconstructed channel values
+    spelled with the input's decimals."""
+
+    def __init__(self, codec: TimeSeriesCodec, file: BinaryIO) -> None:
+        self.codec, self.file = codec, file
+        self.layout: dict | None = None  # the first piece's file-level fields
+
+    def write(self, windows: list[torch.Tensor], side: dict) -> None:
+        try:
+            self._write(windows, side)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise FormatError(f"timeseries side information is malformed ({type(exc).__name__}: {exc})") from None
+
+    def _start(self, side: dict) -> None:
+        s = self.codec.settings
+        if int(side["patch"]) != s.patch or list(side["channels"]) != s.columns:
+            raise FormatError(f"the latents hold patches of {side['patch']} steps of {side['channels']}; this model "
+                              f"uses {s.patch} steps of {s.columns}")
+        if side["newline"] not in ("\n", "\r\n"):
+            raise FormatError("timeseries side information: the line ending must be LF or CRLF")
+        header = [str(name) for name in side["columns"]]
+        named = {*s.columns, *side["kept"], *([side["time_col"]] if side["time_col"] is not None else [])}
+        if sorted(named) != sorted(header):
+            raise FormatError("timeseries side information: the columns do not match the header")
+        self.layout = {"header": header, "newline": side["newline"], "time_col": side["time_col"],
+                       "mean": side["normalisation"]["mean"], "scale": side["normalisation"]["scale"]}
+        out = io.StringIO()
+        if side.get("bom"):
+            out.write("\ufeff")
+        if side.get("quoted_header"):
+            out.write(",".join(_quoted(name) for name in header) + side["newline"])
+        else:
+            csv.writer(out, lineterminator=side["newline"]).writerow(header)
+        self.file.write(out.getvalue().encode("utf-8"))
+
+    def _write(self, windows: list[torch.Tensor], side: dict) -> None:
+        if self.layout is None:
+            if "columns" not in side:
+                raise FormatError("timeseries side information: the first piece does not hold the CSV header")
+            self._start(side)
+        layout = self.layout
+        rows = int(side["rows"])
+        if rows == 0:
+            if windows:
+                raise FormatError(f"timeseries: {len(windows)} windows for a piece of no rows")
+            return
+        codec = self.codec
+        values = codec.series_values(windows, rows, layout["mean"], layout["scale"])  # (rows, C)
+        columns: dict[str, list[str]] = {}
+        for c, name in enumerate(codec.settings.columns):
+            texts = format_values(values[:, c], runs_values(side["decimals"][c], rows))
+            gaps = np.flatnonzero(runs_mask(side["missing"][c], rows))
+            spelled = side["missing_text"][c]
+            if not isinstance(spelled, str) and len(spelled) != len(gaps):
+                raise FormatError("timeseries side information: missing-cell spellings do not match the missing cells")
+            for k, i in enumerate(gaps):
+                texts[i] = spelled if isinstance(spelled, str) else str(spelled[k])
+            columns[name] = texts
+        if layout["time_col"] is not None:
+            columns[layout["time_col"]] = decode_text_column(side["time"])
+        for name, spec in side["kept"].items():
+            columns[name] = decode_text_column(spec)
+        header = layout["header"]
+        if sorted(columns) != sorted(header) or any(len(columns[n]) != rows for n in header):
+            raise FormatError("timeseries side information: the columns do not match the header and row count")
+        out = io.StringIO()
+        csv.writer(out, lineterminator=layout["newline"]).writerows(zip(*(columns[n] for n in header)))
+        self.file.write(out.getvalue().encode("utf-8"))
+
+    def close(self) -> dict:
+        if self.layout is None:
+            raise FormatError("timeseries: no piece held the CSV header")
+        return {"note": NOTE}
+
+
+# ---- the domain -----------------------------------------------------------------------------------------
+class TimeSeriesDomain(Domain):
+    """CSV time series: patches of `patch` time steps of the channels, normalised with learned statistics."""
+
+    name = "timeseries"
+    settings_class = TimeSeriesSettings
+    default_seq_len = 64  # patches: 512 time steps at the default patch of 8
+    settings: TimeSeriesSettings
+
+    def make_codec(self) -> TimeSeriesCodec:
+        return TimeSeriesCodec(self.settings)
+
+    def make_objective(self) -> TimeSeriesObjective:
+        return TimeSeriesObjective(self.settings)
+
+    def model_fields(self) -> dict:
+        return {"feature_dim": 2 * self.settings.values_width}
+
+    def default_data(self) -> list[Path]:
+        """The bundled sample: weekly Mauna Loa CO2, 1958-2001 (2,284 rows, 59 missing; statsmodels' co2)."""
+        return [bundled("co2_sample.csv")]
+
+    def learn(self, paths: list[Path]) -> "TimeSeriesDomain":
+        """A domain with the time column and channels decided from the first file (when not given) and each
+        channel's mean and scale (population standard deviation; 1 for a constant or empty channel) pooled over
+        every file, streamed. Every file must have those columns."""
+        paths = check_data_paths([Path(p) for p in paths])
+        if not paths:
+            raise InputError("no data files to learn from")
+        s = self.settings
+        time_col, columns = s.time_col, s.columns
+        stats: ChannelStats | None = None
+        for path in paths:
+            csv_file = CsvFile(path)
+            if time_col is None or columns is None:  # the first file decides
+                time_name, numeric = detect_columns(csv_file, time_col, columns is None)
+                columns, _ = resolve_columns(csv_file.path, csv_file.header, time_name, columns, s.keep_columns,
+                                             numeric)
+                time_col = time_name if time_name is not None else False
+            else:
+                resolve_columns(csv_file.path, csv_file.header, time_col if isinstance(time_col, str) else None,
+                                columns, s.keep_columns)
+            stats = stats or ChannelStats(len(columns))
+            index = {name: j for j, name in enumerate(csv_file.header)}
+            first_row = 0
+            for cells in csv_file.blocks(PIECE_CELLS // len(csv_file.header) + 1):
+                block = [parse_channel(csv_file.path, name, cells[index[name]], first_row).values for name in columns]
+                stats.add(np.stack(block, axis=1))
+                first_row += len(cells[0])
+        mean, std = stats.mean_std()
+        return self._learned(time_col, columns, mean, std)
+
+    def learn_arrays(self, series: list[np.ndarray]) -> "TimeSeriesDomain":
+        """A domain learned from arrays (T_i, C) float64 with NaN for missing values: mean and scale as `learn`;
+        channels named by `columns`, else "0", "1", ...; no time column."""
+        if not series:
+            raise InputError("no series to learn from")
+        widths = {s.shape[1] for s in series}
+        if len(widths) != 1:
+            raise InputError(f"all series need the same number of channels, got {sorted(widths)}")
+        width = widths.pop()
+        columns = self.settings.columns or [str(i) for i in range(width)]
+        if len(columns) != width:
+            raise InputError(f"the series have {width} channel(s); columns names {len(columns)}")
+        stats = ChannelStats(width)
+        for values in series:
+            stats.add(values)
+        mean, std = stats.mean_std()
+        return self._learned(self.settings.time_col or False, columns, mean, std)
+
+    def _learned(self, time_col, columns, mean: np.ndarray, std: np.ndarray) -> "TimeSeriesDomain":
+        scale = np.where(std > 0, std, 1.0)
+        return type(self)(self.settings.replace(time_col=time_col, columns=list(columns), mean=mean.tolist(),
+                                                scale=scale.tolist()))
 
     def render(self, window: torch.Tensor, limit: int = 160) -> str:
         """The first channel's values of the window, denormalised; '·' where the observed mask is exactly 0 (a
         missing value or padding of an input window; a model output shows its value at every step)."""
-        self._require_learned()
+        s = self.settings
+        s.require_learned()
         x = window.detach().cpu().double().numpy()
-        c, w = self.channels, self.values_width
+        c, w = s.channels, s.values_width
         z = x[:, :w].reshape(-1, c)[:, 0]
         seen = x[:, w:].reshape(-1, c)[:, 0] != 0
-        values = z * self.scale[0] + self.mean[0]
-        text = f"{self.columns[0]}: " + " ".join(f"{v:.4g}" if s else "·" for v, s in zip(values, seen))
-        return text if len(text) <= limit else text[: limit - 3] + "..."
+        values = z * s.scale[0] + s.mean[0]
+        return shorten(f"{s.columns[0]}: " + " ".join(f"{v:.4g}" if o else "·" for v, o in zip(values, seen)), limit)
 
 
 def __getattr__(name: str):
-    # The scikit-learn style API lives in its own module; importing it here lazily avoids an import cycle.
+    # The scikit-learn estimator lives in its own module (it imports scikit-learn); imported lazily here.
     if name == "SequenceCompressor":
         from seqcompress.domains.timeseries_pipeline import SequenceCompressor
 
