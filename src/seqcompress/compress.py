@@ -35,6 +35,7 @@ from seqcompress.lengths import length_mask
 from seqcompress.model import FINGERPRINT_NEUTRAL, SequenceAutoencoder
 from seqcompress.streams import input_path, is_stdio, output_file, sha256_of
 
+OUTPUT_SLICE = 1 << 22  # values of model output computed at once when decoding (16 MB of float32)
 Progress = Callable[[int, "int | None"], None]  # (windows done, windows in all when known)
 
 
@@ -79,13 +80,7 @@ def decode_padded(model: SequenceAutoencoder, rows: torch.Tensor, lengths: list[
     model.eval()
     device = _device(model)
     m = [model.config.latent_length(n) for n in lengths]
-    if sum(m) != rows.shape[0]:
-        raise FormatError(f"{rows.shape[0]} latent rows do not match windows needing {sum(m)}")
-    padded = rows.new_zeros((len(m), max(m, default=0), rows.shape[1]))  # (B, M, latent_dim)
-    start = 0
-    for b, count in enumerate(m):
-        padded[b, :count] = rows[start : start + count]
-        start += count
+    padded = _pad_rows(rows, m)  # (B, M, latent_dim)
     lengths_t = torch.tensor(lengths, device=device)
     with torch.inference_mode():
         out = model.decode(padded.to(device), torch.tensor(m, device=device), lengths_t)  # (B, N, ...)
@@ -98,18 +93,42 @@ def decode_rows(
     prediction: Callable[[torch.Tensor], torch.Tensor] = lambda out: out,
 ) -> list[torch.Tensor]:
     """Latent rows of consecutive windows (sum m_b, latent_dim) -> one reconstruction per window, decoded
-    `batch_size` windows at a time; `prediction` turns model output (B, N, ...) into the form kept."""
+    `batch_size` windows at a time; `prediction` turns model output (B, N, ...) into the form kept.
+
+    The output layer and `prediction` run on slices of positions holding at most OUTPUT_SLICE values, so a
+    30,522-way vocabulary never materialises B x N x V logits (500 MB for 8 windows of 512 tokens)."""
+    model.eval()
+    device = _device(model)
+    width = model.config.vocab_size or model.config.feature_dim or 1
     out: list[torch.Tensor] = []
     start = 0
     for i in range(0, len(lengths), batch_size):
         batch = lengths[i : i + batch_size]
-        count = sum(model.config.latent_length(n) for n in batch)
-        pred = prediction(decode_padded(model, rows[start : start + count], batch))  # (B, N, ...)
+        m = [model.config.latent_length(n) for n in batch]
+        padded = _pad_rows(rows[start : start + sum(m)], m)  # (B, M, latent_dim)
+        start += sum(m)
+        with torch.inference_mode():
+            states = model.decode(padded.to(device), torch.tensor(m, device=device), torch.tensor(batch, device=device),
+                                  hidden=True)  # (B, N, D)
+            step = max(1, OUTPUT_SLICE // (len(batch) * width))
+            pred = torch.cat([prediction(model.output(states[:, s : s + step])).cpu()
+                              for s in range(0, states.shape[1], step)], dim=1)  # (B, N, ...)
         out += [pred[b, :n] for b, n in enumerate(batch)]
-        start += count
     if start != rows.shape[0]:
         raise FormatError(f"{rows.shape[0]} latent rows do not match windows needing {start}")
     return out
+
+
+def _pad_rows(rows: torch.Tensor, m: list[int]) -> torch.Tensor:
+    """Real latent rows of consecutive windows (sum m, latent_dim) -> zero-padded (B, max m, latent_dim)."""
+    if sum(m) != rows.shape[0]:
+        raise FormatError(f"{rows.shape[0]} latent rows do not match windows needing {sum(m)}")
+    padded = rows.new_zeros((len(m), max(m, default=0), rows.shape[1]))
+    start = 0
+    for b, count in enumerate(m):
+        padded[b, :count] = rows[start : start + count]
+        start += count
+    return padded
 
 
 def encode(model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: int = DEFAULT_BATCH) -> list[torch.Tensor]:

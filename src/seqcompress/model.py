@@ -266,8 +266,11 @@ class SequenceAutoencoder(nn.Module):
         z = self.to_latent(self.enc_norm(x))  # (B, M, latent_dim)
         return z * plain.out_mask[:, :, None], levels[-1][0]
 
-    def decode(self, latents: torch.Tensor, latent_lengths: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """latents (B, M, latent_dim) -> logits (B, N, V) or vectors (B, N, F), N = max(lengths).
+    def decode(self, latents: torch.Tensor, latent_lengths: torch.Tensor, lengths: torch.Tensor, *,
+               hidden: bool = False) -> torch.Tensor:
+        """latents (B, M, latent_dim) -> logits (B, N, V) or vectors (B, N, F), N = max(lengths); with `hidden`,
+        the final states (B, N, D) before the output layer (`output` applies it, e.g. a few positions at a time,
+        so that B x N x V logits of a large vocabulary never exist at once).
 
         `lengths` are the original lengths: several lengths share one latent length.
         """
@@ -288,9 +291,13 @@ class SequenceAutoencoder(nn.Module):
         for block in self.decoder[len(resizes):]:
             x = block(x, plain)  # (B, N, D)
         x = self.dec_norm(x)  # (B, N, D)
+        return x if hidden else self.output(x)
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """Final states (..., D) -> logits (..., V) through the tied embedding, or vectors (..., F)."""
         if self.head is None:
-            return x @ self.embed.weight.T  # (B, N, V)
-        return self.head(x)  # (B, N, F)
+            return x @ self.embed.weight.T  # (..., V)
+        return self.head(x)  # (..., F)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction (B, N, V|F), latents (B, M, latent_dim), latent lengths (B,)."""

@@ -6,12 +6,15 @@ from pathlib import Path
 
 import typer
 
+from seqcompress.defaults import DEFAULT_BATCH
+
 
 def decode(
     input_path: Path = typer.Argument(..., metavar="IN.sqz", help="Latent file written by `seqcompress encode` (- reads stdin)."),
     model_dir: Path = typer.Option(..., "--model", "-m", help="The model directory that encoded the file."),
     output: Path = typer.Option(..., "--output", "-o", help="File to write, in the domain's format (- writes stdout)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
+    batch_size: int = typer.Option(DEFAULT_BATCH, "--batch-size", help="Windows per model batch."),
     force_model: bool = typer.Option(False, "--force-model", help="Decode even if the file names another model."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON report on stdout."),
@@ -31,7 +34,8 @@ def decode(
         LatentReader(input_path)  # a corrupt file fails here, before the model is loaded
     model, meta, domain = load_model_and_domain(model_dir, device)
     with windows_progress("decoding", quiet=json_out) as progress:
-        report = decode_file(model, meta, domain, input_path, output, force_model=force_model, on_progress=progress)
+        report = decode_file(model, meta, domain, input_path, output, force_model=force_model,
+                             batch_size=batch_size, on_progress=progress)
     if json_out:
         print_json(report)
         return
