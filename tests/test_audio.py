@@ -607,6 +607,38 @@ def test_learned_scale_gives_the_model_unit_level_input_and_files_their_own_leve
         untrained.learn([])
 
 
+def test_learning_a_share_matches_learning_a_copy_cut_where_the_probe_cuts(tmp_path):
+    from seqcompress.probe import tail_split
+
+    def ramp(x: np.ndarray) -> np.ndarray:  # louder towards the end: the held-out tail matters
+        return x * np.linspace(0.1, 1.0, len(x))[:, None]
+
+    mono, stereo = tmp_path / "mono.wav", tmp_path / "stereo.wav"
+    mono_data, stereo_data = ramp(tone(16000, 5.0)), ramp(tone(22050, 2.0, channels=2))
+    sf.write(mono, mono_data, 16000, subtype="FLOAT")
+    sf.write(stereo, stereo_data, 22050, subtype="FLOAT")
+    domain = audio()
+    # mono 16 kHz: 80,000 samples = 250 frames of 320; share 0.9 keeps round(225.0) = 225 frames = 72,000 samples
+    # (past the first block of 65,536); stereo 22.05 kHz: 44,100 samples -> 32,000 at 16 kHz = 100 frames; 90
+    # frames are 28,800 model samples = 28,800 * 22,050 / 16,000 = 39,690 samples at the file's rate
+    with AudioReader(mono) as a, AudioReader(stereo) as b:
+        assert domain.learn_frames(a.info, 0.9) == 72_000 and domain.learn_frames(b.info, 0.9) == 39_690
+        assert domain.learn_frames(a.info) == 80_000 and domain.learn_frames(b.info, 1.0) == 44_100
+    # mono: exactly the samples of the frames the probe's chronological split trains on
+    stream = torch.cat(domain.load_windows([mono], 16))
+    head, _ = tail_split(stream, 1 - 0.9)
+    assert len(head) * 320 == 72_000
+    cut_mono, cut_stereo = tmp_path / "cut_mono.wav", tmp_path / "cut_stereo.wav"
+    sf.write(cut_mono, mono_data[:72_000], 16000, subtype="FLOAT")
+    sf.write(cut_stereo, stereo_data[:39_690], 22050, subtype="FLOAT")
+    part = domain.learn([mono, stereo], share=0.9).settings.scale
+    assert part == domain.learn([cut_mono, cut_stereo]).settings.scale
+    assert part < domain.learn([mono, stereo]).settings.scale == domain.learn([mono, stereo], 1.0).settings.scale
+    for bad in (0, 1.5, -0.1, True):
+        with pytest.raises(InputError, match="share must be in \\(0, 1\\]"):
+            domain.learn([mono], share=bad)
+
+
 def test_prediction_marks_frames_whole_and_render_shows_the_file_level():
     domain = audio(AudioSettings(scale=0.1))
     window = torch.zeros(3, 321)

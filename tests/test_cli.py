@@ -168,3 +168,39 @@ def test_fit_takes_attention_positions_resize_stages_and_options(tmp_path):
     refused = runner.invoke(app, ["fit", "--domain", "dna", "-o", str(tmp_path / "x"), "--attention", "lowrank",
                                   "--positions", "rope", "--max-steps", "1"])
     assert refused.exit_code == 1 and "cannot use 'rope' positions" in refused.output
+
+
+def test_domains_lists_every_domain_and_its_settings():
+    result = runner.invoke(app, ["domains", "--json"])
+    assert result.exit_code == 0, result.stderr
+    listing = json.loads(result.stdout)
+    from seqcompress.domains import REGISTRY
+
+    assert set(listing) == set(REGISTRY)
+    dna = {s["key"]: s for s in listing["dna"]["settings"]}
+    assert dna["k"]["default"] == "1" and dna["k"]["when"] == "fit" and dna["qualities"]["when"] == "encode"
+    table = runner.invoke(app, ["domains"])
+    assert table.exit_code == 0 and "qualities" in table.stdout and "patch" in table.stdout
+
+
+def test_domain_settings_use_one_vocabulary_in_every_command(tmp_path):
+    fastq = tmp_path / "r.fastq"
+    fastq.write_text("@r1\nACGTACGTAC\n+\nIIIIIIIII#\n@r2\nGGCCAATT\n+\n!!!!!!!!\n")
+    model = tmp_path / "m"
+    fitted = runner.invoke(app, ["fit", "--domain", "dna", str(fastq), "-o", str(model), "-D", "k=2",
+                                 *map(str, TINY), "--max-steps", "1", "--json"])
+    assert fitted.exit_code == 0, fitted.stderr
+    assert json.loads((model / "config.json").read_text())["domain"]["k"] == 2
+    sqz = tmp_path / "r.sqz"
+    enc = runner.invoke(app, ["encode", "-m", str(model), str(fastq), "-o", str(sqz), "-D", "qualities=drop",
+                              "--no-compare", "--json"])
+    assert enc.exit_code == 0, enc.stderr
+    back = tmp_path / "back.fa"
+    dec = runner.invoke(app, ["decode", "-m", str(model), str(sqz), "-o", str(back)])
+    assert dec.exit_code == 0 and "qualities=drop" in dec.stderr and back.read_text().startswith(">r1\n")
+    # a model setting cannot change at encode time, an unknown key is refused, each with one line
+    for args, expected in ((["-D", "k=3"], "unknown domain option 'k'"), (["-D", "nonsense=1"], "'nonsense'"),
+                           (["-D", "k"], "takes KEY=VALUE")):
+        bad = runner.invoke(app, ["encode", "-m", str(model), str(fastq), "-o", str(tmp_path / "x.sqz"), *args])
+        assert expected in one_error_line(bad)
+    assert not (tmp_path / "x.sqz").exists()

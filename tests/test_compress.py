@@ -188,3 +188,31 @@ def test_streams_stdin_to_stdout_and_back(text_model, tmp_path):
     back = tmp_path / "back.txt"
     assert runner.invoke(app, ["decode", str(direct), "-m", str(root / "model"), "-o", str(back)]).exit_code == 0
     assert dec.stdout == back.read_bytes() and len(dec.stdout) > 1000
+
+
+def test_the_public_api_load_encode_decode(text_model, tmp_path):
+    import seqcompress
+
+    root, corpus = text_model
+    c = seqcompress.load(root / "model")
+    report = c.encode_file(corpus, tmp_path / "api.sqz")
+    cli = tmp_path / "cli.sqz"
+    assert runner.invoke(app, ["encode", "-m", str(root / "model"), str(corpus), "-o", str(cli), "--no-compare"]).exit_code == 0
+    assert (tmp_path / "api.sqz").read_bytes() == cli.read_bytes() and report["windows"] == LatentReader(cli).windows
+    c.decode_file(tmp_path / "api.sqz", tmp_path / "back.txt")
+    windows = c.windows(corpus)
+    ids = c.decode(c.encode(windows), [len(w) for w in windows])
+    assert [len(i) for i in ids] == [len(w) for w in windows]
+    accuracy = float((torch.cat(ids) == torch.cat(windows)).float().mean())
+    assert accuracy == pytest.approx(c.evaluate([corpus], dtype="float32")["token_accuracy"], abs=1e-9)
+
+
+def test_the_public_api_fit(tmp_path):
+    import seqcompress
+
+    fasta = tmp_path / "g.fa"
+    fasta.write_text(">a\n" + "ACGT" * 40 + "\n")
+    summary = seqcompress.fit("dna", [fasta], tmp_path / "m", settings={"k": 2}, seq_len=16, ratio=0.5,
+                              model={"d_model": 16, "heads": 2, "layers": 1, "ffn_dim": 32, "latent_dim": 16},
+                              max_steps=2)
+    assert summary["steps"] == 2 and seqcompress.load(tmp_path / "m").domain.settings.k == 2

@@ -50,7 +50,7 @@ def test_text_probe_writes_all_four_outputs(tmp_path, text_file):
     assert {(r["seq_len"], r["ratio"]) for r in summary["rows"]} == {(16, 0.5), (16, 0.25), (32, 0.5), (32, 0.25)}
 
     results = json.loads((out / "results.json").read_text())
-    assert results["schema"] == "seqcompress-probe/1" and results["metric"] == "token_accuracy"
+    assert results["schema"] == "seqcompress-probe/2" and results["metric"] == "token_accuracy"
     assert results["plan"]["cells"] == [[16, 0.5], [16, 0.25], [32, 0.5], [32, 0.25]]
     assert "split" not in results["plan"] and "train_shifts" not in results["plan"]  # defaults: old probes resume
     assert set(results["machine"]) >= {"processor", "cpus", "device", "torch"}
@@ -299,6 +299,30 @@ def test_a_chronological_split_holds_out_the_end_of_each_file(tmp_path, text_fil
     codec = split.codec_windows(16)
     assert len(codec) == sum(c - 15 for c in cuts) and all(len(w) == 16 for w in codec)
     assert torch.equal(codec[1], streams[0][1:17])
+
+
+def test_a_chronological_split_learns_the_normalisation_from_the_training_rows_only(tmp_path):
+    from seqcompress.domains import get_domain
+
+    domain = get_domain("timeseries", {"patch": 4})
+    plan = ProbePlan(domain="timeseries", domain_state={"patch": 4}, data=[str(CO2)], cells=[(16, 0.5)],
+                     split="chronological", held_out=0.25, training={"max_steps": 1})
+    probe_ = Probe(plan, domain, tmp_path / "r")
+    learned = probe_.learned_domain().settings
+    # 2,284 rows = 571 patches of 4; the models train on the first round(571 * 0.75) = 428 patches = 1,712 rows
+    lines = CO2.read_text(encoding="utf-8").splitlines(keepends=True)
+    head = tmp_path / "head.csv"
+    head.write_text("".join(lines[: 1 + 428 * 4]), encoding="utf-8")
+    alone = domain.learn([head]).settings
+    assert learned.mean == alone.mean and learned.scale == alone.scale
+    assert learned.mean != domain.learn([CO2]).settings.mean  # the held-out tail (a rising trend) is left out
+    # the training stream is exactly the head file's patches, normalised alike
+    split = probe_.split(16)
+    assert torch.equal(split.streams[0], torch.cat(domain.learn([head]).load_windows([head], 16)))
+    # a random split still learns from the whole files
+    whole = Probe(ProbePlan(domain="timeseries", domain_state={"patch": 4}, data=[str(CO2)], cells=[(16, 0.5)],
+                            training={"max_steps": 1}), domain, tmp_path / "w")
+    assert whole.learned_domain().settings == domain.learn([CO2]).settings
 
 
 def test_a_chronological_time_series_probe_scores_the_future_next_to_the_classical_codecs(tmp_path):

@@ -199,6 +199,30 @@ def test_learning_over_many_blocks_matches_the_whole_file_statistics(tmp_path, m
     assert blocks.settings.scale == pytest.approx(frame[["a", "b"]].std(ddof=0).tolist(), rel=1e-12)
 
 
+def test_learning_a_share_matches_learning_a_copy_cut_at_the_same_patch(tmp_path, monkeypatch):
+    monkeypatch.setattr(ts, "PIECE_CELLS", 400)  # blocks of 101 rows: the cuts fall inside a later block
+    long, short = long_csv(tmp_path, 1000), long_csv(tmp_path, 537, "short.csv")
+    # 334 and 179 patches of 3 rows; share 0.6: the first round(334 * 0.6) = 200 and round(179 * 0.6) = 107
+    # patches, as the probe's chronological split cuts them: 600 and 321 data rows
+    heads = []
+    for path, rows in ((long, 600), (short, 321)):
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        heads.append(write(tmp_path, "".join(lines[: 1 + rows]), f"head_{path.name}"))
+    fresh = TimeSeriesDomain(TimeSeriesSettings(keep_columns=True, patch=3))
+    part = fresh.learn([long, short], share=0.6)
+    assert part.settings == learned(heads, keep_columns=True, patch=3).settings  # the same columns, mean and scale
+    whole = fresh.learn([long, short])
+    assert part.settings.mean != whole.settings.mean
+    assert fresh.learn([long, short], share=1.0).settings == whole.settings
+    # a share of the patches, not of the rows: 7 rows are 4 patches of 2 (the last one padded); 0.7 of them is
+    # round(2.8) = 3 patches, rows 0..5 (not round(7 * 0.7) = 5 rows)
+    odd = write(tmp_path, "v\n" + "".join(f"{i}\n" for i in range(7)), "odd.csv")
+    assert learned([odd], patch=2).learn([odd], 0.7).settings.mean == [2.5]
+    for bad in (0, 1.5, -0.1, True):
+        with pytest.raises(InputError, match="share must be in \\(0, 1\\]"):
+            TimeSeriesDomain().learn([long], share=bad)
+
+
 def test_errors_name_the_data_row_of_the_whole_file_in_a_later_block(tmp_path, monkeypatch):
     monkeypatch.setattr(ts, "PIECE_CELLS", 10)  # blocks of 6 rows (learn) and of one window of 4 rows (read)
     rows = [f"{i},{i}.5" for i in range(40)]

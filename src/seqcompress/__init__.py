@@ -40,7 +40,8 @@ def fit(domain, paths, out_dir: str | os.PathLike, *, settings: dict | None = No
         domain = cls(cls.settings_class(**(settings or {})))
     elif settings:
         domain = domain.with_settings(**settings)
-    if not any(k in train_options for k in ("epochs", "max_steps", "max_minutes")):
-        train_options["epochs"] = 1.0
+    if "epochs" not in train_options:  # one epoch unless another limit is given (as on the command line)
+        limited = train_options.get("max_steps") is not None or train_options.get("max_minutes") is not None
+        train_options["epochs"] = None if limited else 1.0
     return fit_files(domain, list(paths or []), out_dir, seq_len=seq_len, ratio=ratio, latent_len=latent_len,
                      model_options=model, options=TrainOptions(**train_options), resume=resume, force=force)

@@ -111,8 +111,14 @@ def decode_rows(
             states = model.decode(padded.to(device), torch.tensor(m, device=device), torch.tensor(batch, device=device),
                                   hidden=True)  # (B, N, D)
             step = max(1, OUTPUT_SLICE // (len(batch) * width))
-            pred = torch.cat([prediction(model.output(states[:, s : s + step])).cpu()
-                              for s in range(0, states.shape[1], step)], dim=1)  # (B, N, ...)
+            buffer = states.new_empty(len(batch) * step * width)  # reused by every slice of this batch
+            slices = []
+            for s in range(0, states.shape[1], step):
+                part = states[:, s : s + step]  # (B, s, D)
+                logits = model.output(part, out=buffer[: part.shape[0] * part.shape[1] * width].view(
+                    part.shape[0], part.shape[1], width))
+                slices.append(prediction(logits).cpu())
+            pred = torch.cat(slices, dim=1)  # (B, N, ...)
         out += [pred[b, :n] for b, n in enumerate(batch)]
     if start != rows.shape[0]:
         raise FormatError(f"{rows.shape[0]} latent rows do not match windows needing {start}")

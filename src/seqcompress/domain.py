@@ -295,9 +295,14 @@ class Domain(ABC):
     def default_data(self) -> list[Path]:
         """The small sample bundled in the package, used when no data file is given."""
 
-    def learn(self, paths: list[Path]) -> "Domain":
+    def learn(self, paths: list[Path], share: float = 1.0) -> "Domain":
         """A domain with the data-dependent settings (normalisation, channels) learned from the training files.
-        Called once by `fit` (not on --resume: the settings are restored). Default: nothing to learn."""
+        Called once by `fit` (not on --resume: the settings are restored). Default: nothing to learn.
+
+        `share` in (0, 1]: learn from the first `share` of each file's symbols only, cut where the probe's
+        chronological split cuts the file's stream of symbols (the first round(S * share) of its S symbols),
+        so that nothing is learned from the held-out tail. What only decides how a file is read (columns,
+        their kinds) may still come from the whole file. 1: every symbol."""
         return self
 
     def render(self, window: torch.Tensor, limit: int = 160) -> str:

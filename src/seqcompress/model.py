@@ -293,11 +293,14 @@ class SequenceAutoencoder(nn.Module):
         x = self.dec_norm(x)  # (B, N, D)
         return x if hidden else self.output(x)
 
-    def output(self, x: torch.Tensor) -> torch.Tensor:
-        """Final states (..., D) -> logits (..., V) through the tied embedding, or vectors (..., F)."""
+    def output(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Final states (..., D) -> logits (..., V) through the tied embedding, or vectors (..., F); written into
+        `out` when given (a buffer reused across slices, so decoding allocates no new large block per slice)."""
+        if out is None:
+            return x @ self.embed.weight.T if self.head is None else self.head(x)  # (..., V) or (..., F)
         if self.head is None:
-            return x @ self.embed.weight.T  # (..., V)
-        return self.head(x)  # (..., F)
+            return torch.matmul(x, self.embed.weight.T, out=out)
+        return torch.matmul(x, self.head.weight.T, out=out).add_(self.head.bias)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction (B, N, V|F), latents (B, M, latent_dim), latent lengths (B,)."""

@@ -17,7 +17,8 @@ Held-out data is one of (`ProbePlan.split`, `test`):
 With the last two, each training file is one stream of symbols, and `train_shifts` cuts it into windows at
 that many offsets (0, seq_len / k, 2 seq_len / k, ...), so that a short series still gives enough
 training windows; a classical codec that learns (PCA) fits on every full window of the streams, at every
-symbol offset. The domain learns its settings (normalisation) from the training files, whole.
+symbol offset. The domain learns its settings (normalisation) from the training files: whole, or with the
+chronological split only from the part of each file before its held-out tail (`Domain.learn`'s `share`).
 
 Reported next to every metric: the latent length, latent floats per input symbol and bits per
 symbol at the stored dtype, so that "reduction" (fewer, wider vectors) is never mistaken for
@@ -57,7 +58,7 @@ from seqcompress.train import TrainOptions, pick_device, split_held_out, train
 
 RESULTS, CSV_FILE, REPORT, PLOT, METHODS_PLOT = "results.json", "results.csv", "report.md", "metric_vs_ratio.png", \
     "methods_vs_ratio.png"
-SCHEMA = "seqcompress-probe/1"
+SCHEMA = "seqcompress-probe/2"  # 2: hashed held-out split, settings learned from the training part only
 HELD_OUT_SEED = 12_345  # the held-out split is the same for every method and seed
 BITS = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8}
 SPLITS = ("random", "chronological")
@@ -353,9 +354,14 @@ class Probe:
         return [Path(p) for p in self.plan.data] or self.domain.default_data()
 
     def learned_domain(self) -> Domain:
-        """The domain with the settings it learns from the training files (learned once)."""
+        """The domain with the settings it learns from the training files (learned once): with a chronological
+        split, from the part of each file the models train on (`share` = 1 - held_out, cut where `split` cuts),
+        so that the held-out future never reaches the normalisation; otherwise from the whole files."""
         if self.learned is None:
-            self.learned = self.domain.learn(self.training_files())
+            if self.plan.split == "chronological":
+                self.learned = self.domain.learn(self.training_files(), share=1 - self.plan.held_out)
+            else:
+                self.learned = self.domain.learn(self.training_files())
         return self.learned
 
     def split(self, seq_len: int) -> Split:

@@ -34,51 +34,15 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from seqcompress.atomic import atomic_write_bytes, atomic_write_text
 from seqcompress.attention import length_mask
+from seqcompress.compress import collate
 from seqcompress.domain import Domain, Objective
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress.model import SequenceAutoencoder
+from seqcompress.options import TrainOptions
 
 CHECKPOINT_DIR = "checkpoint"
 SHUFFLE_BYTES = 256 * 2**20  # the shuffle buffer never holds more window data than this
 _MASK64 = 2**64 - 1
-
-
-@dataclass
-class TrainOptions:
-    epochs: float | None = 1.0  # passes over the training windows (None: limited by steps or minutes)
-    max_steps: int | None = None  # stop after this many optimizer steps
-    max_minutes: float | None = None  # stop after this much training time
-    batch_size: int = 8  # windows per step; small batches leave the early plateau sooner on CPU
-    lr: float = 1e-3  # initial learning rate (paper: 1e-3)
-    lr_end: float = 1e-4  # learning rate after the decay (paper: 1e-4)
-    decay_epochs: float = 5.0  # epochs of linear decay (paper: 5)
-    warmup_steps: int = 0  # optional linear warm-up steps before the decay
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 0
-    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
-    val_fraction: float = 0.05  # share of windows held out for validation
-    eval_every: int = 0  # also evaluate every N steps (0: once per epoch and at the end)
-    eval_batches: int | None = None  # cap held-out batches per evaluation during training (None: all)
-    shuffle_buffer: int = 4096  # windows shuffled together (fewer when they would pass SHUFFLE_BYTES)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.lr <= 0 or self.lr_end <= 0:
-            raise InputError(f"lr and lr_end must be positive, got {self.lr} and {self.lr_end}")
-        if self.epochs is None and self.max_steps is None and self.max_minutes is None:
-            raise InputError("give epochs, max_steps or max_minutes")
-        for name in ("epochs", "max_steps", "max_minutes"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise InputError(f"{name} must be positive, got {value}")
-        if not 0 <= self.val_fraction < 1:
-            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.shuffle_buffer < 1:
-            raise InputError(f"shuffle_buffer must be at least 1, got {self.shuffle_buffer}")
-        if self.eval_batches is not None and self.eval_batches < 1:
-            raise InputError(f"eval_batches must be at least 1, got {self.eval_batches}")
 
 
 @dataclass
@@ -252,16 +216,6 @@ class TrainWindows(IterableDataset):
 def shuffle_buffer_size(opts: TrainOptions, split: Split) -> int:
     """Windows in the shuffle buffer: opts.shuffle_buffer, fewer when large windows would pass SHUFFLE_BYTES."""
     return max(1, min(opts.shuffle_buffer, SHUFFLE_BYTES // max(split.max_window_bytes, 1)))
-
-
-def collate(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad windows (L,) or (L, F) to the longest: (B, N) or (B, N, F) and lengths (B,)."""
-    lengths = torch.tensor([len(w) for w in windows])
-    n = int(lengths.max())
-    batch = windows[0].new_zeros((len(windows), n, *windows[0].shape[1:]))  # (B, N, ...)
-    for i, w in enumerate(windows):
-        batch[i, : len(w)] = w
-    return batch, lengths
 
 
 def batches(windows: Iterable[torch.Tensor], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from seqcompress.cli.options import DOMAIN_OPTION
+from seqcompress.cli.options import TRAIN_BATCH, LR, LR_END, DECAY_EPOCHS, D_MODEL, HEADS, LAYERS, LATENT_DIM, DEVICE, DOMAIN_OPTION
+
 from seqcompress.domains import DEFAULT_DOMAIN
 
 
@@ -22,15 +23,15 @@ def fit(
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Passes over the training windows (default 1)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimizer steps."),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="Stop after this many minutes of training."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Windows per optimizer step."),
-    lr: float = typer.Option(1e-3, "--lr", help="Initial learning rate (paper: 1e-3)."),
-    lr_end: float = typer.Option(1e-4, "--lr-end", help="Learning rate after the decay (paper: 1e-4)."),
-    decay_epochs: float = typer.Option(5.0, "--decay-epochs", help="Epochs of linear LR decay (paper: 5)."),
+    batch_size: int = TRAIN_BATCH,
+    lr: float = LR,
+    lr_end: float = LR_END,
+    decay_epochs: float = DECAY_EPOCHS,
     warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warm-up steps."),
-    d_model: int = typer.Option(256, "--d-model", help="Model width."),
-    heads: int = typer.Option(4, "--heads", help="Attention heads."),
-    layers: int = typer.Option(2, "--layers", help="Blocks in the encoder and in the decoder."),
-    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Width of a stored latent (default d-model)."),
+    d_model: int = D_MODEL,
+    heads: int = HEADS,
+    layers: int = LAYERS,
+    latent_dim: Optional[int] = LATENT_DIM,
     resize_init: str = typer.Option("pool", "--resize-init", help="W_S/W_E initialisation: pool or random."),
     attention: str = typer.Option("full", "--attention", help="Attention kernel: full, lowrank or local "
                                   "(docs/attention.md)."),
@@ -45,7 +46,7 @@ def fit(
     val_fraction: float = typer.Option(0.05, "--val-fraction", help="Share of windows held out."),
     eval_every: int = typer.Option(0, "--eval-every", help="Also evaluate every N steps (0: each epoch)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (model, split, batch order)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    device: str = DEVICE,
     resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in the output directory."),
     force: bool = typer.Option(False, "--force", help="Replace a model already in the output directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),

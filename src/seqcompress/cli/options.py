@@ -7,6 +7,18 @@ import json
 import typer
 
 from seqcompress.errors import InputError
+from seqcompress.options import TrainOptions
+
+# The options `fit` and `probe` share, defined once, with the defaults of the dataclasses that take them.
+LR = typer.Option(TrainOptions.lr, "--lr", help=f"Initial learning rate (paper: 1e-3).")
+LR_END = typer.Option(TrainOptions.lr_end, "--lr-end", help="Learning rate after the decay (paper: 1e-4).")
+DECAY_EPOCHS = typer.Option(TrainOptions.decay_epochs, "--decay-epochs", help="Epochs of linear LR decay (paper: 5).")
+TRAIN_BATCH = typer.Option(TrainOptions.batch_size, "--batch-size", help="Windows per optimizer step.")
+D_MODEL = typer.Option(256, "--d-model", help="Model width.")
+HEADS = typer.Option(4, "--heads", help="Attention heads.")
+LAYERS = typer.Option(2, "--layers", help="Blocks in the encoder and in the decoder.")
+LATENT_DIM = typer.Option(None, "--latent-dim", help="Width of a stored latent (default d-model).")
+DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda.")
 
 # One vocabulary for domain settings in every command: -D KEY=VALUE, parsed by the domain's Settings class.
 DOMAIN_OPTION = typer.Option([], "--domain-option", "-D", metavar="KEY=VALUE",

@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from seqcompress.cli.options import DOMAIN_OPTION
+from seqcompress.cli.options import TRAIN_BATCH, LR, LR_END, DECAY_EPOCHS, D_MODEL, HEADS, LAYERS, LATENT_DIM, DEVICE, DOMAIN_OPTION
+
 from seqcompress.defaults import DEFAULT_BATCH, STORED_DTYPE
 from seqcompress.domains import DEFAULT_DOMAIN
 
@@ -72,21 +73,21 @@ def probe(
     resize: str = typer.Option("absolute", "--resize", help="W_S kinds, comma-separated: absolute, relative."),
     option: list[str] = typer.Option([], "--option", "-O", help="Kernel, position or resize option KEY=VALUE "
                                      "(window, rank, buckets, band); each variant takes the ones it uses."),
-    batch_size: int = typer.Option(DEFAULT_BATCH, "--batch-size", help="Windows per optimizer step."),
+    batch_size: int = TRAIN_BATCH,
     batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", help="Symbols per optimizer step instead: "
                                                "batch size = this // seq-len in each cell."),
     paper: Optional[str] = typer.Option(None, "--paper", help="Reproduce the paper's table: 'cpu' (under 2 hours on "
                                         "2 cores, smaller model) or 'full' (the paper's setting, CUDA); sets cells, "
                                         "baselines, model and budget (docs/reproduction.md)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Initial learning rate (paper: 1e-3)."),
-    lr_end: float = typer.Option(1e-4, "--lr-end", help="Final learning rate (paper: 1e-4)."),
-    decay_epochs: float = typer.Option(5.0, "--decay-epochs", help="Epochs of linear LR decay (paper: 5)."),
-    d_model: int = typer.Option(256, "--d-model", help="Model width."),
-    heads: int = typer.Option(4, "--heads", help="Attention heads."),
-    layers: int = typer.Option(2, "--layers", help="Blocks in the encoder and in the decoder."),
-    latent_dim: Optional[int] = typer.Option(None, "--latent-dim", help="Width of a stored latent (default d-model)."),
+    lr: float = LR,
+    lr_end: float = LR_END,
+    decay_epochs: float = DECAY_EPOCHS,
+    d_model: int = D_MODEL,
+    heads: int = HEADS,
+    layers: int = LAYERS,
+    latent_dim: Optional[int] = LATENT_DIM,
     dtype: str = typer.Option(STORED_DTYPE, "--dtype", help="Score latents stored as float32, float16, bfloat16 or int8."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    device: str = DEVICE,
     output: Path = typer.Option(..., "--output", "-o", help="Report directory (resumes the probe already there)."),
     force: bool = typer.Option(False, "--force", help="Discard a probe with other settings in the report directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary rows as JSON on stdout."),

@@ -622,21 +622,47 @@ class AudioDomain(Domain):
         """The bundled sample: 5 s of espeak-ng speech, 16 kHz mono 16-bit FLAC (seqcompress/data/NOTICE.md)."""
         return [bundled("speech_sample.flac")]
 
-    def learn(self, paths: list[Path]) -> "AudioDomain":
+    def learn(self, paths: list[Path], share: float = 1.0) -> "AudioDomain":
         """The RMS level of every training file's samples, pooled and read block by block: the model then sees
         unit-level audio, which it learns far faster than speech at its usual level of -20 to -30 dBFS.
-        Silence only: scale 1."""
+        Silence only (or nothing to learn from): scale 1.
+
+        With `share` < 1 each file's level comes from the samples before its first round(F * share) frames (F =
+        ceil(model samples / frame_samples) frames per channel at the model rate): the samples at the file's
+        rate up to that instant, in every channel (`learn_frames`). For a mono file that is exactly the probe's
+        chronological cut; the probe's stream interleaves the channels of a longer file window by window, so
+        there its cut may lie up to one window away in time from this one."""
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise InputError(f"share must be in (0, 1], got {share!r}")
         paths = check_data_paths([Path(p) for p in paths])
         if not paths:
             raise InputError("no data files to learn from")
         energy, count = 0.0, 0
         for path in paths:
             with AudioReader(path) as reader:
+                limit = self.learn_frames(reader.info, share)  # samples per channel learned from
+                done = 0
                 for block in reader.blocks(max(1, BLOCK_SAMPLES // reader.info.channels)):
+                    block = block[: limit - done]
                     energy += float(np.square(block).sum())
                     count += block.size
-        rms = math.sqrt(energy / count)
+                    done += len(block)
+                    if share < 1 and done >= limit:  # the rest is never read (share 1: read to the end)
+                        break
+        rms = math.sqrt(energy / count) if count else 0.0
         return self.with_settings(scale=rms if rms > 1e-5 else 1.0)
+
+    def learn_frames(self, info: AudioInfo, share: float = 1.0) -> int:
+        """Samples per channel of a file (at its own rate) that `learn` reads for `share`: all of them for 1, else
+        those before the instant of the first round(F * share) frames at the model rate (F: the file's frames
+        per channel), ceil(k * file rate / model rate) for k model samples."""
+        if share >= 1:
+            return info.frames
+        settings = self.settings
+        s = settings.frame_samples
+        frames = -(-settings.model_samples(info.frames, info.sample_rate) // s)
+        k = round(frames * share) * s  # model samples
+        return min(info.frames, -(-k * info.sample_rate // settings.sample_rate))
 
     def render(self, window: torch.Tensor, limit: int = 160) -> str:
         """Duration, loudness and a few samples (at the file's level) from the middle of a window's first frame."""

@@ -40,6 +40,7 @@ import torch
 
 from seqcompress.domain import (Codec, Domain, Piece, Settings, TokenObjective, Writer, bundled, check_data_paths,
                                 option, shorten, split_windows)
+from seqcompress.format import run_length
 from seqcompress.errors import FormatError, InputError
 
 # ---- alphabet and tokens ------------------------------------------------------------------------
@@ -138,17 +139,6 @@ class Tokens:
 
 
 # ---- run-length helpers ---------------------------------------------------------------------------
-def run_length(values: list[int]) -> list[list[int]]:
-    """[60, 60, 60, 7] -> [[60, 3], [7, 1]]."""
-    runs: list[list[int]] = []
-    for v in values:
-        if runs and runs[-1][0] == v:
-            runs[-1][1] += 1
-        else:
-            runs.append([v, 1])
-    return runs
-
-
 def case_runs(bases: np.ndarray) -> list[int]:
     """Alternating run lengths of upper- and lower-case letters, starting with an upper-case run
     (0 when the bases start lower-case): "ACgtA" -> [2, 2, 1]. Empty when there is no lower case."""
@@ -813,7 +803,7 @@ class DnaCodec(Codec):
     def iter_windows(self, path: Path, seq_len: int) -> Iterator[Piece]:
         """Windows (at most seq_len tokens) of each record, and fragments of side information, as the file is
         read. Piece side: {"file": {...}} (first piece only), {"records": [fragment, ...]},
-        {"final_newline": bool} (last piece only); docs/format.md lists the fragment fields."""
+        {"final_newline": bool} (last piece only); docs/dna.md lists the fragment fields."""
         path = Path(path)
         check_data_paths([path])
         if seq_len < 1:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import contextlib
 import csv
 import dataclasses
 import io
@@ -400,6 +401,13 @@ def _legacy_decimals(spec: dict, rows: int) -> np.ndarray:
             raise FormatError(f"timeseries side information: decimals cover {len(decimals)} rows, not {rows}")
         return decimals
     return runs_values(spec["runs"], rows)
+
+
+def _check_share(share: float) -> float:
+    """`learn`'s share of each file, refused unless in (0, 1]."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise InputError(f"share must be in (0, 1], got {share!r}")
+    return float(share)
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -898,10 +906,16 @@ class TimeSeriesDomain(Domain):
         """The bundled sample: weekly Mauna Loa CO2, 1958-2001 (2,284 rows, 59 missing; statsmodels' co2)."""
         return [bundled("co2_sample.csv")]
 
-    def learn(self, paths: list[Path]) -> "TimeSeriesDomain":
+    def learn(self, paths: list[Path], share: float = 1.0) -> "TimeSeriesDomain":
         """A domain with the time column and channels decided from the first file (when not given) and each
         channel's mean and scale (population standard deviation; 1 for a constant or empty channel) pooled over
-        every file, streamed. Every file must have those columns."""
+        every file, streamed. Every file must have those columns.
+
+        With `share` < 1 the mean and scale come from the first round(P * share) patches of each file only (P =
+        ceil(rows / patch) patches of `patch` data rows; exactly the rows before the probe's chronological cut,
+        which falls on a patch boundary); a counting pass over the file finds its rows. The time column and the
+        channels are still decided from the whole first file, as the codec reads whole files."""
+        share = _check_share(share)
         paths = check_data_paths([Path(p) for p in paths])
         if not paths:
             raise InputError("no data files to learn from")
@@ -920,11 +934,22 @@ class TimeSeriesDomain(Domain):
                                 columns, s.keep_columns)
             stats = stats or ChannelStats(len(columns))
             index = {name: j for j, name in enumerate(csv_file.header)}
+            block_rows = PIECE_CELLS // len(csv_file.header) + 1
+            limit = None  # data rows learned from (None: all)
+            if share < 1:
+                rows = sum(len(cells[0]) for cells in csv_file.blocks(block_rows))
+                limit = round(-(-rows // s.patch) * share) * s.patch
             first_row = 0
-            for cells in csv_file.blocks(PIECE_CELLS // len(csv_file.header) + 1):
-                block = [parse_channel(csv_file.path, name, cells[index[name]], first_row).values for name in columns]
-                stats.add(np.stack(block, axis=1))
-                first_row += len(cells[0])
+            with contextlib.closing(csv_file.blocks(block_rows)) as blocks:
+                for cells in blocks:
+                    if limit is not None:
+                        if first_row >= limit:
+                            break
+                        cells = [c[: limit - first_row] for c in cells]
+                    block = [parse_channel(csv_file.path, name, cells[index[name]], first_row).values
+                             for name in columns]
+                    stats.add(np.stack(block, axis=1))
+                    first_row += len(cells[0])
         mean, std = stats.mean_std()
         return self._learned(time_col, columns, mean, std)
 
