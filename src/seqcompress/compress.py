@@ -22,7 +22,7 @@ import lzma
 import os
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -185,7 +185,6 @@ class Evaluation:
     values: dict[str, float]
     windows: int = 0
     symbols: int = 0
-    history: list = field(default_factory=list)
 
 
 def evaluate_stream(

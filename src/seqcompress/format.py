@@ -466,11 +466,6 @@ class LatentReader:
         return tensors
 
 
-def read_header(path: str | os.PathLike) -> dict:
-    """The validated header of a .sqz file (checksum included)."""
-    return LatentReader(path).header
-
-
 def is_latent_file(path: str | os.PathLike) -> bool:
     try:
         with open(path, "rb") as f:
