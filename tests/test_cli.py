@@ -78,13 +78,31 @@ def test_fit_refuses_to_overwrite_a_model(trained):
     assert "already holds a model" in line
 
 
-def test_resume_continues_a_run(trained, tmp_path):
+def _killed_at_first_checkpoint(corpus: Path, out: Path) -> None:
+    """A real `seqcompress fit` of two epochs, killed (SIGKILL) right after its first checkpoint."""
+    env = {**os.environ, "SEQCOMPRESS_KILL_AT": "checkpoint:saved", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "seqcompress", "fit", str(corpus), "-o", str(out), *TINY,
+                           "--epochs", "2", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stderr
+    assert (out / "checkpoint" / "run.json").is_file() and not (out / "config.json").exists()
+
+
+def test_resume_continues_a_killed_run_from_its_record_alone(trained, tmp_path):
     _, corpus, _ = trained
-    first = run("fit", corpus, "-o", tmp_path / "m", *TINY, "--max-steps", "2", "--json")
-    assert first.exit_code == 0, first.stderr
-    again = run("fit", "-o", tmp_path / "m", "--max-steps", "4", "--batch-size", "4", "--resume", "--json")
+    _killed_at_first_checkpoint(corpus, tmp_path / "m")
+    again = run("fit", "-o", tmp_path / "m", "--resume", "--json")
     assert again.exit_code == 0, again.stderr
-    assert json.loads(again.stdout)["steps"] == 4
+    summary = json.loads(again.stdout)
+    assert summary["epochs"] == 2 and summary["domain"] == "text" and summary["seq_len"] == 32
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_resume_refuses_an_option_that_contradicts_the_record(trained, tmp_path):
+    _, corpus, _ = trained
+    _killed_at_first_checkpoint(corpus, tmp_path / "m")
+    line = one_error_line(run("fit", "-o", tmp_path / "m", "--resume", "--epochs", "3", "--seq-len", "32"))
+    assert "--epochs (the run recorded 2.0, given 3.0)" in line and "--seq-len" not in line
+    assert (tmp_path / "m" / "checkpoint" / "state.json").is_file()  # the refused resume changed nothing
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "binary", "directory"])

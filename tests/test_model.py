@@ -15,8 +15,8 @@ from tests.conftest import tiny_config
 def test_save_load_round_trip_is_exact(tmp_path, tiny_model):
     tiny_model.save(tmp_path / "m", domain={"name": "text"})
     loaded, meta = load_model(tmp_path / "m")
-    assert meta["fingerprint"] == tiny_model.fingerprint() == loaded.fingerprint()
-    assert meta["domain"] == {"name": "text"}
+    assert meta["fingerprint"] == tiny_model.fingerprint(domain={"name": "text"}) == loaded.fingerprint(domain=meta["domain"])
+    assert meta["domain"] == {"name": "text"} and meta["fingerprint_scheme"] == 3
     x = torch.randint(1, 50, (2, 16))
     lengths = torch.tensor([16, 9])
     with torch.no_grad():
@@ -57,7 +57,7 @@ def test_not_a_model_directory(tmp_path):
 def test_corrupt_weights_file_is_a_model_file_error(tmp_path, tiny_model):
     tiny_model.save(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage" * 10)
-    with pytest.raises(ModelFileError, match="cannot load"):
+    with pytest.raises(ModelFileError, match="not a valid safetensors file"):
         load_model(tmp_path / "m")
 
 
@@ -101,9 +101,18 @@ def test_fingerprint_scheme_2_hashes_only_fields_away_from_their_neutral_value(t
     # Every field has a frozen neutral value, so adding a field never changes an older model's fingerprint.
     assert {f.name for f in dc_fields(ModelConfig)} == set(FINGERPRINT_NEUTRAL)
     expected = {"fingerprint_scheme": 2, "n_max": 16, "d_model": 32, "ffn_dim": 64, "latent_dim": 32, "vocab_size": 50}
-    assert tiny_model.fingerprint() == _hash(expected, tiny_model)
+    assert tiny_model.fingerprint(2) == _hash(expected, tiny_model)
     local = build_model(tiny_config(attention="local", options={"window": 2}), seed=0)
-    assert local.fingerprint() == _hash({**expected, "attention": "local", "options": {"window": 2, "scope": "all"}}, local)
+    assert local.fingerprint(2) == _hash({**expected, "attention": "local", "options": {"window": 2, "scope": "all"}}, local)
+
+
+def test_fingerprint_scheme_3_covers_the_domain_state_but_not_the_training_summary(tiny_model):
+    expected = {"fingerprint_scheme": 3, "n_max": 16, "d_model": 32, "ffn_dim": 64, "latent_dim": 32, "vocab_size": 50,
+                "domain": {"name": "audio", "level": 0.5}}
+    domain = {"name": "audio", "level": 0.5}
+    assert tiny_model.fingerprint(domain=domain) == _hash(expected, tiny_model)
+    assert tiny_model.fingerprint(domain={**domain, "training": {"steps": 3}}) == tiny_model.fingerprint(domain=domain)
+    assert tiny_model.fingerprint(domain={**domain, "level": 50.0}) != tiny_model.fingerprint(domain=domain)
 
 
 @pytest.mark.parametrize("reducer", ["perceiver", "linformer", "meanpool"])

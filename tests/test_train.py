@@ -410,18 +410,48 @@ def test_fit_streams_learns_a_new_domain_and_shows_a_held_out_example(tmp_path, 
     assert len(example["reconstructed"].split()) == len(windows[first])
 
 
-def test_fit_resume_reproduces_the_straight_run(tmp_path, toy_registered):
+def test_fit_resume_reproduces_the_straight_run_from_the_runs_record_alone(tmp_path, toy_registered):
     from seqcompress.api import fit
 
     path = _write(tmp_path / "data.tok", _windows(40))
-    kwargs = dict(seq_len=16, ratio=0.5, model_options=SMALL)
-    fit(ToyTokens(), [path], tmp_path / "straight", options=TrainOptions(epochs=None, max_steps=8), **kwargs)
-    fit(ToyTokens(), [path], tmp_path / "resumed", options=TrainOptions(epochs=None, max_steps=4), **kwargs)
-    summary = fit(ToyTokens(), None, tmp_path / "resumed", options=TrainOptions(epochs=None, max_steps=8), resume=True)
-    assert summary["steps"] == 8
+    kwargs = dict(seq_len=16, ratio=0.5, model_options=SMALL, options=TrainOptions(epochs=2))
+    straight = fit(ToyTokens(), [path], tmp_path / "straight", **kwargs)
+    per_epoch = round(straight["steps"] / straight["epochs"])
+    assert not (tmp_path / "straight" / "checkpoint").exists()  # a finished run leaves only the model
+
+    def interrupt(progress):  # after the first epoch's checkpoint, before the run ends
+        if progress.step == per_epoch + 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(ToyTokens(), [path], tmp_path / "resumed", on_step=interrupt, **kwargs)
+    assert not (tmp_path / "resumed" / "config.json").exists()
+    summary = fit(None, None, tmp_path / "resumed", resume=True)  # domain, data, config and budget from the record
+    assert summary["steps"] == straight["steps"] == 2 * per_epoch
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ModelFileError, match="a finished run removes its checkpoint"):
+        fit(None, None, tmp_path / "resumed", resume=True)
+
+
+def test_resume_conflicts_name_what_differs_from_the_record(tmp_path, toy_registered):
+    from seqcompress.api import fit, resume_conflicts
+
+    path = _write(tmp_path / "data.tok", _windows(40))
+
+    def interrupt(progress):
+        if progress.epoch > 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(ToyTokens(), [path], tmp_path / "m", seq_len=16, ratio=0.5, model_options=SMALL,
+            options=TrainOptions(epochs=2, lr=2e-3), on_step=interrupt)
+    same = {"epochs": 2, "lr": 0.002, "seq_len": 16, "data": [path], "domain": "toy", "d_model": SMALL["d_model"]}
+    assert resume_conflicts(tmp_path / "m", same) == []
+    conflicts = dict(resume_conflicts(tmp_path / "m", {"epochs": 3, "data": [tmp_path / "other.tok"], "option": ["a=1"]}))
+    assert set(conflicts) == {"epochs", "data", "option"}
+    assert "recorded 2" in conflicts["epochs"] and "record holds it" in conflicts["option"]
 
 
 @pytest.mark.parametrize("kwargs, name", [(dict(seq_len=-1), "seq_len"), (dict(ratio=1.5), "ratio"),

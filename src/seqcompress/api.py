@@ -13,22 +13,21 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
 
-from seqcompress.atomic import atomic_write_text
 from seqcompress.defaults import CHUNK_WINDOWS, DEFAULT_BATCH, STORED_DTYPE
 from seqcompress.domain import Domain, check_data_paths
+from seqcompress.domains import get_domain
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress.format import DTYPES
 from seqcompress.model import CONFIG_FILE, ModelConfig, build_model, load_model
 from seqcompress.train import (
-    CHECKPOINT_DIR, Split, TrainOptions, WindowSource, collate, held_out_windows, pick_device, scan, train,
+    CHECKPOINT_DIR, STATE_FILE, Split, TrainOptions, WindowSource, collate, held_out_windows, pick_device,
+    read_checkpoint_record, scan, train,
 )
-
-_RUN_FILE = "run.json"  # inside the checkpoint folder: what a --resume needs to rebuild the run
 
 
 def resolve_ratio(seq_len: int, ratio: float | None, latent_len: int | None) -> float:
@@ -46,7 +45,7 @@ def resolve_ratio(seq_len: int, ratio: float | None, latent_len: int | None) -> 
 
 
 def fit(
-    domain: Domain,
+    domain: Domain | None,
     paths: list[str | os.PathLike] | None,
     out_dir: str | os.PathLike,
     *,
@@ -57,31 +56,45 @@ def fit(
     options: TrainOptions | None = None,
     resume: bool = False,
     force: bool = False,
+    device: str | None = None,
     on_step=None,
     on_eval=None,
 ) -> dict:
     """Train a model on `paths` (the domain's bundled sample when empty) and save it in `out_dir`.
 
     The windows are streamed from the files on every pass (never all in memory). With `resume`, the run
-    checkpointed in `out_dir` continues with the domain, model config and data it recorded. Returns the
+    checkpointed in `out_dir` continues with the domain, model config, data and training options it recorded
+    (`domain`, `paths` and the other arguments must then be left out, see `resume_conflicts`; `device` may
+    differ, as it may on a new run where it overrides `options.device`). The model
+    directory is written as a whole at the end, and the checkpoint folder is removed with it. Returns the
     summary that `seqcompress fit --json` prints.
     """
     out_dir = Path(out_dir)
-    options = options or TrainOptions()
-    run_file = out_dir / CHECKPOINT_DIR / _RUN_FILE
+    ckpt = out_dir / CHECKPOINT_DIR
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir} exists and is not a directory")
     if resume:
-        if not run_file.is_file():
-            raise ModelFileError(f"nothing to resume in {out_dir}: no unfinished or finished run was checkpointed there")
-        run = json.loads(run_file.read_text())
-        domain = type(domain).from_state(run.get("domain") or domain.state())
-        config = ModelConfig(**run["model"])
-        data = [Path(p) for p in run["data"]]
+        record, state = read_checkpoint_record(ckpt)
+        try:
+            domain = get_domain(str(record["domain"].get("name", "")), record["domain"])
+            config = ModelConfig(**record["model"])
+            options = TrainOptions(**state["options"])
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"the checkpoint in {ckpt} records an invalid run: {exc}") from None
+        data = [Path(p) for p in record["data"]]
+        if device is not None:
+            options = replace(options, device=device)
     else:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise InputError(f"{out_dir} exists and is not a directory")
+        if domain is None:
+            raise InputError("give a domain (or resume a checkpointed run)")
+        options = options or TrainOptions()
+        if device is not None:
+            options = replace(options, device=device)
         if (out_dir / CONFIG_FILE).exists() and not force:
             raise InputError(f"{out_dir} already holds a model; set force to replace it or resume to continue it")
-        seq_len = seq_len or domain.default_seq_len
+        if (ckpt / STATE_FILE).exists() and not force:
+            raise InputError(f"{out_dir} holds an unfinished run; set resume to continue it or force to start over")
+        seq_len = domain.default_seq_len if seq_len is None else seq_len
         if seq_len < 1:
             raise InputError(f"seq_len must be at least 1, got {seq_len}")
         known = {f.name for f in fields(ModelConfig)}
@@ -93,18 +106,19 @@ def fit(
         if stages and ratio is None and latent_len is None:
             ratio = math.prod(stages)  # stages alone set the overall ratio
         ratio = resolve_ratio(seq_len, ratio, latent_len)
+        pick_device(options.device)  # an unavailable device fails now, before anything is read or written
         data = [Path(p) for p in paths] if paths else domain.default_data()
+        check_data_paths(data)
+        for path in data:
+            if out_dir.exists() and out_dir.resolve() in path.resolve().parents:
+                raise InputError(f"the data file {path} is inside the output directory {out_dir}; choose another")
         domain = domain.learn(data)  # before the config: a domain's model fields may depend on its data (channels)
         config = ModelConfig(n_max=seq_len, ratio=ratio, **{**extra, **domain.model_fields()})
 
     model = build_model(config, seed=options.seed)
-    if not resume:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        run_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_file, json.dumps({"model": asdict(config), "domain": domain.state(),
-                                                "data": [str(p) for p in data]}, indent=2))
+    record = {"model": asdict(config), "domain": domain.state(), "data": [str(p) for p in data]}
     result = train(model, domain.objective, WindowSource.files(domain, data, config.n_max), options,
-                   checkpoint_dir=out_dir, resume=resume, on_step=on_step, on_eval=on_eval)
+                   checkpoint_dir=out_dir, resume=resume, on_step=on_step, on_eval=on_eval, record=record)
     summary = {
         "domain": domain.name,
         "metric": domain.metric_name,
@@ -126,13 +140,72 @@ def fit(
         "seed": options.seed,
         "data": [str(p) for p in data],
         "model_dir": str(out_dir),
+        "checkpoint_error": result.checkpoint_error,
+        "architecture": f"{config.attention} / {config.positions} / {config.resize}"
+                        + (f", stages {','.join(f'{x:g}' for x in config.stages)}" if config.stages else "")
+                        + "".join(f", {k}={v}" for k, v in config.options.items()),
     }
     training = {k: summary[k] for k in ("metric", "value", "steps", "epochs", "seconds", "seed", "data")}
     training["val_fraction"] = options.val_fraction
     training["held_out_split"] = result.split.state()
     training["history"] = result.history
-    model.save(out_dir, domain={**domain.state(), "training": training})
+    model.save(out_dir, domain={**domain.state(), "training": training}, drop=(CHECKPOINT_DIR,))
     return summary
+
+
+# What `resume_conflicts` compares: an argument of `seqcompress fit` -> where the run's record keeps it.
+_RECORDED = {
+    "epochs": ("options", "epochs"), "max_steps": ("options", "max_steps"), "minutes": ("options", "max_minutes"),
+    "batch_size": ("options", "batch_size"), "lr": ("options", "lr"), "lr_end": ("options", "lr_end"),
+    "decay_epochs": ("options", "decay_epochs"), "warmup_steps": ("options", "warmup_steps"),
+    "seed": ("options", "seed"), "val_fraction": ("options", "val_fraction"), "eval_every": ("options", "eval_every"),
+    "seq_len": ("model", "n_max"), "ratio": ("model", "ratio"), "d_model": ("model", "d_model"),
+    "heads": ("model", "heads"), "layers": ("model", "layers"), "latent_dim": ("model", "latent_dim"),
+    "resize_init": ("model", "resize_init"), "attention": ("model", "attention"),
+    "positions": ("model", "positions"), "resize": ("model", "resize"), "domain": ("domain", "name"),
+}
+
+
+def resume_conflicts(out_dir: str | os.PathLike, given: dict) -> list[tuple[str, str]]:
+    """(name, why) for each argument in `given` (name -> value, as `seqcompress fit` names them) that differs
+    from what the run checkpointed in `out_dir` recorded; arguments it cannot compare always conflict."""
+    record, state = read_checkpoint_record(Path(out_dir) / CHECKPOINT_DIR)
+    sections = {"options": state["options"], "model": record["model"], "domain": record["domain"]}
+    conflicts = []
+    for name, value in given.items():
+        if name == "data":
+            recorded = [str(Path(p).resolve()) for p in record["data"]]
+            if [str(Path(p).resolve()) for p in value] != recorded:
+                conflicts.append((name, f"the run recorded {', '.join(record['data'])}"))
+        elif name in _RECORDED:
+            section, key = _RECORDED[name]
+            recorded = sections[section].get(key)
+            if recorded != value and not (isinstance(value, (int, float)) and isinstance(recorded, (int, float))
+                                          and float(recorded) == float(value)):
+                conflicts.append((name, f"the run recorded {recorded!r}, given {value!r}"))
+        else:
+            conflicts.append((name, "the run's record holds it"))
+    return conflicts
+
+
+def load(model_dir: str | os.PathLike, device: str = "cpu"):
+    """A saved model, its metadata and its domain, each checked: (model, meta, domain).
+
+    Beyond `load_model`'s checks, the domain's saved state must restore and must fit the model (its
+    vocabulary or feature count), so a config.json edited by hand fails here with one clear line."""
+    model, meta = load_model(model_dir, pick_device(device))
+    state = meta["domain"]
+    try:
+        domain = get_domain(str(state.get("name", "")), state)
+        fixed = domain.model_fields()
+    except (InputError, KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"the domain settings in {Path(model_dir) / CONFIG_FILE} are invalid: {exc}") from None
+    wrong = {k: v for k, v in fixed.items() if getattr(model.config, k) != v}
+    if wrong:
+        k = next(iter(wrong))
+        raise ModelFileError(f"the domain settings in {Path(model_dir) / CONFIG_FILE} do not fit the model: the domain "
+                             f"needs {k} {wrong[k]}, the model has {getattr(model.config, k)}")
+    return model, meta, domain
 
 
 def evaluate_files(
@@ -151,14 +224,12 @@ def evaluate_files(
     as `encode_file` does), so the value is what `decode` of a file encoded with the same dtype gives.
     `options` are encode settings of the domain, as text (e.g. {"qualities": "drop"})."""
     from seqcompress.compress import evaluate_stream
-    from seqcompress.domains import get_domain
 
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    model, meta = load_model(model_dir, pick_device(device))
-    domain = get_domain(meta["domain"].get("name", ""), meta["domain"])
+    model, meta, domain = load(model_dir, device)
     changes = domain.settings_class.parse(options or {}, allowed=domain.settings_class.encode_names())
     domain = domain.with_settings(**changes) if changes else domain
     data = [Path(p) for p in paths] if paths else domain.default_data()
@@ -184,10 +255,7 @@ def held_out_example(model_dir: str | os.PathLike, limit: int = 160) -> dict:
     """The first held-out window of a model's own training run, rendered before and after reconstruction.
 
     The training data is streamed up to that window; the split is the one training recorded."""
-    from seqcompress.domains import get_domain
-
-    model, meta = load_model(model_dir)
-    domain = get_domain(meta["domain"].get("name", ""), meta["domain"])
+    model, meta, domain = load(model_dir)
     training = meta["domain"].get("training", {})
     source = WindowSource.files(domain, training["data"], model.config.n_max)
     if "held_out_split" in training:

@@ -28,12 +28,9 @@ class Compressor:
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike, device: str = "auto") -> "Compressor":
-        from seqcompress.domains import get_domain
-        from seqcompress.model import load_model
-        from seqcompress.train import pick_device
+        from seqcompress.api import load
 
-        model, meta = load_model(model_dir, pick_device(device))
-        return cls(model, meta, get_domain(meta["domain"].get("name", ""), meta["domain"]))
+        return cls(*load(model_dir, device))
 
     @property
     def config(self):

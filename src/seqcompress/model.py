@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import math
+import struct
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,17 +29,18 @@ from torch import nn
 
 from seqcompress.attention import Attention, Block, Layout
 from seqcompress.errors import InputError, ModelFileError
-from seqcompress.atomic import atomic_write_bytes
+from seqcompress import faults
+from seqcompress.atomic import atomic_directory, interrupted_replacement
 from seqcompress.kernels import KERNELS, check_combination, make_kernel
 from seqcompress.lengths import Geometry, latent_length, latent_positions, length_mask
 from seqcompress.positions import POSITIONS, make_positions
 from seqcompress.reducers import REDUCERS
-from seqcompress.resize import RESIZES
+from seqcompress.resize import RESIZE_INITS, RESIZES
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 MODEL_FORMAT = "seqcompress-model"
-MODEL_FORMAT_VERSION = 2  # 2: attention seam (kernels, position schemes, stages, relative resize), fingerprint scheme 2
-FINGERPRINT_SCHEME = 2
+MODEL_FORMAT_VERSION = 3  # 2: attention seam (kernels, position schemes, stages, relative resize); 3: fingerprint scheme 3
+FINGERPRINT_SCHEME = 3  # 3: the domain's state is hashed too
 
 
 def option_defaults(attention: str, positions: str, resize: str) -> dict:
@@ -49,6 +51,15 @@ def option_defaults(attention: str, positions: str, resize: str) -> dict:
     if resize == "relative":
         takes["band"] = 1.0
     return takes
+
+
+# Fixed caps, checked before a config sizes anything: far above any model this project trains, far below
+# what a hand-edited config.json could make a loader allocate (tested in tests/test_hostile.py).
+_INT_LIMITS = {
+    "n_max": (1, 1 << 24), "d_model": (1, 1 << 16), "heads": (1, 1024), "layers": (1, 256), "ffn_dim": (1, 1 << 20),
+    "latent_dim": (1, 1 << 16), "vocab_size": (0, 1 << 24), "feature_dim": (0, 1 << 20),
+}
+_MAX_STAGES = 64
 
 
 @dataclass
@@ -72,6 +83,19 @@ class ModelConfig:
     options: dict = field(default_factory=dict)  # kernel, position and resize options by name (window, rank, ...)
 
     def __post_init__(self) -> None:
+        for name, (low, high) in _INT_LIMITS.items():  # before anything is sized from them
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise InputError(f"{name} must be a whole number from {low:,} to {high:,}, got {value!r}")
+        for name in ("ratio", "dropout"):
+            if not isinstance(getattr(self, name), (int, float)) or isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be a number, got {getattr(self, name)!r}")
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.d_model % self.heads:
+            raise InputError(f"d_model ({self.d_model}) must be a multiple of heads ({self.heads})")
+        if not isinstance(self.stages, list) or len(self.stages) > _MAX_STAGES:
+            raise InputError(f"stages must be a list of at most {_MAX_STAGES} ratios, got {self.stages!r}")
         if not 0 < self.ratio <= 1:
             raise InputError(f"ratio must be in (0, 1], got {self.ratio}")
         if self.n_max < 1:
@@ -84,6 +108,8 @@ class ModelConfig:
                                       ("positions", self.positions, POSITIONS), ("resize", self.resize, RESIZES)):
             if value not in registry:
                 raise InputError(f"{name} must be one of {', '.join(registry)}, got {value!r}")
+        if self.resize_init not in RESIZE_INITS:
+            raise InputError(f"resize_init must be one of {', '.join(RESIZE_INITS)}, got {self.resize_init!r}")
         self.stages = [float(s) for s in self.stages]
         if self.stages:
             if any(not 0 < s <= 1 for s in self.stages):
@@ -311,20 +337,24 @@ class SequenceAutoencoder(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def fingerprint(self, scheme: int = FINGERPRINT_SCHEME) -> str:
-        """Hash of the config and every weight: latent files record it to refuse a different model.
+    def fingerprint(self, scheme: int = FINGERPRINT_SCHEME, domain: dict | None = None) -> str:
+        """Hash of everything decode depends on: the config, the domain's state and every weight. Latent files
+        record it to refuse a different model.
 
-        Scheme 2 hashes the config fields that differ from FINGERPRINT_NEUTRAL; scheme 1 is how models of
-        format 1 (which record no scheme) were hashed, kept so that they and their .sqz files still match.
+        Scheme 3 adds the domain's state (its "training" summary aside) to scheme 2, which hashes the config
+        fields that differ from FINGERPRINT_NEUTRAL; scheme 1 is how models of format 1 were hashed. Models
+        keep the scheme they were saved with, so they and their .sqz files still match.
         """
         config = asdict(self.config)
         if scheme == 1:
             hashed = {k: config[k] for k in _SCHEME1_FIELDS}
             if config["reducer"] != "attention":
                 hashed["reducer"] = config["reducer"]
-        elif scheme == 2:
+        elif scheme in (2, 3):
             hashed = {"fingerprint_scheme": 2,
                       **{k: v for k, v in config.items() if k not in FINGERPRINT_NEUTRAL or v != FINGERPRINT_NEUTRAL[k]}}
+            if scheme == 3:
+                hashed.update(fingerprint_scheme=3, domain={k: v for k, v in (domain or {}).items() if k != "training"})
         else:
             raise ModelFileError(f"unknown fingerprint scheme {scheme!r}")
         h = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode())
@@ -334,57 +364,122 @@ class SequenceAutoencoder(nn.Module):
             h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return h.hexdigest()[:32]
 
-    def save(self, directory: str | os.PathLike, domain: dict | None = None) -> None:
-        """Write config.json (model config + the domain's state) and model.safetensors, atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+    def save(self, directory: str | os.PathLike, domain: dict | None = None, drop: tuple[str, ...] = ()) -> None:
+        """Write config.json (model config + the domain's state) and model.safetensors as one step: the
+        directory is replaced as a whole (seqcompress.atomic), so a kill leaves the old model or the new one.
+        Other entries of an existing directory are kept, except those named in `drop`."""
+        domain = json.loads(json.dumps(domain or {}))  # what config.json will hold, hashed as it will be read
         weights = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write_bytes(directory / WEIGHTS_FILE, safetensors_bytes(weights))  # save_file would make it mode 0600
         meta = {
             "format": MODEL_FORMAT,
             "version": MODEL_FORMAT_VERSION,
             "model": asdict(self.config),
-            "domain": domain or {},
-            "fingerprint": self.fingerprint(),
+            "domain": domain,
+            "fingerprint": self.fingerprint(domain=domain),
             "fingerprint_scheme": FINGERPRINT_SCHEME,
             "parameters": self.parameter_count(),
         }
-        atomic_write_bytes(directory / CONFIG_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+        with atomic_directory(directory, carry_over=True, drop=drop) as stage:
+            (stage / WEIGHTS_FILE).write_bytes(safetensors_bytes(weights))
+            faults.point("model-save:weights-written")
+            (stage / CONFIG_FILE).write_bytes((json.dumps(meta, indent=2) + "\n").encode())
+            faults.point("model-save:config-written")
+
+
+MAX_CONFIG_BYTES = 16 * 1024 * 1024  # config.json: the config and the domain's state (a vocabulary at most)
+MAX_WEIGHTS_HEADER_BYTES = 16 * 1024 * 1024  # the JSON header of model.safetensors: names, shapes and offsets
 
 
 def read_model_meta(directory: str | os.PathLike) -> dict:
-    """The parsed config.json of a model directory, or ModelFileError saying what is wrong."""
+    """The parsed and checked config.json of a model directory, or ModelFileError saying what is wrong."""
     directory = Path(directory)
     if not directory.is_dir():
+        kept = interrupted_replacement(directory)
+        if kept is not None:
+            raise ModelFileError(f"{directory} is missing: a save that was interrupted left the previous model at "
+                                 f"{kept}; rename it back to {directory.name}")
         raise ModelFileError(f"{directory} is not a model directory (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
     path = directory / CONFIG_FILE
     if not path.is_file() or not (directory / WEIGHTS_FILE).is_file():
         raise ModelFileError(f"{directory} is not a model directory: {CONFIG_FILE} or {WEIGHTS_FILE} is missing")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ModelFileError(f"{path} is {path.stat().st_size:,} bytes, more than a model config can be "
+                             f"({MAX_CONFIG_BYTES:,})")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFileError(f"{path} is not valid JSON: {exc}") from None
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        why = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ModelFileError(f"{path} is not valid JSON: {why}") from None
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path} is not a seqcompress model config")
-    if meta.get("version", 0) > MODEL_FORMAT_VERSION:
-        raise ModelFileError(f"{path} was written by a newer seqcompress (model format {meta['version']}); upgrade")
+    version = meta.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFileError(f"{path}: the model format version must be a whole number, got {version!r}")
+    if version > MODEL_FORMAT_VERSION:
+        raise ModelFileError(f"{path} was written by a newer seqcompress (model format {version}); upgrade")
+    meta.setdefault("domain", {})
+    for key, kind in (("model", dict), ("domain", dict), ("fingerprint", str)):
+        if not isinstance(meta.get(key), kind) or (key != "domain" and not meta[key]):
+            raise ModelFileError(f"{path} has no valid {key!r} entry; the model cannot be checked or loaded")
+    scheme = meta.setdefault("fingerprint_scheme", 1)  # format-1 models record none
+    if scheme not in (1, 2, 3):
+        raise ModelFileError(f"{path}: unknown fingerprint scheme {scheme!r}")
     return meta
 
 
+def _weights_header(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """Tensor names -> (dtype, shape) from the JSON header of a safetensors file, read without its data."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        (length,) = struct.unpack("<Q", raw) if len(raw) == 8 else (size,)
+        if length > min(size - 8, MAX_WEIGHTS_HEADER_BYTES):
+            raise ModelFileError(f"{path} is not a valid safetensors file: its header length does not fit the file")
+        try:
+            header = json.loads(f.read(length).decode("utf-8"))
+            return {k: (v["dtype"], list(v["shape"])) for k, v in header.items() if k != "__metadata__"}
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, KeyError, TypeError):
+            raise ModelFileError(f"{path} is not a valid safetensors file: its header is not readable") from None
+
+
+def _check_against_weights(config: ModelConfig, path: Path) -> None:
+    """Build the config's model on the meta device (no memory) and compare every tensor's name and shape with
+    the weights file's header, so a config edited to ask for more than the file holds fails before anything
+    is allocated."""
+    stored = _weights_header(path)
+    with torch.device("meta"):
+        expected = {k: list(v.shape) for k, v in SequenceAutoencoder(config).state_dict().items()}
+    missing = sorted(set(expected) - set(stored))
+    extra = sorted(set(stored) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(stored) if expected[k] != stored[k][1])
+    if missing or extra or wrong:
+        what = (f"{wrong[0]} is {stored[wrong[0]][1]} in the weights, {expected[wrong[0]]} by the config" if wrong
+                else f"{len(missing)} tensor(s) the config needs are missing (e.g. {missing[0]})" if missing
+                else f"{len(extra)} tensor(s) the config does not have (e.g. {extra[0]})")
+        raise ModelFileError(f"{CONFIG_FILE} does not match {WEIGHTS_FILE}: {what}")
+
+
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[SequenceAutoencoder, dict]:
-    """Load a saved model (eval mode) and its metadata (including the domain's state). No pickle."""
+    """Load a saved model (eval mode) and its metadata (including the domain's state). No pickle.
+
+    Every number in config.json is checked against fixed caps and against the weights file's own header
+    before the model is built; the fingerprint is then checked over config, domain state and weights."""
     meta = read_model_meta(directory)
+    weights = Path(directory) / WEIGHTS_FILE
     known = {f.name for f in fields(ModelConfig)}
     try:
         config = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
+        _check_against_weights(config, weights)
         model = SequenceAutoencoder(config)
-        state = load_file(str(Path(directory) / WEIGHTS_FILE), device="cpu")
-        model.load_state_dict(state)
+        model.load_state_dict(load_file(str(weights), device="cpu"))
+    except InputError as exc:
+        raise ModelFileError(f"the model in {directory} has an invalid config: {exc}") from None
     except (KeyError, TypeError, ValueError, RuntimeError, OSError, SafetensorError) as exc:
-        raise ModelFileError(f"cannot load the model in {directory}: {str(exc).splitlines()[0]}") from None
-    scheme = meta.get("fingerprint_scheme", 1)  # format-1 models record none
-    if meta.get("fingerprint") and model.fingerprint(scheme) != meta["fingerprint"]:
-        raise ModelFileError(f"{directory}: the weights do not match the fingerprint in {CONFIG_FILE}; the model was altered")
+        raise ModelFileError(f"cannot load the model in {directory}: {' '.join(str(exc).split())}") from None
+    scheme = meta["fingerprint_scheme"]
+    if model.fingerprint(scheme, meta["domain"]) != meta["fingerprint"]:
+        raise ModelFileError(f"{directory}: the weights or settings do not match the fingerprint in {CONFIG_FILE}; "
+                             "the model was altered")
     return model.to(device).eval(), meta
 
 

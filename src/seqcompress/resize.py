@@ -26,6 +26,8 @@ __all__ = ["RESIZES", "ResizeMatrix", "RelativeResize"]
 RESIZES = ("absolute", "relative")
 
 
+RESIZE_INITS = ("pool", "random")  # how W_S/W_E start (ModelConfig.resize_init)
+
 class ResizeMatrix(nn.Module):
     """The absolute table: (out_max, in_max), sliced and masked per sample.
 

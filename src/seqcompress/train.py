@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import math
 import os
 import random
@@ -32,15 +33,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save as safetensors_bytes
 from torch.utils.data import DataLoader, IterableDataset
 
-from seqcompress.atomic import atomic_write_bytes, atomic_write_text
+from seqcompress import faults
+from seqcompress.atomic import atomic_directory
 from seqcompress.attention import length_mask
 from seqcompress.compress import collate
 from seqcompress.domain import Domain, Objective
-from seqcompress.errors import InputError, ModelFileError
+from seqcompress.errors import InputError, ModelFileError, SeqCompressError
 from seqcompress.model import SequenceAutoencoder
 from seqcompress.options import TrainOptions
 
 CHECKPOINT_DIR = "checkpoint"
+log = logging.getLogger("seqcompress")
 SHUFFLE_BYTES = 256 * 2**20  # the shuffle buffer never holds more window data than this
 _MASK64 = 2**64 - 1
 
@@ -246,6 +249,7 @@ class TrainResult:
     symbols_per_s: float
     history: list[dict] = field(default_factory=list)
     split: Split | None = None  # which windows were held out (saved with the model for `held_out_example`)
+    checkpoint_error: str | None = None  # why the last checkpoint could not be written, if it could not
 
 
 def pick_device(name: str) -> torch.device:
@@ -324,12 +328,16 @@ def train(
     resume: bool = False,
     on_step: Callable[[Progress], None] | None = None,
     on_eval: Callable[[Progress], None] | None = None,
+    record: dict | None = None,
 ) -> TrainResult:
     """Train `model` in place on the windows of `source` (a held-out share is split off) and return the summary.
 
     `source` is a WindowSource (e.g. `WindowSource.files(domain, paths, seq_len)`, streamed) or a list of
     windows. With `checkpoint_dir`, a checkpoint is written at the end of each epoch and of the run; `resume`
-    continues from it (same seed, batch_size, val_fraction, shuffle_buffer and data)."""
+    continues from it (same seed, batch_size, val_fraction, shuffle_buffer and data). `record` (what a resume needs
+    to rebuild the run: domain, model config, data) is saved in every checkpoint. A checkpoint that cannot be
+    written (a full disk) is reported on the "seqcompress" logger and in `TrainResult.checkpoint_error`; training
+    goes on, so the model itself can still be saved."""
     if not isinstance(source, WindowSource):
         source = WindowSource.of(source)
     device = pick_device(opts.device)
@@ -345,7 +353,7 @@ def train(
     step, epoch, done, elapsed_before, history = 0, 0, 0, 0.0, []
     ckpt = Path(checkpoint_dir) / CHECKPOINT_DIR if checkpoint_dir else None
     if resume:
-        if ckpt is None or not (ckpt / "state.json").is_file():
+        if ckpt is None or not (ckpt / STATE_FILE).is_file():
             raise ModelFileError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
         step, epoch, done, elapsed_before, history = _load_checkpoint(ckpt, model, optimizer, opts, split, device)
 
@@ -355,7 +363,7 @@ def train(
     loader = DataLoader(dataset, batch_size=opts.batch_size, collate_fn=collate, generator=torch.Generator())
     stream = _epoch_batches(loader, dataset, steps_per_epoch, epoch, done)
 
-    start, symbols_done, last_loss = time.perf_counter(), 0, float("nan")
+    start, symbols_done, last_loss, checkpoint_error = time.perf_counter(), 0, float("nan"), None
     while total_steps is None or step < total_steps:
         elapsed = elapsed_before + time.perf_counter() - start
         if opts.max_minutes is not None and elapsed >= opts.max_minutes * 60:
@@ -401,7 +409,8 @@ def train(
             if on_eval:
                 on_eval(progress)
             if ckpt is not None and end_of_epoch:
-                _save_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done, progress.elapsed_s, history)
+                checkpoint_error = _try_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done,
+                                                   progress.elapsed_s, history, record) or checkpoint_error
     stream.close()
 
     loop_s = time.perf_counter() - start
@@ -411,13 +420,14 @@ def train(
         history.append({"step": step, "epoch": round(step / steps_per_epoch, 4), "elapsed_s": round(seconds, 1),
                         "train_loss": last_loss, **held_out_values})
     if ckpt is not None:
-        _save_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done, seconds, history)
+        checkpoint_error = _try_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done, seconds, history,
+                                           record) or checkpoint_error
     model.eval()
     return TrainResult(
         steps=step, epochs=step / steps_per_epoch, seconds=seconds, train_windows=split.train_windows,
         held_out_windows=split.held_out_windows, held_out_is_train=split.held_out_is_train, final_loss=last_loss,
         held_out=held_out_values, symbols_per_s=symbols_done / max(loop_s, 1e-9),
-        history=history, split=split,
+        history=history, split=split, checkpoint_error=checkpoint_error,
     )
 
 
@@ -425,9 +435,24 @@ def train(
 _RESUME_MATCH = ("seed", "batch_size", "val_fraction", "shuffle_buffer")  # options that fix the batch stream
 
 
+RUN_FILE, STATE_FILE, TENSORS_FILE = "run.json", "state.json", "train.safetensors"  # one checkpoint
+
+
+def _try_checkpoint(ckpt: Path, *args) -> str | None:
+    """Write a checkpoint; on a failure to write (disk full, read-only), say so and return why."""
+    try:
+        _save_checkpoint(ckpt, *args)
+    except (OSError, SeqCompressError) as exc:
+        why = str(exc) if isinstance(exc, SeqCompressError) else f"{exc.strerror or exc}"
+        log.warning("no checkpoint written (%s); training goes on, but it cannot be resumed from here", why)
+        return why
+    return None
+
+
 def _save_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Split, step: int, epoch: int,
-                     done: int, elapsed: float, history) -> None:
-    ckpt.mkdir(parents=True, exist_ok=True)
+                     done: int, elapsed: float, history, record: dict | None) -> None:
+    """The checkpoint folder is replaced as a whole (seqcompress.atomic): a kill leaves the previous checkpoint
+    or this one, never weights of one step with the counters of another."""
     state = optimizer.state_dict()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     for pid, pstate in state["state"].items():
@@ -438,19 +463,43 @@ def _save_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Sp
     if torch.cuda.is_available():
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = rng
-    atomic_write_bytes(ckpt / "train.safetensors", safetensors_bytes(tensors))
     meta = {"step": step, "epoch": epoch, "batches": done, "elapsed_s": elapsed, "options": asdict(opts),
             "split": split.state(), "history": history, "param_groups": state["param_groups"]}
-    atomic_write_text(ckpt / "state.json", json.dumps(meta, indent=2))
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(ckpt) as stage:
+        (stage / TENSORS_FILE).write_bytes(safetensors_bytes(tensors))
+        faults.point("checkpoint:tensors-written")
+        (stage / STATE_FILE).write_text(json.dumps(meta, indent=2))
+        if record is not None:
+            (stage / RUN_FILE).write_text(json.dumps(record, indent=2))
+        faults.point("checkpoint:state-written")
+    faults.point("checkpoint:saved")
+
+
+def read_checkpoint_record(ckpt: Path) -> tuple[dict, dict]:
+    """(run record, training state) of a checkpoint folder, or ModelFileError."""
+    try:
+        record = json.loads((ckpt / RUN_FILE).read_text(encoding="utf-8"))
+        state = json.loads((ckpt / STATE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFileError(f"nothing to resume in {ckpt.parent}: no checkpoint of an unfinished run (a finished "
+                             "run removes its checkpoint)") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelFileError(f"cannot read the checkpoint in {ckpt}: {' '.join(str(exc).split())}") from None
+    if not (isinstance(record, dict) and isinstance(record.get("model"), dict) and isinstance(record.get("data"), list)
+            and isinstance(record.get("domain"), dict) and isinstance(state, dict)
+            and isinstance(state.get("options"), dict)):
+        raise ModelFileError(f"the checkpoint in {ckpt} is incomplete: it does not record its run")
+    return record, state
 
 
 def _load_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Split, device):
     """Restore model, optimizer and random state; returns (step, epoch, batches consumed, elapsed_s, history)."""
     try:
-        meta = json.loads((ckpt / "state.json").read_text())
-        tensors = load_file(str(ckpt / "train.safetensors"))
-    except (OSError, ValueError, SafetensorError) as exc:
-        raise ModelFileError(f"cannot read the checkpoint in {ckpt}: {exc}") from None
+        meta = json.loads((ckpt / STATE_FILE).read_text())
+        tensors = load_file(str(ckpt / TENSORS_FILE))
+    except (OSError, ValueError, SafetensorError, RecursionError) as exc:
+        raise ModelFileError(f"cannot read the checkpoint in {ckpt}: {' '.join(str(exc).split())}") from None
     for key in _RESUME_MATCH:
         saved = meta["options"].get(key, getattr(TrainOptions, key))
         if saved != getattr(opts, key):

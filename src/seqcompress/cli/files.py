@@ -26,12 +26,9 @@ def check_output(output: Path, force: bool, inputs: list[Path]) -> None:
 
 
 def load_model_and_domain(model_dir: Path, device: str):
-    from seqcompress.domains import get_domain
-    from seqcompress.model import load_model
-    from seqcompress.train import pick_device
+    from seqcompress.api import load
 
-    model, meta = load_model(model_dir, pick_device(device))
-    return model, meta, get_domain(meta["domain"].get("name", ""), meta["domain"])
+    return load(model_dir, device)
 
 
 def encode_domain(domain, options: dict[str, str]):

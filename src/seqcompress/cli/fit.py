@@ -13,6 +13,7 @@ from seqcompress.domains import DEFAULT_DOMAIN
 
 
 def fit(
+    ctx: typer.Context,
     data: Optional[list[Path]] = typer.Argument(None, help="Data files; the domain's bundled sample when omitted."),
     domain: str = typer.Option(DEFAULT_DOMAIN, "--domain", "-d", help="Data domain (`seqcompress domains` lists them)."),
     domain_option: list[str] = DOMAIN_OPTION,
@@ -47,7 +48,8 @@ def fit(
     eval_every: int = typer.Option(0, "--eval-every", help="Also evaluate every N steps (0: each epoch)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (model, split, batch order)."),
     device: str = DEVICE,
-    resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in the output directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in the output directory, with "
+                                "the domain, data, settings and budget it recorded."),
     force: bool = typer.Option(False, "--force", help="Replace a model already in the output directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -60,6 +62,9 @@ def fit(
     from seqcompress.domains import make_domain
     from seqcompress.train import TrainOptions
 
+    if resume:
+        _resume(ctx, output, device, quiet or json_out, json_out)
+        return
     dom = make_domain(domain, split_key_values(domain_option, "--domain-option"))
     if epochs is None and max_steps is None and minutes is None:
         epochs = 1.0
@@ -78,15 +83,53 @@ def fit(
             dom, data, output, seq_len=seq_len, ratio=ratio, latent_len=latent_len, model_options=model_options,
             options=options, resume=resume, force=force, on_step=bar.on_step, on_eval=bar.on_eval,
         )
+    _report(summary, json_out)
+
+
+_NOT_RECORDED = {"output", "resume", "force", "json_out", "quiet", "device"}  # may differ on --resume
+
+
+def _resume(ctx: typer.Context, output: Path, device: str, quiet: bool, json_out: bool) -> None:
+    """`fit -o DIR --resume`: the run's record supplies everything; an option that contradicts it is refused."""
+    from seqcompress.api import fit as fit_model, resume_conflicts
+    from seqcompress.cli.output import TrainingProgress
+    from seqcompress.errors import InputError
+
+    given = {name: value for name, value in ctx.params.items() if name not in _NOT_RECORDED
+             and _given(ctx, name)}
+    conflicts = resume_conflicts(output, given)
+    if conflicts:
+        flags = {p.name: (p.opts[0] if p.opts[0].startswith("-") else p.name.upper()) for p in ctx.command.params}
+        raise InputError("--resume continues the run as it recorded it; leave out or match: "
+                         + "; ".join(f"{flags.get(name, name)} ({why})" for name, why in conflicts))
+    explicit_device = _given(ctx, "device")
+    bar = TrainingProgress("", None, quiet=quiet)
+    with bar:
+        summary = fit_model(None, None, output, resume=True, device=device if explicit_device else None,
+                            on_step=bar.on_step, on_eval=bar.on_eval)
+    _report(summary, json_out)
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set option `name` (on the command line or in the environment), not its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _report(summary: dict, json_out: bool) -> None:
+    from seqcompress.cli.output import console, key_value_table, print_json
+
     if json_out:
         print_json(summary)
         return
+    if summary.get("checkpoint_error"):
+        console.print(f"note: the model was saved, but no checkpoint could be written ({summary['checkpoint_error']})",
+                      markup=False)
     console.print(key_value_table(f"seqcompress fit: {summary['domain']} model saved to {summary['model_dir']}", [
         (f"held-out {summary['metric']}", summary["value"]
          if not summary["held_out_is_training_data"] else f"{summary['value']:.4g} (on training data: too little to hold out)"),
         ("reduction", f"{summary['seq_len']} -> {summary['latent_len']} (ratio {summary['ratio']:.4g})"),
-        ("attention / positions / resize", f"{attention} / {positions} / {resize}"
-         + (f", stages {stages}" if stages else "") + (f", {', '.join(option)}" if option else "")),
+        ("attention / positions / resize", summary["architecture"]),
         ("latent floats per symbol", summary["latent_floats_per_symbol"]),
         ("parameters", f"{summary['parameters']:,}"),
         ("steps / epochs", f"{summary['steps']} / {summary['epochs']:.2f}"),
