@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from seqcompress.defaults import CHUNK_WINDOWS, DEFAULT_BATCH, STORED_DTYPE
+from seqcompress import faults
 from seqcompress.domain import Domain, Objective, Piece, check_data_paths
 from seqcompress.errors import FormatError, InputError, ModelMismatchError
 from seqcompress.format import LatentReader, LatentWriter, bytes_per_value, check_model, dequantize, make_header, quantize
@@ -240,11 +241,11 @@ def _model_summary(model: SequenceAutoencoder, meta: dict) -> dict:
 def encode_file(
     model: SequenceAutoencoder, meta: dict, domain: Domain, path: str | os.PathLike, out: str | os.PathLike,
     dtype: str = STORED_DTYPE, codec: str = "zlib", batch_size: int = DEFAULT_BATCH,
-    chunk_windows: int = CHUNK_WINDOWS, on_progress: Progress | None = None,
+    chunk_windows: int = CHUNK_WINDOWS, on_progress: Progress | None = None, overwrite: bool = True,
 ) -> dict:
     """Encode a data file (`-`: stdin) into a .sqz latent file (`-`: stdout), streamed and written
-    atomically. `domain` carries any encode options (`domain.with_settings(qualities="drop")`). Returns the
-    size report."""
+    atomically (over an existing file only with `overwrite`). `domain` carries any encode options
+    (`domain.with_settings(qualities="drop")`). Returns the size report."""
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     header = make_header(domain=domain.name, settings=domain.state(), model=_model_summary(model, meta),
@@ -252,12 +253,13 @@ def encode_file(
     with input_path(path, suffix=Path(str(path)).suffix) as source:
         check_data_paths([source])
         pieces = domain.codec.iter_windows(source, model.config.n_max)
-        with output_file(out) as stream:
+        with output_file(out, overwrite) as stream:
             writer = LatentWriter(stream, header)
             for group in group_chunks(pieces, chunk_windows):
                 windows = [w for piece in group for w in piece.windows]
                 writer.add([len(w) for w in windows], [(len(p.windows), p.side) for p in group],
                            encode_rows(model, windows, batch_size))
+                faults.point("encode:chunk-written")
                 if on_progress:
                     on_progress(writer.windows, None)
             if not writer.windows:
@@ -331,9 +333,10 @@ def _decoded_pieces(
 def decode_file(
     model: SequenceAutoencoder, meta: dict, domain: Domain, sqz: str | os.PathLike, out: str | os.PathLike,
     force_model: bool = False, batch_size: int = DEFAULT_BATCH, on_progress: Progress | None = None,
+    overwrite: bool = True,
 ) -> dict:
     """Rebuild a data file (`-`: stdout) from a .sqz latent file (`-`: stdin) with the model that wrote it,
-    streamed and written atomically."""
+    streamed and written atomically (over an existing file only with `overwrite`)."""
     with input_path(sqz, suffix=".sqz") as source:
         reader = LatentReader(source)
         reader.name = str(sqz)
@@ -343,11 +346,12 @@ def decode_file(
         c = model.config
         check_model(header, meta["fingerprint"], c.n_max, c.ratio, c.latent_dim, force=force_model, stages=c.stages)
         writer_domain = _writer_domain(domain, reader, force_model)
-        with output_file(out) as stream:
+        with output_file(out, overwrite) as stream:
             writer = writer_domain.codec.open_writer(stream, Path(str(out)).name,
                                                      {**header, "settings": writer_domain.state()})
             for windows, side in _decoded_pieces(reader, writer_domain, model, batch_size, on_progress):
                 writer.write(windows, side)
+                faults.point("decode:piece-written")
             report = writer.close() or {}
     return {"input": str(sqz), "output": str(out), "domain": domain.name, "windows": reader.windows,
             "symbols": reader.symbols, "source": reader.source, "note": report.get("note"),

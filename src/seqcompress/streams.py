@@ -40,11 +40,12 @@ def input_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def output_file(path: str | Path) -> Iterator[BinaryIO]:
-    """A seekable binary file for the output `path`, renamed into place (or copied to stdout for `-`) when
-    the block ends without an error; on an error nothing is left behind."""
+def output_file(path: str | Path, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """A seekable binary file for the output `path`, moved into place (or copied to stdout for `-`) when the
+    block ends without an error; on an error nothing is left behind. Without `overwrite`, a file that appeared
+    at `path` meanwhile (another command writing the same name) is kept and this write fails."""
     if not is_stdio(path):
-        with atomic_open(path, "wb") as handle:
+        with atomic_open(path, "wb", overwrite=overwrite) as handle:
             yield handle
         return
     with tempfile.TemporaryFile(prefix="seqcompress-stdout-") as handle:

@@ -22,6 +22,7 @@ def decode(
     """Rebuild a data file from its latents."""
     from seqcompress.cli.files import check_output, load_model_and_domain, windows_progress
     from seqcompress.cli.output import console, print_json
+    from seqcompress.cli.text import plain
     from seqcompress.compress import decode_file
     from seqcompress.errors import InputError
     from seqcompress.format import LatentReader
@@ -29,20 +30,20 @@ def decode(
 
     if is_stdio(output) and json_out:
         raise InputError("--json prints on stdout, where -o - writes the decoded file; choose one")
-    check_output(output, force, inputs=[input_path])
+    check_output(output, force, inputs=[input_path], model_dir=model_dir)
     if not is_stdio(input_path):
         LatentReader(input_path)  # a corrupt file fails here, before the model is loaded
     model, meta, domain = load_model_and_domain(model_dir, device)
     with windows_progress("decoding", quiet=json_out) as progress:
         report = decode_file(model, meta, domain, input_path, output, force_model=force_model,
-                             batch_size=batch_size, on_progress=progress)
+                             batch_size=batch_size, on_progress=progress, overwrite=force)
     if json_out:
         print_json(report)
         return
     if report.get("note"):
-        console.print(f"note: {report['note']}")
-    console.print(f"wrote {report['output']}: {report['windows']} windows, {report['symbols']:,} symbols "
-                  f"(from {report['source'].get('name')})")
+        console.print(f"note: {plain(report['note'])}")
+    console.print(f"wrote {plain(report['output'])}: {report['windows']} windows, {report['symbols']:,} symbols "
+                  f"(from {plain(report['source'].get('name'))})")
 
 
 def register(app: typer.Typer) -> None:

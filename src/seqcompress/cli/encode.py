@@ -21,7 +21,8 @@ def encode(
     domain_option: list[str] = typer.Option([], "--domain-option", "-D", metavar="KEY=VALUE",
                                             help="An encode setting of the model's domain (e.g. -D qualities=drop); "
                                                  "`seqcompress domains` lists them."),
-    compare: bool = typer.Option(True, "--compare/--no-compare", help="Also measure gzip -9, bzip2 -9 and xz -9."),
+    compare: bool = typer.Option(False, "--compare/--no-compare", help="Also compress the input with gzip -9, bzip2 -9 "
+                                 "and xz -9 (streamed) and show their sizes; this can take longer than the encode."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as one JSON object on stdout."),
 ) -> None:
@@ -36,13 +37,13 @@ def encode(
     if is_stdio(output) and json_out:
         raise InputError("--json prints on stdout, where -o - writes the latent file; choose one")
     if is_stdio(input_path) and compare:
-        compare = False  # a stream is read once; the gzip/bzip2/xz comparison needs the file
-    check_output(output, force, inputs=[input_path])
+        raise InputError("--compare reads the input a second time; it needs a file, not stdin")
+    check_output(output, force, inputs=[input_path], model_dir=model_dir)
     model, meta, domain = load_model_and_domain(model_dir, device)
     domain = encode_domain(domain, split_key_values(domain_option, "--domain-option"))
     with windows_progress("encoding", quiet=json_out) as progress:
         report = encode_file(model, meta, domain, input_path, output, dtype=dtype, codec=codec,
-                             batch_size=batch_size, chunk_windows=chunk_windows, on_progress=progress)
+                             batch_size=batch_size, chunk_windows=chunk_windows, on_progress=progress, overwrite=force)
     if compare:
         report["classical_bytes"] = classical_sizes(input_path)
         report["classical_bits_per_symbol"] = {k: 8 * v / report["symbols"] for k, v in report["classical_bytes"].items()}

@@ -10,15 +10,19 @@ from pathlib import Path
 from seqcompress.errors import InputError
 
 
-def check_output(output: Path, force: bool, inputs: list[Path]) -> None:
-    """Refuse to overwrite an existing file without --force, and never write over an input (`-` is stdout)."""
+def check_output(output: Path, force: bool, inputs: list[Path], model_dir: Path | None = None) -> None:
+    """Refuse to overwrite an existing file without --force, and never write over an input of the command
+    (the data, or a file of the model directory, even with --force). `-` is stdout. The no-overwrite check
+    is repeated when the output is put in place (seqcompress.atomic), where a race cannot slip past it."""
     if str(output) == "-":
         return
     if output.is_dir():
         raise InputError(f"{output} is a directory; give a file name for the output")
+    if model_dir is not None and model_dir.is_dir():
+        inputs = [*inputs, *(p for p in model_dir.rglob("*") if p.is_file())]
     for source in inputs:
         if str(source) != "-" and source.exists() and output.exists() and os.path.samefile(source, output):
-            raise InputError(f"{output} is also the input; choose another output file")
+            raise InputError(f"{output} is an input of this command; choose another output file")
     if output.exists() and not force:
         raise InputError(f"{output} already exists; use --force to overwrite it")
     if not output.parent.exists():

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import re
+import signal
 import sys
 
 import typer
@@ -17,7 +19,31 @@ from typer import exceptions as typer_exceptions
 from typer._click import exceptions as click_exceptions
 from typer.core import TyperGroup
 
+from seqcompress.cli.text import printable
 from seqcompress.errors import SeqCompressError
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP (a timeout, a cancelled job, a closed terminal): raised where the program is, so every
+    temporary file and staged directory is removed on the way out, as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated(signum)
+
+
+def _log_notes() -> None:
+    """The library's notes ("removed a temporary file left by an interrupted run") as lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("note: %(message)s"))
+    logger = logging.getLogger("seqcompress")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 class _Group(TyperGroup):
@@ -35,11 +61,11 @@ class _Group(TyperGroup):
                 raise
             if isinstance(exc, SeqCompressError):
                 message = f"error: {_as_flag(ctx, str(exc))}"
-            elif isinstance(exc, KeyboardInterrupt):
-                message = "interrupted"
+            elif isinstance(exc, MemoryError):
+                message = "error: out of memory (a smaller --batch-size needs less)"
             else:
                 message = f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
-            typer.echo(" ".join(message.split()), err=True)
+            typer.echo(printable(" ".join(message.split())), err=True)
             ctx.exit(1)
 
 
@@ -102,8 +128,15 @@ def _steady_heap() -> None:
 def main() -> None:
     """Console-script entry point."""
     _steady_heap()
+    _log_notes()
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
     try:
         app(prog_name="seqcompress")
+    except Terminated as stop:
+        name = signal.Signals(stop.signum).name
+        sys.stderr.write(f"error: stopped by {name}; unfinished outputs were removed\n")
+        sys.exit(128 + stop.signum)
     except BrokenPipeError:
         # Output piped into e.g. `head` that stopped reading: no traceback, and none at exit either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

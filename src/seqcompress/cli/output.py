@@ -9,9 +9,10 @@ import json
 import sys
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from seqcompress.cli.text import plain
 
 console = Console(stderr=True)  # progress and diagnostics for people
 results = Console()  # a command's result (info, evaluate, demo): stdout, so `seqcompress info m.sqz | grep` works
@@ -23,11 +24,11 @@ def print_json(obj: dict) -> None:
 
 
 def key_value_table(title: str, rows: list[tuple[str, object]]) -> Table:
-    table = Table(title=title, show_header=False, title_justify="left")
+    table = Table(title=plain(title), show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
     for key, value in rows:
-        table.add_row(escape(key), escape(_fmt(value)))
+        table.add_row(plain(key), plain(_fmt(value)))
     return table
 
 
