@@ -44,6 +44,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from seqcompress.errors import FormatError, ModelMismatchError
+from seqcompress.lengths import latent_length
 
 MAGIC = b"\x89SQZ\r\n\x1a\n"
 FORMAT_VERSION = 2
@@ -52,6 +53,7 @@ MAX_V1_HEADER_BYTES = 64 * 1024 * 1024  # format 1 kept every window length and 
 MAX_CHUNK_BYTES = 1024 * 1024 * 1024
 MAX_INFO_BYTES = 64 * 1024 * 1024
 MAX_TRAILER_BYTES = 1024 * 1024
+_ZLIB_MAX_RATIO = 1032  # deflate's limit: no input inflates to more than this many times its size
 _PREFIX = struct.Struct("<8sHI")  # magic, version, header_len
 _CHUNK_LEN = struct.Struct("<Q")
 _INDEX_ENTRY = struct.Struct("<QQIII")  # offset, body length, windows, latent rows, info bytes
@@ -344,10 +346,14 @@ class LatentReader:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise self._fail("is corrupted: its trailer is not valid JSON") from None
         position = self.payload_start
+        row_bytes = self.header["model"]["latent_dim"] * bytes_per_value(self.header["payload"]["dtype"])
+        packed = 1 if self.header["payload"]["codec"] == "none" else _ZLIB_MAX_RATIO
         for i, (offset, length, windows, rows, info) in enumerate(entries):
             plain_limit = rows * self.header["model"]["latent_dim"] * 4 + info + 4096
+            stored = rows * row_bytes + info  # what the chunk's tensors take once read: at most `packed` x its bytes
             if (offset != position or length > MAX_CHUNK_BYTES or info > MAX_INFO_BYTES or info < 2
-                    or rows < windows or (self.header["payload"]["codec"] == "none" and length > plain_limit)):
+                    or rows < windows or stored > length * packed
+                    or (self.header["payload"]["codec"] == "none" and length > plain_limit)):
                 raise self._fail(f"is corrupted: chunk {i} in the index does not fit the file")
             position = offset + _CHUNK_LEN.size + length
         if position != index_offset:
@@ -356,6 +362,8 @@ class LatentReader:
             _is_int(trailer.get(k)) for k in ("windows", "symbols", "latent_rows"))
         if not ok or trailer["windows"] != sum(e[2] for e in entries) or trailer["latent_rows"] != sum(e[3] for e in entries):
             raise self._fail("is corrupted: its trailer does not agree with its chunk index")
+        if trailer["symbols"] > trailer["windows"] * self.header["model"]["n_max"]:
+            raise self._fail("is corrupted: its trailer claims more symbols than its windows can hold")
         self._entries = entries
         self.windows, self.symbols, self.source = trailer["windows"], trailer["symbols"], trailer["source"]
         self.latent_rows = trailer["latent_rows"]
@@ -366,6 +374,9 @@ class LatentReader:
             raise self._fail("is corrupted: more windows than the file can hold")
         self.lengths = expand_runs(windows["lengths"])
         self.latent_lengths = expand_runs(windows["latent_lengths"])
+        if any(not 1 <= n <= self.header["model"]["n_max"] or self._latent_length(n) != m
+               for n, m in zip(self.lengths, self.latent_lengths)):
+            raise self._fail("is corrupted: its window lengths do not fit the model it names")
         per = self.header["payload"]["windows_per_chunk"]
         self._v1_rows = [sum(self.latent_lengths[i : i + per]) for i in range(0, len(self.latent_lengths), per)]
         self.windows, self.symbols, self.source = windows["count"], sum(self.lengths), self.header["source"]
@@ -415,10 +426,20 @@ class LatentReader:
             raise self._fail(f"is corrupted: chunk {index} side information is not valid JSON") from None
         ok = isinstance(info, dict) and _runs_ok(info.get("lengths")) and isinstance(info.get("pieces"), list) and all(
             isinstance(p, list) and len(p) == 2 and _is_int(p[0]) and isinstance(p[1], dict) for p in info["pieces"])
+        n_max = self.header["model"]["n_max"]
         if not ok or sum(c for _, c in info["lengths"]) != windows or sum(p[0] for p in info["pieces"]) != windows \
-                or any(v < 1 for v, _ in info["lengths"]):
+                or any(not 1 <= v <= n_max for v, _ in info["lengths"]):
             raise self._fail(f"is corrupted: chunk {index} window lengths or pieces do not match the index")
-        return Chunk(expand_runs(info["lengths"]), [(p[0], p[1]) for p in info["pieces"]], dequantize(tensors))
+        lengths = expand_runs(info["lengths"])  # `windows` entries, bounded by the checked index
+        if sum(self._latent_length(n) for n in lengths) != rows:
+            raise self._fail(f"is corrupted: chunk {index} latent rows do not match its window lengths")
+        return Chunk(lengths, [(p[0], p[1]) for p in info["pieces"]], dequantize(tensors))
+
+    def _latent_length(self, length: int) -> int:
+        model = self.header["model"]
+        for ratio in model.get("stages") or [model["ratio"]]:
+            length = latent_length(length, ratio)
+        return length
 
     def _v1_chunks(self, f: BinaryIO, dim: int, dtype: torch.dtype, codec: str) -> Iterator[Chunk]:
         end = self.size - _CHECKSUM_BYTES
