@@ -204,20 +204,20 @@ def _mutate(blob: bytes, ops) -> bytes:
     return blob
 
 
-@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(sorted(BLOBS)), ops=st.lists(mutation, min_size=1, max_size=4))
 def test_fuzz_mutated_files_raise_only_format_errors(dtype, ops):
     _parse(_mutate(BLOBS[dtype], ops))
 
 
-@settings(max_examples=1200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(dtype=st.sampled_from(sorted(BLOBS)), ops=st.lists(mutation, min_size=1, max_size=3))
 def test_fuzz_resealed_mutations_reach_the_parser_and_raise_only_format_errors(dtype, ops):
     # Mutate everything but the checksum, then recompute it: the header and chunk parsers must hold alone.
     _parse(_reseal(_mutate(BLOBS[dtype][:-32], ops)))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=2000)
 @given(st.binary(max_size=300))
 def test_fuzz_random_bytes_after_magic(tail):
     _parse(MAGIC + tail)

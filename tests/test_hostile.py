@@ -178,3 +178,46 @@ def test_hostile_input_ends_in_one_line_fast_and_small(cases, name):
     assert "internal error" not in lines[0] and "Traceback" not in r["stderr"]
     assert r["seconds"] < 1.0, r
     assert not (root / "out.fa").exists()
+
+
+# ---- fuzz: config.json ------------------------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63), st.floats(allow_nan=True),
+                    st.text(max_size=8), st.lists(st.integers(-5, 5), max_size=3),
+                    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+_MODEL_KEYS = ["n_max", "ratio", "d_model", "heads", "layers", "ffn_dim", "latent_dim", "dropout", "positions",
+               "resize_init", "reducer", "vocab_size", "feature_dim", "attention", "resize", "stages", "options"]
+
+
+@pytest.fixture(scope="module")
+def fuzz_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz")
+    good = _model(root / "model")
+    return good, json.loads((good / "config.json").read_text())
+
+
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+@given(edits=st.dictionaries(st.sampled_from(_MODEL_KEYS + ["<top>:version", "<top>:fingerprint",
+                                                            "<top>:fingerprint_scheme", "<top>:domain"]),
+                             _VALUES, min_size=1, max_size=4))
+def test_fuzz_config_json_raises_only_model_file_errors(fuzz_model, tmp_path_factory, edits):
+    from seqcompress.api import load
+    from seqcompress.errors import SeqCompressError
+
+    good, meta = fuzz_model
+    meta = json.loads(json.dumps(meta))
+    for key, value in edits.items():
+        if key.startswith("<top>:"):
+            meta[key[6:]] = value
+        else:
+            meta["model"][key] = value
+    target = tmp_path_factory.mktemp("edited")
+    (target / "model.safetensors").symlink_to(good / "model.safetensors")
+    (target / "config.json").write_text(json.dumps(meta))
+    try:
+        load(target)
+    except SeqCompressError:
+        pass
