@@ -32,6 +32,7 @@ from seqcompress.errors import InputError
 
 log = logging.getLogger("seqcompress")
 
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
 _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
 
@@ -135,7 +136,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
             os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; give the output the mode open() would
             _publish(Path(tmp), path, overwrite)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
+            # A full disk or a file-size limit while writing (no file name: the error is the handle's, not an
+            # input's that the block was reading) is the output's failure: name the output, not the temporary.
+            if exc.errno in _WRITE_ERRORS and exc.filename in (None, tmp):
                 raise InputError(f"cannot write {path}: {os.strerror(exc.errno)}") from None
             raise
     except BaseException:
@@ -233,7 +236,7 @@ def atomic_directory(path: str | os.PathLike, carry_over: bool = False, drop: tu
             _fsync_tree(stage)
             _swap_in(stage, path)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG):
+            if exc.errno in _WRITE_ERRORS:
                 raise InputError(f"cannot write {path}: {os.strerror(exc.errno)}") from None
             raise
     except BaseException:
