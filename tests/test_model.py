@@ -132,3 +132,19 @@ def test_meanpool_learns_nothing_about_the_length_change():
     pool = model.encoder[0].resize.weight
     assert not pool.requires_grad and "encoder.0.resize.weight" in model.state_dict()
     assert torch.allclose(pool.sum(dim=1), torch.ones(len(pool)))  # each latent averages its segment
+
+
+@pytest.mark.parametrize("changes", [
+    {}, dict(n_max=512, ratio=0.25), dict(stages=[0.5, 0.5], ratio=0.25), dict(positions="rope"),
+    dict(positions="t5"), dict(positions="none", resize="relative"), dict(attention="lowrank", options={"rank": 8}),
+    dict(attention="local", options={"window": 4}), dict(reducer="perceiver"), dict(reducer="linformer"),
+    dict(reducer="meanpool"), dict(vocab_size=0, feature_dim=24), dict(latent_dim=8), dict(layers=3, ffn_dim=256),
+    dict(vocab_size=30522, n_max=128, d_model=64, ffn_dim=256),
+])
+def test_parameter_estimate_is_within_a_factor_of_two(changes):
+    """load_model refuses a config whose estimate exceeds twice the weights file: the estimate must hold for
+    every kind of model, or a real model would be refused (or a hostile one allowed twice its size)."""
+    from seqcompress.model import parameter_estimate
+
+    model = build_model(tiny_config(**changes))
+    assert 0.5 <= parameter_estimate(model.config) / model.parameter_count() <= 2.0
