@@ -21,9 +21,13 @@ the core and the CLI never import a domain. Classical codecs for the probe live 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import dataclasses
 import json
 import typing
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from functools import cached_property
@@ -34,7 +38,7 @@ from typing import Any, BinaryIO, ClassVar, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from seqcompress.errors import InputError
+from seqcompress.errors import FormatError, InputError
 
 
 # ---- settings ------------------------------------------------------------------------------------------
@@ -361,6 +365,105 @@ def decode_utf8(path: Path, data: bytes, kind: str) -> str:
     if not text.strip():
         raise InputError(f"{path} holds no {kind}, only whitespace")
     return text
+
+
+# ---- side information checks shared by domains ----------------------------------------------------------
+MAX_INFLATED_BYTES = 64 << 20  # a format-1 zlib block whose exact size is not known inflates to at most this
+
+
+class SideCheck:
+    """Checks of one domain's side information. It comes out of a .sqz file whose checksum anyone can
+    recompute, so it is read like any other untrusted input: every number is checked before it sizes an
+    allocation, and anything malformed (a missing key, a wrong type, a negative count, nested garbage) is a
+    FormatError naming the domain, never a KeyError or a MemoryError.
+
+        check = SideCheck("timeseries")
+        rows = check.integer(check.get(side, "rows"), "the row count", 0, patches * patch)  # or a FormatError
+        with check.guard():  # what indexing a malformed structure raises (KeyError, ...) -> FormatError
+            ...
+    """
+
+    def __init__(self, domain: str) -> None:
+        self.domain = domain
+
+    def error(self, problem: str) -> FormatError:
+        """The FormatError for side information that cannot be right, `problem` saying what is wrong."""
+        return FormatError(f"{self.domain} side information is malformed: {problem}")
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turn the exceptions that indexing, converting or unpacking a malformed structure raises into this
+        domain's FormatError (the checks above them say what is wrong where it matters)."""
+        try:
+            yield
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError, RecursionError,
+                zlib.error, binascii.Error) as exc:
+            raise FormatError(f"{self.domain} side information is malformed ({type(exc).__name__}: {exc})") from None
+
+    def get(self, side: object, key: str) -> object:
+        """side[key], or a FormatError when `side` is not a JSON object or has no `key`."""
+        if not isinstance(side, dict):
+            raise self.error(f"expected a JSON object, got {type(side).__name__}")
+        if key not in side:
+            raise self.error(f"{key!r} is missing")
+        return side[key]
+
+    def integer(self, value: object, what: str, low: int = 0, high: int | None = None) -> int:
+        """`value` as a whole number in [low, high] (high None: no upper bound), or a FormatError naming `what`."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(f"{what} must be a whole number, got {_kind(value)}")
+        if value < low or (high is not None and value > high):
+            bound = f"at least {low:,}" if high is None else f"{low:,}" if low == high else f"from {low:,} to {high:,}"
+            raise self.error(f"{what} is {_size(value)}, which should be {bound}")
+        return value
+
+    def array(self, value: object, what: str, length: int | None = None) -> list:
+        """`value` as a JSON array (of exactly `length` items when given), or a FormatError naming `what`."""
+        if not isinstance(value, list):
+            raise self.error(f"{what} must be a list, got {_kind(value)}")
+        if length is not None and len(value) != length:
+            raise self.error(f"{what} holds {len(value):,} items, not {length:,}")
+        return value
+
+    def runs(self, value: object, what: str, total: int, unit: str, low: int = 0,
+             high: int | None = None) -> list[list[int]]:
+        """Run-length pairs [[value, count], ...] of `total` `unit` (e.g. rows): values in [low, high], counts
+        positive and adding up to exactly `total`, checked before anything is expanded."""
+        pairs = self.array(value, what)
+        covered = 0
+        for pair in pairs:
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise self.error(f"{what} must be [value, count] pairs")
+            self.integer(pair[0], f"a value of {what}", low, high)
+            covered += self.integer(pair[1], f"a count of {what}", 1)
+        if covered != total:
+            raise self.error(f"{what} claim {_size(covered)} {unit} for {total:,}")
+        return pairs
+
+    def inflate(self, packed: object, what: str, size: int | None = None, most: int = MAX_INFLATED_BYTES) -> bytes:
+        """A format-1 block (base64 text of zlib data) inflated to exactly `size` bytes when the size is known
+        (else at most `most`), never further: a small block cannot expand into gigabytes."""
+        if not isinstance(packed, str):
+            raise self.error(f"{what} must be base64 text, got {_kind(packed)}")
+        limit = most if size is None else size
+        with self.guard():
+            inflater = zlib.decompressobj()
+            data = inflater.decompress(base64.b64decode(packed, validate=True), limit + 1)
+        if len(data) > limit:
+            raise self.error(f"{what} inflates to more than {limit:,} bytes")
+        if not inflater.eof or (size is not None and len(data) != size):
+            raise self.error(f"{what} inflates to {len(data):,} bytes{'' if size is None else f', not {size:,}'}"
+                             f"{'' if inflater.eof else ' and is cut short'}")
+        return data
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _size(number: int) -> str:
+    """A number for a message: digits with separators, or a power of ten when it is huge."""
+    return f"{number:,}" if abs(number) < 10**15 else f"about 10^{len(str(abs(number))) - 1}"
 
 
 def copy_through(codec: Codec, path: Path, seq_len: int, out: Path, settings: dict | None = None) -> dict:

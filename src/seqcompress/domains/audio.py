@@ -23,6 +23,7 @@ k is channel k % C); at most 64 windows or 4 MB a piece. The first piece's side 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import struct
@@ -34,21 +35,38 @@ import numpy as np
 import torch
 
 from seqcompress.domain import (
-    Codec, Domain, Objective, Piece, Settings, Writer, bundled, check_data_paths, option, shorten,
+    Codec, Domain, Objective, Piece, Settings, SideCheck, Writer, bundled, check_data_paths, option, shorten,
 )
-from seqcompress.domains.audio_signal import Resampler, fit_length, log_mel, multi_resolution_stft_loss, resample
+from seqcompress.domains.audio_signal import (
+    Resampler, fit_length, log_mel, multi_resolution_stft_loss, resample, resampler_reach,
+)
 from seqcompress.errors import FormatError, InputError
 
 SILENCE_POWER = 1e-10  # mean square below this (-100 dBFS): a silent window, SI-SDR undefined and skipped
 NEAR_FULL_SCALE = 0.99  # |sample| at or above: counted in the side information as a sign of clipping
 SISDR_CAP = 100.0  # dB: a window reconstructed exactly would be +inf
-MAX_FILE_RATE = 10_000_000  # Hz: beyond it the resampling kernel spans too many input samples per output
+# Hz: the highest rate of common audio (DXD, 705.6 and 768 kHz). It also bounds what the writer makes of one
+# model sample (48 samples at 16 kHz), and so what a small .sqz can claim to expand to.
+MAX_FILE_RATE = 768_000
+MAX_CHANNELS = 1024  # libsndfile's own limit (a WAV header may claim up to 65,535)
+# Channels x the resampler's reach (`resampler_reach`, either way between the file's and the model's rate): the
+# floats a resampler holds. 16 MB: a stereo file may have any rate; 1,024 channels need 48 Hz or more.
+MAX_RESAMPLER_FLOATS = 1 << 22
+MAX_RIFF_CHUNKS = 1024  # chunks of a WAV file walked to find its "fmt " and "data" chunks
 BLOCK_SAMPLES = 1 << 16  # samples read at once (all channels together), and per channel once resampled
 PIECE_WINDOWS = 64  # windows per piece at most
 PIECE_BYTES = 4 << 20  # window floats (4 bytes each) per piece at most (a piece holds at least one window)
 # Subtypes whose samples are integers: values beyond [-1, 1] are clipped when written.
 _FLOAT_SUBTYPES = frozenset(["FLOAT", "DOUBLE"])
-_SUFFIX_FORMAT = {".wav": "WAV", ".flac": "FLAC"}
+# The formats an output suffix may hold (the input's is kept when listed, else the first is written).
+_SUFFIX_FORMATS = {".wav": ("WAV", "WAVEX"), ".flac": ("FLAC",)}
+# Bytes per sample of the uncompressed subtypes: a header claiming more samples than the file holds is refused
+# before anything is read. FLAC, Ogg and MPEG pack theirs, so only the read itself finds out.
+_SAMPLE_BYTES = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8, "ULAW": 1,
+                 "ALAW": 1}
+_PACKED_FORMATS = frozenset(["FLAC", "OGG", "MPEG"])
+_WAVE_FORMAT_PCM, _WAVE_FORMAT_EXTENSIBLE = 1, 0xFFFE  # fmt chunk format tags
+_SIDE = SideCheck("audio")
 _FLAC_SUBTYPE = {"PCM_U8": "PCM_S8", "PCM_32": "PCM_24", "FLOAT": "PCM_24", "DOUBLE": "PCM_24"}
 # The side keys that describe a file (the first piece's side).
 FILE_KEYS = ("sample_rate", "channels", "frames", "format", "subtype", "model_rate", "frame_samples", "model_samples")
@@ -110,22 +128,59 @@ class AudioSettings(Settings):
 
 
 # ---- reading files in blocks -----------------------------------------------------------------------------
-def wav_truncation(path: Path) -> tuple[int, int] | None:
-    """(bytes the WAV header declares for its data chunk, bytes present) when the file is cut short, else
-    None. A size of 0 or 0xFFFFFFFF (written by streaming tools that cannot seek back) is not a promise."""
+def layout_problem(rate: int, channels: int, model_rate: int) -> str | None:
+    """What makes audio of `channels` channels at `rate` Hz too much for a model at `model_rate` Hz (a rate or a
+    channel count beyond the caps, or resampling state beyond MAX_RESAMPLER_FLOATS), or None. The reader and
+    the writer ask the same question, so whatever encodes also decodes."""
+    if not 1 <= rate <= MAX_FILE_RATE:
+        return f"a sample rate of {rate:,} Hz; rates from 1 Hz to {MAX_FILE_RATE:,} Hz can be compressed"
+    if not 1 <= channels <= MAX_CHANNELS:
+        return f"{channels:,} channels; 1 to {MAX_CHANNELS:,} can be compressed"
+    reach = max(resampler_reach(rate, model_rate), resampler_reach(model_rate, rate))
+    if channels * reach > MAX_RESAMPLER_FLOATS:
+        return (f"{channels:,} channels at {rate:,} Hz; resampling that many channels from and to {model_rate:,} Hz "
+                f"would hold {channels * reach * 4 / 1e6:,.0f} MB (use fewer channels or a rate nearer the model's)")
+    return None
+
+
+def _riff_chunks(path: Path) -> Iterator[tuple[bytes, int, int, BinaryIO]]:
+    """(id, offset of the body, declared length, the open file) of each chunk of a RIFF WAVE file, in order, at
+    most MAX_RIFF_CHUNKS of them; nothing for another kind of file."""
+    size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        size = path.stat().st_size
+            return
         pos = 12
-        while pos + 8 <= size:
+        for _ in range(MAX_RIFF_CHUNKS):
+            if pos + 8 > size:
+                return
             f.seek(pos)
             chunk, length = struct.unpack("<4sI", f.read(8))
-            if chunk == b"data":
-                present = size - pos - 8
-                return (length, present) if 0 < length < 0xFFFFFFFF and length > present else None
+            yield chunk, pos + 8, length, f
             pos += 8 + length + (length & 1)
+
+
+def wav_truncation(path: Path) -> tuple[int, int] | None:
+    """(bytes the WAV header declares for its data chunk, bytes present) when the file is cut short, else
+    None. A size of 0 or 0xFFFFFFFF (written by streaming tools that cannot seek back) is not a promise."""
+    size = path.stat().st_size
+    for chunk, body, length, _ in _riff_chunks(path):
+        if chunk == b"data":
+            present = size - body
+            return (length, present) if 0 < length < 0xFFFFFFFF and length > present else None
+    return None
+
+
+def wav_channel_mask(path: Path) -> int | None:
+    """The speaker mask (dwChannelMask) of a WAVE_FORMAT_EXTENSIBLE file's fmt chunk; None for other files."""
+    for chunk, body, length, f in _riff_chunks(path):
+        if chunk == b"fmt ":
+            f.seek(body)
+            fmt = f.read(24)
+            if length < 24 or len(fmt) < 24 or struct.unpack_from("<H", fmt)[0] != _WAVE_FORMAT_EXTENSIBLE:
+                return None
+            return struct.unpack_from("<I", fmt, 20)[0]
     return None
 
 
@@ -146,13 +201,14 @@ class AudioInfo:
 
 
 class AudioReader:
-    """An audio file opened for streaming: its header checked at once (`info`), its samples read by `blocks`.
-    Use as a context manager; InputError for anything unreadable."""
+    """An audio file opened for streaming: its header checked at once (`info`; against a model at `model_rate`
+    Hz), its samples read by `blocks`. `channel_mask`: a WAVE_FORMAT_EXTENSIBLE file's speaker mask, else
+    None. Use as a context manager; InputError for anything unreadable."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, model_rate: int = 16000) -> None:
         import soundfile as sf
 
-        self.path = Path(path)
+        self.path, self.model_rate = Path(path), model_rate
         check_data_paths([self.path])
         try:
             self.sound = sf.SoundFile(str(self.path))
@@ -162,21 +218,28 @@ class AudioReader:
             self.info = AudioInfo(int(self.sound.samplerate), int(self.sound.channels), int(self.sound.frames),
                                   str(self.sound.format), str(self.sound.subtype))
             self._check_header()
+            self.channel_mask = wav_channel_mask(self.path) if self.info.format == "WAVEX" else None
         except BaseException:
             self.sound.close()
             raise
 
     def _check_header(self) -> None:
+        """Refuse what the header declares before a sample is read: a truncated data chunk, no frames, a rate
+        or channel count beyond the caps (`layout_problem`, at the model's rate), more samples than the file
+        can hold."""
         info, path = self.info, self.path
-        if info.format == "WAV" and (cut := wav_truncation(path)):
+        if info.format in ("WAV", "WAVEX") and (cut := wav_truncation(path)):
             declared, present = cut
             raise InputError(f"{path} is truncated: its header declares {declared:,} bytes of samples but only "
                              f"{present:,} are present (an interrupted copy or download?)")
         if info.frames <= 0:
             raise InputError(f"{path} holds no audio samples (0 frames)")
-        if not 1 <= info.sample_rate <= MAX_FILE_RATE:
-            raise InputError(f"{path} declares a sample rate of {info.sample_rate:,} Hz; rates from 1 Hz to "
-                             f"{MAX_FILE_RATE:,} Hz can be compressed")
+        if problem := layout_problem(info.sample_rate, info.channels, self.model_rate):
+            raise InputError(f"{path} declares {problem}")
+        width, size = _SAMPLE_BYTES.get(info.subtype), path.stat().st_size
+        if width and info.format not in _PACKED_FORMATS and info.frames * info.channels * width > size:
+            raise InputError(f"{path} is truncated or corrupted: its header declares {info.frames:,} samples per "
+                             f"channel ({info.frames * info.channels * width:,} bytes) but the file has {size:,} bytes")
 
     def __enter__(self) -> "AudioReader":
         return self
@@ -305,10 +368,12 @@ class AudioCodec(Codec):
         model_rate, s = settings.sample_rate, settings.frame_samples
         span = seq_len * s  # model samples per window
         per_piece = max(1, min(PIECE_WINDOWS, PIECE_BYTES // (4 * seq_len * (s + 1))))
-        with AudioReader(Path(path)) as reader:
+        with AudioReader(Path(path), model_rate) as reader:
             info = reader.info
             n = settings.model_samples(info.frames, info.sample_rate)
             side: dict = {**dataclasses.asdict(info), "model_rate": model_rate, "frame_samples": s, "model_samples": n}
+            if reader.channel_mask is not None:
+                side["channel_mask"] = reader.channel_mask
             resampler = Resampler(info.sample_rate, model_rate, info.channels)
             pending = torch.zeros(info.channels, 0)  # (C, < span) model samples not yet in a window
             windows: list[torch.Tensor] = []
@@ -346,10 +411,13 @@ class AudioCodec(Codec):
         names another format; then the closest subtype that format holds, and a note saying so."""
         import soundfile as sf
 
-        fmt, subtype = str(side["format"]), str(side["subtype"])
-        wanted = _SUFFIX_FORMAT.get(Path(name).suffix.lower())
-        if wanted is None or wanted == fmt:
+        fmt, subtype = _SIDE.get(side, "format"), _SIDE.get(side, "subtype")
+        if not isinstance(fmt, str) or not isinstance(subtype, str) or not sf.check_format(fmt, subtype):
+            raise _SIDE.error(f"{fmt!r} {subtype!r} is not an audio format and subtype libsndfile writes")
+        formats = _SUFFIX_FORMATS.get(Path(name).suffix.lower())
+        if formats is None or fmt in formats:  # WAVEX stays WAVEX in a .wav file
             return fmt, subtype, None
+        wanted = formats[0]
         new_subtype = subtype if sf.check_format(wanted, subtype) else _FLAC_SUBTYPE.get(subtype, "PCM_16")
         if not sf.check_format(wanted, new_subtype):
             new_subtype = "PCM_16"
@@ -367,7 +435,7 @@ class AudioCodec(Codec):
         if symbols <= 0:
             return refs
         sink = _CountingSink()
-        with AudioReader(Path(path)) as reader:
+        with AudioReader(Path(path), model_rate) as reader:
             info = reader.info
             resampler = Resampler(info.sample_rate, model_rate, info.channels)
             with sf.SoundFile(sink, "w", samplerate=model_rate, channels=info.channels, format="FLAC",
@@ -395,6 +463,8 @@ class AudioWriter(Writer):
 
     def write(self, windows: list[torch.Tensor], side: dict) -> None:
         try:
+            if not isinstance(side, dict):
+                raise _SIDE.error(f"expected a JSON object, got {type(side).__name__}")
             if any(key in side for key in FILE_KEYS):
                 self._begin(side)
             if windows and self.sound is None:
@@ -429,38 +499,63 @@ class AudioWriter(Writer):
         except BaseException:
             self._abandon()
             raise
-        self.sound.close()
+        with self._libsndfile():
+            self.sound.close()
         return {"note": "; ".join(self.notes)} if self.notes else {}
 
+    @contextlib.contextmanager
+    def _libsndfile(self) -> Iterator[None]:
+        """libsndfile's refusals (a format it reads but cannot write, like MPEG layer I) as a FormatError."""
+        import soundfile as sf
+
+        try:
+            yield
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            raise FormatError(f"audio: libsndfile cannot write {self.name} as {self.format} {self.subtype} "
+                              f"({str(exc).split(': ')[-1].strip().rstrip('.')})") from None
+
     def _begin(self, side: dict) -> None:
+        """Check the file's description against the model and the caps before anything is sized by it, then
+        open the output."""
         import soundfile as sf
 
         if self.sound is not None:
             raise FormatError("audio side information describes a second file inside one")
         settings = self.settings
-        try:
-            self.rate, self.channels, self.frames = int(side["sample_rate"]), int(side["channels"]), int(side["frames"])
-            self.model_samples = int(side["model_samples"])
+        with _SIDE.guard():
             if int(side["model_rate"]) != settings.sample_rate or int(side["frame_samples"]) != settings.frame_samples:
                 raise FormatError(f"the latents hold {side['frame_samples']}-sample frames at {side['model_rate']} Hz; "
                                   f"this model uses {settings.frame_samples} at {settings.sample_rate} Hz")
-            if not (1 <= self.rate <= MAX_FILE_RATE and 1 <= self.channels <= 1024 and self.frames >= 1
-                    and self.model_samples == settings.model_samples(self.frames, self.rate)):
-                raise ValueError(f"{self.channels} channel(s) of {self.frames} samples at {self.rate} Hz "
-                                 f"cannot be {self.model_samples} samples at {settings.sample_rate} Hz")
-            fmt, self.subtype, note = self.codec.output_format(self.name, side)
-            self.legacy = side.get("layout") == "channel-major"
-            self.counts = [int(k) for k in side["windows_per_channel"]] if self.legacy else []
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"audio side information is malformed ({type(exc).__name__}: {exc})") from None
+        self.rate = _SIDE.integer(_SIDE.get(side, "sample_rate"), "the sample rate", 1)
+        self.channels = _SIDE.integer(_SIDE.get(side, "channels"), "the channel count", 1)
+        if problem := layout_problem(self.rate, self.channels, settings.sample_rate):
+            raise _SIDE.error(f"it declares {problem}")
+        self.frames = _SIDE.integer(_SIDE.get(side, "frames"), "the frame count", 1)
+        self.model_samples = _SIDE.integer(_SIDE.get(side, "model_samples"), "the model sample count", 1)
+        if self.model_samples != settings.model_samples(self.frames, self.rate):
+            raise _SIDE.error(f"{self.channels} channel(s) of {self.frames:,} samples at {self.rate:,} Hz cannot be "
+                              f"{self.model_samples:,} samples at {settings.sample_rate:,} Hz")
+        fmt, self.subtype, note = self.codec.output_format(self.name, side)
+        self.format = fmt
+        self.legacy = side.get("layout") == "channel-major"
+        self.counts = [_SIDE.integer(k, "a channel's window count") for k in
+                       _SIDE.array(_SIDE.get(side, "windows_per_channel"), "windows_per_channel", self.channels)] \
+            if self.legacy else []
+        mask = side.get("channel_mask")
+        mask = _SIDE.integer(mask, "the channel mask", 0, 0xFFFFFFFF) if mask is not None and fmt == "WAVEX" else None
         if self.rate > settings.sample_rate:
             self.notes.append(f"the model works at {settings.sample_rate} Hz, so the output holds nothing above "
                               f"{settings.sample_rate // 2} Hz")
         if note:
             self.notes.append(note)
         self.resampler = Resampler(settings.sample_rate, self.rate, self.channels)
-        self.sound = sf.SoundFile(self.file, "w", samplerate=self.rate, channels=self.channels, subtype=self.subtype,
-                                  format=fmt)
+        # Model samples per channel resampled at once: at most BLOCK_SAMPLES in all, and at most BLOCK_SAMPLES
+        # per channel once at the file's rate (up to 48 times as many at 768 kHz).
+        self.block = block_frames(self.channels, settings.sample_rate, self.rate)
+        target = _WavHeaderFix(self.file, mask) if fmt in ("WAV", "WAVEX") else self.file
+        with self._libsndfile():
+            self.sound = sf.SoundFile(target, "w", samplerate=self.rate, channels=self.channels,
+                                      subtype=self.subtype, format=fmt)
 
     def _write_step(self) -> None:
         """The collected windows (one per channel, the same length) -> samples at the file's rate, written."""
@@ -473,7 +568,8 @@ class AudioWriter(Writer):
             raise FormatError(f"audio: more frames decoded than the {self.model_samples} samples of each channel")
         x = torch.stack([w[:, :s].float().reshape(-1)[:real] for w in self.step]) * self.settings.gain  # (C, real)
         self.step, self.frames_done = [], self.frames_done + frames
-        self._write_samples(self.resampler.push(x))
+        for start in range(0, real, self.block):
+            self._write_samples(self.resampler.push(x[:, start : start + self.block]))
 
     def _write_channel_major(self, windows: list[torch.Tensor]) -> None:
         """A format-1 piece: each channel whole, resampled whole (exactly as format 1 decoded it)."""
@@ -482,13 +578,21 @@ class AudioWriter(Writer):
         if len(self.counts) != self.channels or sum(self.counts) != len(windows):
             raise FormatError(f"audio side information describes {sum(self.counts)} windows in {len(self.counts)} "
                               f"channel(s), but {len(windows)} windows were decoded")
+        s = self.settings.frame_samples
+        frames, start = -(-self.model_samples // s), 0
+        for c, count in enumerate(self.counts):  # every channel's length, before the whole output is allocated
+            decoded = sum(len(w) for w in windows[start : start + count])
+            if decoded != frames:
+                raise FormatError(f"audio: {decoded:,} frames decoded for a channel of {self.model_samples:,} samples "
+                                  f"({frames:,} frames of {s})")
+            start += count
         out = np.zeros((self.frames, self.channels), dtype=np.float64)
         start = 0
         for c, count in enumerate(self.counts):
             x = self.codec.windows_waveform(windows[start : start + count], self.model_samples)  # (n,) model rate
             start += count
             out[:, c] = fit_length(resample(x, self.settings.sample_rate, self.rate), self.frames).double().numpy()
-        self.frames_done = -(-self.model_samples // self.settings.frame_samples)
+        self.frames_done = frames
         self._write_samples(torch.from_numpy(out.T))
 
     def _write_samples(self, y: torch.Tensor) -> None:
@@ -499,13 +603,70 @@ class AudioWriter(Writer):
         out = y[:, :keep].T.double().numpy()  # (keep, C)
         if self.subtype not in _FLOAT_SUBTYPES:
             out = np.clip(out, -1.0, 1.0)  # libsndfile would wrap out-of-range values around
-        self.sound.write(out)
+        with self._libsndfile():
+            self.sound.write(out)
         self.written += keep
 
     def _abandon(self) -> None:
         """Close the sound file after a failure (the caller discards the output)."""
         if self.sound is not None and not self.sound.closed:
             self.sound.close()
+
+
+class _WavHeaderFix:
+    """The file a WAV is written into, through libsndfile, with two fixes to the header libsndfile writes (first
+    and again with the final sizes when it closes, each time in one write at offset 0):
+
+    - a plain WAV of IEEE float samples gets the fmt extension WAVEFORMATEX requires of every format tag but
+      PCM (cbSize = 0: two bytes), which libsndfile leaves out and `soxi` warns about; every byte after the
+      16-byte fmt chunk then sits two bytes later in the file;
+    - a WAVE_FORMAT_EXTENSIBLE file gets `channel_mask` (the input's speaker mask) instead of the one
+      libsndfile derives from the channel count.
+
+    A header of another layout is written unchanged."""
+
+    _BODY = 20  # offset of the fmt chunk's body: after "RIFF", its size, "WAVE", "fmt " and the chunk's size
+    _END = 36  # end of a 16-byte fmt body: where the extension goes
+
+    def __init__(self, file: BinaryIO, channel_mask: int | None) -> None:
+        self.file, self.mask = file, channel_mask
+        self.pos = self.size = 0  # in libsndfile's view of the file, without the inserted bytes
+        self.shift = 0  # bytes inserted after _END
+
+    def write(self, data: bytes) -> int:
+        data = bytes(data)
+        if self.pos == 0:
+            self.file.seek(0)
+            self.file.write(self._fixed(data))
+        else:
+            self.file.seek(self.pos + (self.shift if self.pos >= self._END else 0))
+            self.file.write(data)
+        self.pos += len(data)
+        self.size = max(self.size, self.pos)
+        return len(data)
+
+    def _fixed(self, head: bytes) -> bytes:
+        if len(head) < self._END or head[:4] != b"RIFF" or head[8:16] != b"WAVEfmt ":
+            return head
+        fmt_size, tag = struct.unpack_from("<IH", head, 16)
+        if fmt_size == 16 and tag != _WAVE_FORMAT_PCM:
+            self.shift = 2
+            riff = min(struct.unpack_from("<I", head, 4)[0] + 2, 0xFFFFFFFF)
+            fmt_chunk = b"fmt " + struct.pack("<I", 18) + head[self._BODY : self._END] + b"\x00\x00"
+            return b"RIFF" + struct.pack("<I", riff) + b"WAVE" + fmt_chunk + head[self._END :]
+        if tag == _WAVE_FORMAT_EXTENSIBLE and fmt_size >= 24 and self.mask is not None and len(head) >= self._BODY + 24:
+            return head[: self._BODY + 20] + struct.pack("<I", self.mask) + head[self._BODY + 24 :]
+        return head
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, count: int = -1) -> bytes:
+        return b""  # libsndfile reads nothing back from a file it writes
 
 
 # ---- objective -----------------------------------------------------------------------------------------
@@ -639,7 +800,7 @@ class AudioDomain(Domain):
             raise InputError("no data files to learn from")
         energy, count = 0.0, 0
         for path in paths:
-            with AudioReader(path) as reader:
+            with AudioReader(path, self.settings.sample_rate) as reader:
                 limit = self.learn_frames(reader.info, share)  # samples per channel learned from
                 done = 0
                 for block in reader.blocks(max(1, BLOCK_SAMPLES // reader.info.channels)):

@@ -31,6 +31,16 @@ def _reduced(orig_rate: int, new_rate: int) -> tuple[int, int, float, int, bool]
     return orig, new, base, width, new * (2 * width + orig) <= _MAX_KERNEL
 
 
+def resampler_reach(orig_rate: int, new_rate: int) -> int:
+    """Input samples per channel that resampling orig_rate -> new_rate reads for one output sample or block of
+    outputs (the kernel's span): what a `Resampler` holds between pushes, and about what it gathers at once.
+    0 for equal rates. Grows with orig_rate / new_rate: 16 kHz -> 1 Hz reaches over 200,000 samples."""
+    if int(orig_rate) == int(new_rate):
+        return 0
+    orig, _, _, width, polyphase = _reduced(orig_rate, new_rate)
+    return 2 * width + (orig if polyphase else 2)
+
+
 @lru_cache(maxsize=16)
 def _sinc_kernel(orig: int, new: int) -> tuple[torch.Tensor, int]:
     """Polyphase kernels (new, 1, K) of a Hann-windowed sinc low-pass for orig -> new (rates reduced by their

@@ -27,7 +27,6 @@ layout and every edge case.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import gzip
 import zlib
@@ -38,8 +37,8 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from seqcompress.domain import (Codec, Domain, Piece, Settings, TokenObjective, Writer, bundled, check_data_paths,
-                                option, shorten, split_windows)
+from seqcompress.domain import (Codec, Domain, Piece, Settings, SideCheck, TokenObjective, Writer, bundled,
+                                check_data_paths, option, shorten, split_windows)
 from seqcompress.format import run_length
 from seqcompress.errors import FormatError, InputError
 
@@ -68,6 +67,11 @@ _COMPRESSED_MAGIC = {  # formats people try that are not unpacked here: say so i
     b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip",
 }
 _FRAGMENT_BYTES = 16  # what a fragment costs a piece beyond its bases, qualities and title
+MAX_TITLE_BYTES = 1 << 20  # a header or '+' line is held whole while it is read: longer ones are refused
+# Blank lines in one record, at most: they hold no bases, so nothing else bounds what their line layout
+# (run-length encoded in the side information) expands to.
+MAX_BLANK_LINES = 1 << 20
+_SIDE = SideCheck("dna")
 
 
 def vocab_size(k: int) -> int:
@@ -130,11 +134,13 @@ class Tokens:
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
             raise FormatError(f"dna tokens must lie in [0, {self.vocab_size})")
         out = self.letters[tokens].reshape(-1).copy()  # (T * k,) >= length
-        for start, repeat, unit in runs:
+        done = 0  # runs come in order and do not overlap, so writing them costs at most the record's length
+        for start, repeat, unit in _SIDE.array(runs, "a fragment's exact runs"):
             end = start + repeat * len(unit)
-            if not 0 <= start <= end <= len(out):
+            if not done <= start <= end <= len(out):
                 raise FormatError("dna side information: an IUPAC run lies outside its record")
             out[start:end] = np.frombuffer((unit * repeat).encode("ascii"), dtype=np.uint8)
+            done = end
         return out[:length]
 
 
@@ -163,11 +169,26 @@ def exact_runs(units: np.ndarray, marked: np.ndarray, k: int) -> list[list]:
             for s, e in zip(starts, ends) if marked[s]]
 
 
+def check_lines(runs: object, length: int) -> list[list[int]]:
+    """Run-length encoded line lengths [[width, count], ...] of `length` bases, checked before they are laid
+    out: whole numbers, none negative, adding up to `length`, and at most MAX_BLANK_LINES empty lines."""
+    blank = 0
+    for run in _SIDE.array(runs, "a fragment's line lengths"):
+        if not isinstance(run, list) or len(run) != 2:
+            raise _SIDE.error("line lengths must be [width, count] pairs")
+        width, count = _SIDE.integer(run[0], "a line width"), _SIDE.integer(run[1], "a line count")
+        blank += 0 if width else count
+    if blank > MAX_BLANK_LINES:
+        raise _SIDE.error(f"line lengths claim {blank:,} blank lines; a record holds at most {MAX_BLANK_LINES:,}")
+    if sum(w * n for w, n in runs) != length:
+        raise FormatError("dna side information: a fragment's line lengths do not add up to its length")
+    return runs  # type: ignore[return-value]
+
+
 def layout_lines(data: np.ndarray, runs: list[list[int]], newline: bytes, open_end: bool = False) -> bytes:
     """Bytes (L,) cut into lines of the run-length encoded lengths, each followed by `newline`, except the
     last when `open_end` (the line continues in the next fragment)."""
-    if sum(w * n for w, n in runs) != len(data):
-        raise FormatError("dna side information: a fragment's line lengths do not add up to its length")
+    check_lines(runs, len(data))
     if len(runs) == 1 and runs[0][1] == 1 and not open_end:  # one line: a read, a short record
         return data.tobytes() + newline
     out, pos = [], 0
@@ -194,27 +215,45 @@ def apply_case(bases: np.ndarray, runs: list[int]) -> None:
     bases[lower] |= _LOWER
 
 
-def _slice_case(runs: list[int], start: int, end: int) -> list[int]:
-    """The alternating case runs of bases [start, end) of a record, in `case_runs` form."""
-    out: list[int] = []
-    pos = 0
+def _split_case(runs: list[int], cuts: list[int]) -> list[list[int]]:
+    """A record's alternating case runs split into fragments ending at the base positions `cuts`: each
+    fragment's runs in `case_runs` form. One pass over runs and cuts (a run long enough visits each fragment
+    it spans once), so a format-1 side with many runs and many fragments costs their sum, not product."""
+    out: list[list[int]] = [[] for _ in cuts]
+    f = pos = 0
     for i, n in enumerate(runs):
-        a, b = max(pos, start), min(pos + n, end)
-        pos += n
-        if b > a:
-            if not out and i % 2:
-                out.append(0)
-            out.append(b - a)
-    return out if len(out) > 1 else []
+        end = pos + n
+        while f < len(cuts):
+            a, b = max(pos, cuts[f - 1] if f else 0), min(end, cuts[f])
+            if b > a:
+                if not out[f] and i % 2:
+                    out[f].append(0)
+                out[f].append(b - a)
+            if end < cuts[f]:
+                break
+            f += 1
+            if end == cuts[f - 1]:
+                break
+        pos = end
+    return [part if len(part) > 1 else [] for part in out]
 
 
-def _slice_exact(runs: list[list], start: int, end: int) -> list[list]:
-    """The exact runs of bases [start, end) of a record, positions relative to `start` (a multiple of k)."""
-    out = []
+def _split_exact(runs: list[list], cuts: list[int]) -> list[list[list]]:
+    """A record's exact runs (in order, apart) split into fragments ending at the base positions `cuts` (each a
+    multiple of k): each fragment's runs, positions relative to its start. One pass, as `_split_case`."""
+    out: list[list[list]] = [[] for _ in cuts]
+    f = 0
     for first, repeat, unit in runs:
-        a, b = max(first, start), min(first + repeat * len(unit), end)
-        if b > a:
-            out.append([a - start, (b - a) // len(unit), unit])
+        end = first + repeat * len(unit)
+        while f < len(cuts) and cuts[f] <= first:
+            f += 1
+        for g in range(f, len(cuts)):
+            lo = cuts[g - 1] if g else 0
+            a, b = max(first, lo), min(end, cuts[g])
+            if b > a:
+                out[g].append([a - lo, (b - a) // len(unit), unit])
+            if end <= cuts[g]:
+                break
     return out
 
 
@@ -563,10 +602,16 @@ class _Reader:
         text = bytearray()  # a header or '+' line being read
         text_offset = 0
         title, records, total = "", 0, 0
+        blank = 0  # blank lines of the record (bounded: see MAX_BLANK_LINES)
         state = ""  # FASTQ: "sequence" or "quality", the part of the record being read
         seq_n = q_n = 0  # FASTQ: bases and quality characters of the record
         q_started = False
         for data, done in blocks:
+            if not kind and done and not data and fmt:  # a blank line, inside a record's sequence or quality
+                blank += 1
+                if blank > MAX_BLANK_LINES:
+                    raise InputError(f"{path}, line {lines.number}: record {_name(title)} has more than "
+                                     f"{MAX_BLANK_LINES:,} blank lines")
             if not kind:  # a line starts
                 mark = data[:1]
                 if not fmt:
@@ -601,11 +646,14 @@ class _Reader:
                     build.add_quality(data, done)
             else:
                 text += data
+                if len(text) > MAX_TITLE_BYTES:
+                    raise InputError(f"{path}, line {lines.number}: a {'header' if kind == 'title' else '+'} line "
+                                     f"longer than {MAX_TITLE_BYTES:,} bytes; is this FASTA or FASTQ?")
                 if done:
                     line = self._decode(bytes(text[1:]), text_offset)
                     text.clear()
                     if kind == "title":
-                        title, records = line, records + 1
+                        title, records, blank = line, records + 1, 0
                         total += seq_n
                         build.start_record(title)
                         state, seq_n, q_n, q_started = "sequence", 0, 0, False
@@ -689,10 +737,8 @@ class DnaWriter(Writer):
         self.plus = False
 
     def write(self, windows: list[torch.Tensor], side: dict) -> None:
-        try:
+        with _SIDE.guard():
             data = self._piece(windows, side)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise FormatError(f"dna side information is malformed ({type(exc).__name__}: {exc})") from None
         if not data:
             return
         if data.endswith(self.newline):
@@ -703,7 +749,7 @@ class DnaWriter(Writer):
             self.pending = b""
 
     def _start(self, info: dict) -> None:
-        k = int(info["k"])
+        k = _SIDE.integer(_SIDE.get(info, "k"), "k", 1, MAX_K)
         if k != self.tokens.k:
             raise FormatError(f"the latents hold k={k} tokens but this dna domain uses k={self.tokens.k}")
         if info["newline"] not in ("\n", "\r\n"):
@@ -717,12 +763,13 @@ class DnaWriter(Writer):
 
     def _piece(self, windows: list[torch.Tensor], side: dict) -> bytes:
         if self.info is None:
-            self._start(side["file"])
+            self._start(_SIDE.get(side, "file"))
         nl = self.newline
         tokens = torch.cat([w.reshape(-1) for w in windows]).cpu().numpy().astype(np.int64) if windows \
             else np.zeros(0, dtype=np.int64)
-        frags = side["records"]
-        lengths = [int(f.get("length", 0)) for f in frags]
+        frags = _SIDE.array(_SIDE.get(side, "records"), "records")
+        # Every length is checked against the decoded tokens before any fragment is spelled or laid out.
+        lengths = [_fragment_length(frag) for frag in frags]
         if sum(self.tokens.count(n) for n in lengths) != len(tokens):
             raise FormatError(f"dna side information describes {sum(lengths)} bases "
                               f"but {len(tokens)} tokens were decoded")
@@ -750,7 +797,12 @@ class DnaWriter(Writer):
             if self.fastq and "quality" in frag:
                 if not self.plus:
                     raise FormatError("dna side information: qualities come before a record's '+' line")
-                quality = np.frombuffer(frag["quality"].encode("ascii"), dtype=np.uint8)
+                text = frag["quality"]
+                if not isinstance(text, str) or not text.isascii() or text.encode().translate(None, _QUALITY_BYTES):
+                    raise _SIDE.error("a quality string must be text of the characters '!'..'~'")
+                if self.quality + len(text) > self.bases:
+                    raise FormatError("dna side information: the qualities do not match the record lengths")
+                quality = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
                 out.append(layout_lines(quality, frag["quality_lines"], nl, bool(frag.get("quality_open"))))
                 self.quality += len(quality)
         if "final_newline" in side:
@@ -770,6 +822,12 @@ class DnaWriter(Writer):
         if self.gzip is not None:
             self.gzip.close()  # flushes the gzip trailer; the caller's file stays open
         return {"note": DROPPED_NOTE} if self.dropped else {}
+
+
+def _fragment_length(frag: object) -> int:
+    if not isinstance(frag, dict):
+        raise _SIDE.error(f"a record fragment must be a JSON object, got {type(frag).__name__}")
+    return _SIDE.integer(frag.get("length", 0), "a fragment's length")
 
 
 # ---- settings, codec, objective, domain -----------------------------------------------------------
@@ -820,21 +878,23 @@ class DnaCodec(Codec):
         """Format 1 kept per-record lists (titles, lengths, lines, lower, exact, plus, quality_lines) and
         every quality string in one base64 zlib block: each record becomes a fragment (cut at window
         boundaries into several when it has more than `max_piece_windows` windows)."""
-        try:
+        with _SIDE.guard():
             yield from self._legacy_pieces(side, lengths)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, zlib.error) as exc:
-            raise FormatError(f"dna side information is malformed ({type(exc).__name__}: {exc})") from None
 
     def _legacy_pieces(self, side: dict, lengths: list[int]) -> Iterator[tuple[int, dict]]:
-        k = int(side["k"])
+        k = _SIDE.integer(_SIDE.get(side, "k"), "k", 1, MAX_K)
         fastq = side["format"] == "fastq"
         info = {"format": side.get("source_format", side["format"]), "k": k, "newline": side["newline"]}
         if side.get("qualities_dropped"):
             info["qualities"] = "drop"
-        qualities = zlib.decompress(base64.b64decode(side["qualities"])) if fastq else b""
+        records = [_SIDE.integer(n, "a record length") for n in _SIDE.array(_SIDE.get(side, "lengths"), "lengths")]
+        if sum(-(-n // k) for n in records) != sum(lengths):  # checked before the qualities are inflated
+            raise FormatError("format-1 dna side information does not match the window lengths")
+        # The quality block holds one character per base: it inflates to exactly that many bytes, no further.
+        qualities = _SIDE.inflate(side["qualities"], "the quality block", size=sum(records)) if fastq else b""
         piece: dict = {"file": info, "records": []}
         count = size = w = q = 0
-        for r, length in enumerate(side["lengths"]):
+        for r, length in enumerate(records):
             # the record's windows: they add up to its tokens exactly, as no window spans two records
             need, windows = -(-length // k), []
             while need > 0 and w < len(lengths):
@@ -843,13 +903,13 @@ class DnaCodec(Codec):
             if need:
                 raise FormatError("format-1 dna side information does not match the window lengths")
             groups = [windows[i : i + self.max_piece_windows] for i in range(0, len(windows), self.max_piece_windows)]
-            lines, lower, exact = side["lines"][r], side["lower"][r], side["exact"][r]
-            if sum(a * b for a, b in lines) != length:
-                raise FormatError("dna side information: a record's line lengths do not add up to its length")
+            lines, lower, exact = check_lines(side["lines"][r], length), side["lower"][r], side["exact"][r]
             if len(groups) > 1:  # a long record: cut at window boundaries like iter_windows
                 cuts = [min(tokens * k, length) for tokens in np.cumsum([sum(g) for g in groups]).tolist()]
-                parts = [(run_length(segments), open_end, _slice_case(lower, a, b), _slice_exact(exact, a, b))
-                         for (segments, open_end), a, b in zip(_split_lines(lines, cuts), [0, *cuts], cuts)]
+                parts = [(run_length(segments), open_end, case, exact_part)
+                         for (segments, open_end), case, exact_part in zip(_split_lines(lines, cuts),
+                                                                           _split_case(lower, cuts),
+                                                                           _split_exact(exact, cuts))]
             else:
                 cuts, parts = [length], [(lines, False, lower, exact)]
             start = 0

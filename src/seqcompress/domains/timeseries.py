@@ -26,8 +26,6 @@ latents out) is in `timeseries_pipeline.py` and importable from here.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import codecs
 import contextlib
 import csv
@@ -36,7 +34,6 @@ import io
 import json
 import math
 import re
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -45,8 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seqcompress.domain import (Codec, Domain, Objective, Piece, Settings, Writer, bundled, check_data_paths, option,
-                                shorten, split_windows)
+from seqcompress.domain import (Codec, Domain, Objective, Piece, Settings, SideCheck, Writer, bundled, check_data_paths,
+                                option, shorten, split_windows)
 from seqcompress.errors import FormatError, InputError
 
 LOSSES = ("mse", "huber")
@@ -62,12 +59,18 @@ _INFINITY = r"(?i:[+-]?inf(?:inity)?)"
 TIME_NAMES = frozenset(["", "time", "date", "datetime", "timestamp", "ds", "t", "year", "period", "index",
                         "month", "week", "day"])
 _SCI = -1  # decimals code of a cell written in scientific notation: written back with 10 significant digits
+# Digits after the point a cell may have (the writer spells each cell with as many, so a side may not ask for
+# more): the shortest positional spelling of any float64 has at most 324 (5e-324).
+MAX_DECIMALS = 340
+_INT64 = 1 << 63  # a {"range": ...} text column holds int64 values, as `encode_text_column` writes them
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _SAMPLE_BYTES = 65536  # the start of a file, read first: binary data, byte order mark, line ending
 # A piece holds at most this many windows, and about this many cells (rows x columns) when windows are long:
 # the memory of reading or writing a file is bounded by a piece, whatever the file's length.
 PIECE_WINDOWS = 64
 PIECE_CELLS = 1 << 18
+WRITE_CELLS = 1 << 16  # the writer spells and writes a piece's rows this many cells at a time
+_SIDE = SideCheck("timeseries")
 NOTE = ("numeric values are the model's reconstruction, spelled with the decimals of the input; the time column, "
         "kept columns and missing cells are exact")
 
@@ -253,6 +256,10 @@ def parse_channel(path: Path, name: str, cells: np.ndarray, first_row: int = 0, 
                          "the float64 range (about 1.8e308)")
     dot, length = numbers.str.find(".").to_numpy(), numbers.str.len().to_numpy()
     written = np.where(numbers.str.contains("[eE]").to_numpy(dtype=bool), _SCI, np.where(dot >= 0, length - dot - 1, 0))
+    if len(written) and written.max() > MAX_DECIMALS:
+        row = int(np.flatnonzero(number)[int(np.argmax(written))])
+        raise InputError(f"{path}: column {name!r}, data row {first_row + row + 1} holds a number with "
+                         f"{int(written.max())} digits after the point; at most {MAX_DECIMALS} are kept")
     decimals = np.full(len(cells), np.nan)
     decimals[number] = written
     # A missing cell takes the decimals of the cell before it, so runs stay long in the side information.
@@ -336,17 +343,24 @@ def encode_text_column(texts: list[str]) -> dict:
     return {"text": texts}
 
 
-def decode_text_column(spec: dict) -> list[str]:
-    """The cells of `encode_text_column`'s spec; also reads format 1's {"zlib": base64 of zlib of JSON}."""
-    if "range" in spec:
-        start, step, count = (int(v) for v in spec["range"])
-        return [str(start + step * i) for i in range(count)]
-    if "text" in spec:
-        texts = spec["text"]
-    else:
-        texts = json.loads(zlib.decompress(base64.b64decode(spec["zlib"])).decode("utf-8"))
+def decode_text_column(spec: object, rows: int) -> list[str] | range | np.ndarray:
+    """The `rows` cells of `encode_text_column`'s spec, checked to be exactly that many before anything is
+    built: a list of str; for {"range": ...} the integers, lazily (a `range`, or one value broadcast for a
+    step of 0), so that a column costs nothing until its rows are written (str() each cell). Also reads
+    format 1's {"zlib": base64 of zlib of JSON}."""
+    if isinstance(spec, dict) and "range" in spec:
+        start, step, count = _SIDE.array(spec["range"], "a range column", 3)
+        count = _SIDE.integer(count, "a range column's row count", rows, rows)
+        _SIDE.integer(start, "a range column's start", -_INT64, _INT64 - 1)
+        _SIDE.integer(step, "a range column's step", -2 * _INT64, 2 * _INT64)
+        _SIDE.integer(start + step * max(count - 1, 0), "a range column's last value", -_INT64, _INT64 - 1)
+        return np.broadcast_to(np.int64(start), (count,)) if step == 0 else range(start, start + step * count, step)
+    texts = _SIDE.get(spec, "text") if not isinstance(spec, dict) or "zlib" not in spec else \
+        json.loads(_SIDE.inflate(spec["zlib"], "a packed text column").decode("utf-8"))
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
         raise FormatError("timeseries side information: a kept column is not a list of strings")
+    if len(texts) != rows:
+        raise _SIDE.error(f"a text column holds {len(texts):,} cells for {rows:,} rows")
     return texts
 
 
@@ -356,13 +370,17 @@ def mask_runs(mask: np.ndarray) -> list[list[int]]:
     return [[s, e - s] for s, e in zip(edges[::2].tolist(), edges[1::2].tolist())]
 
 
-def runs_mask(runs: list, rows: int) -> np.ndarray:
-    """The (rows,) bool mask of [[start, length], ...]."""
+def runs_mask(runs: object, rows: int) -> np.ndarray:
+    """The (rows,) bool mask of [[start, length], ...] runs, in order and apart (as `mask_runs` writes them)."""
     mask = np.zeros(rows, dtype=bool)
-    for start, length in runs:
-        if not (0 <= start and length > 0 and start + length <= rows):
+    end = 0
+    for run in _SIDE.array(runs, "missing-value runs"):
+        start, length = _SIDE.array(run, "a missing-value run", 2)
+        if not (_SIDE.integer(start, "a missing-value run's start") >= end
+                and _SIDE.integer(length, "a missing-value run's length", 1) and start + length <= rows):
             raise FormatError("timeseries side information: a missing-value run lies outside the rows")
         mask[start : start + length] = True
+        end = start + length
     return mask
 
 
@@ -375,20 +393,18 @@ def value_runs(values: np.ndarray) -> list[list[int]]:
     return [[v, n] for v, n in zip(values[starts].tolist(), counts.tolist())]
 
 
-def runs_values(runs: list, rows: int) -> np.ndarray:
-    values = np.repeat(np.array([int(v) for v, _ in runs], dtype=np.int64), [int(n) for _, n in runs]) if runs else \
-        np.zeros(0, dtype=np.int64)
-    if len(values) != rows:
-        raise FormatError(f"timeseries side information: decimals cover {len(values)} rows, not {rows}")
-    return values
+def runs_values(runs: object, rows: int) -> np.ndarray:
+    """The (rows,) int64 decimals of [[decimals, count], ...] runs, checked to cover exactly `rows` first."""
+    runs = _SIDE.runs(runs, "decimals runs", rows, "rows", _SCI, MAX_DECIMALS)
+    if not runs:
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(np.array([v for v, _ in runs], dtype=np.int64), [n for _, n in runs])
 
 
 def _legacy_missing(spec: dict, rows: int) -> np.ndarray:
     """Format 1's missing cells: {"runs": [[start, length], ...]} or {"zlib": packbits bitmask}."""
     if "zlib" in spec:
-        bits = np.frombuffer(zlib.decompress(base64.b64decode(spec["zlib"])), dtype=np.uint8)
-        if len(bits) != -(-rows // 8):
-            raise FormatError("timeseries side information: a missing-value bitmask does not cover the rows")
+        bits = np.frombuffer(_SIDE.inflate(spec["zlib"], "a missing-value bitmask", size=-(-rows // 8)), dtype=np.uint8)
         return np.unpackbits(bits)[:rows].astype(bool)
     return runs_mask(spec["runs"], rows)
 
@@ -396,9 +412,10 @@ def _legacy_missing(spec: dict, rows: int) -> np.ndarray:
 def _legacy_decimals(spec: dict, rows: int) -> np.ndarray:
     """Format 1's decimals: {"runs": [[decimals, count], ...]} or {"zlib": int16 little-endian array}."""
     if "zlib" in spec:
-        decimals = np.frombuffer(zlib.decompress(base64.b64decode(spec["zlib"])), dtype="<i2").astype(np.int64)
-        if len(decimals) != rows:
-            raise FormatError(f"timeseries side information: decimals cover {len(decimals)} rows, not {rows}")
+        packed = _SIDE.inflate(spec["zlib"], "a decimals array", size=2 * rows)
+        decimals = np.frombuffer(packed, dtype="<i2").astype(np.int64)
+        if len(decimals) and (decimals.min() < _SCI or decimals.max() > MAX_DECIMALS):
+            raise _SIDE.error(f"decimals must lie in [{_SCI}, {MAX_DECIMALS}]")
         return decimals
     return runs_values(spec["runs"], rows)
 
@@ -408,6 +425,14 @@ def _check_share(share: float) -> float:
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
         raise InputError(f"share must be in (0, 1], got {share!r}")
     return float(share)
+
+
+def _finite_numbers(values: object, what: str, count: int) -> list[float]:
+    """`count` finite numbers (the side's normalisation), or a FormatError naming `what`."""
+    values = _SIDE.array(values, what, count)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise _SIDE.error(f"{what} must hold finite numbers")
+    return values
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -696,8 +721,8 @@ class TimeSeriesCodec(Codec):
         if x.ndim != 2 or x.shape[1] != width:
             raise FormatError(f"timeseries windows must have {width} features per patch, got shape {tuple(x.shape)}")
         if len(x) != -(-rows // patch):
-            raise FormatError(f"timeseries: {len(x)} patches decoded for {rows} rows "
-                              f"({-(-rows // patch)} patches of {patch})")
+            raise FormatError(f"timeseries: {len(x):,} patches decoded for {rows:,} rows "
+                              f"({-(-rows // patch):,} patches of {patch})")
         z = x[:, : self.settings.values_width].reshape(len(x) * patch, c)[:rows]  # (rows, C)
         mean = self.mean if mean is None else np.asarray(mean, dtype=np.float64)
         scale = self.scale if scale is None else np.asarray(scale, dtype=np.float64)
@@ -767,21 +792,25 @@ class TimeSeriesCodec(Codec):
     def legacy_pieces(self, side: dict, lengths: list[int]) -> Iterator[tuple[int, dict]]:
         """Format 1 kept the whole file's side information in one block (text columns and masks zlib-packed when
         long): cut it into the pieces of this format, PIECE_WINDOWS windows each, then the stats piece."""
-        try:
+        with _SIDE.guard():
             yield from self._legacy_pieces(side, lengths)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError, zlib.error, binascii.Error) as exc:
-            raise FormatError(f"timeseries side information is malformed ({type(exc).__name__}: {exc})") from None
 
     def _legacy_pieces(self, side: dict, lengths: list[int]) -> Iterator[tuple[int, dict]]:
-        rows, patch = int(side["rows"]), int(side["patch"])
-        channels = list(side["channels"])
-        time = decode_text_column(side["time"]) if side["time_col"] is not None else None
-        kept = {name: decode_text_column(spec) for name, spec in side["kept"].items()}
-        missing = [_legacy_missing(spec, rows) for spec in side["missing"]]
-        decimals = [_legacy_decimals(spec, rows) for spec in side["decimals"]]
-        texts = [t if isinstance(t, str) else list(t) for t in side["missing_text"]]
-        if len(missing) != len(channels) or len(decimals) != len(channels) or len(texts) != len(channels):
+        patch = _SIDE.integer(_SIDE.get(side, "patch"), "patch", 1)
+        # The file's rows fill its patches: checked against the windows before anything is sized by them.
+        rows = _SIDE.integer(_SIDE.get(side, "rows"), "the row count", 0, sum(lengths) * patch)
+        if -(-rows // patch) != sum(lengths):
+            raise _SIDE.error(f"{rows:,} rows make {-(-rows // patch):,} patches of {patch}, but the windows hold "
+                              f"{sum(lengths):,}")
+        channels = _SIDE.array(side["channels"], "channels", len(self.settings.columns or []) or None)
+        per_channel = {key: _SIDE.array(side[key], key) for key in ("missing", "decimals", "missing_text")}
+        if any(len(entries) != len(channels) for entries in per_channel.values()):  # before a row-sized array
             raise FormatError("timeseries side information: per-channel entries do not match the channels")
+        time = decode_text_column(side["time"], rows) if side["time_col"] is not None else None
+        kept = {name: decode_text_column(spec, rows) for name, spec in _SIDE.get(side, "kept").items()}
+        missing = [_legacy_missing(spec, rows) for spec in per_channel["missing"]]
+        decimals = [_legacy_decimals(spec, rows) for spec in per_channel["decimals"]]
+        texts = [t if isinstance(t, str) else list(t) for t in per_channel["missing_text"]]
         spelled = [0] * len(channels)  # missing cells spelled so far, per channel (for per-cell spellings)
         start = 0
         for i in range(0, max(len(lengths), 1), PIECE_WINDOWS):
@@ -793,8 +822,9 @@ class TimeSeriesCodec(Codec):
                                                          "time_col", "channels", "normalisation")})
             piece["rows"] = end - start
             if time is not None:
-                piece["time"] = encode_text_column(time[start:end])
-            piece["kept"] = {name: encode_text_column(cells[start:end]) for name, cells in kept.items()}
+                piece["time"] = encode_text_column([str(cell) for cell in time[start:end]])
+            piece["kept"] = {name: encode_text_column([str(cell) for cell in cells[start:end]])
+                             for name, cells in kept.items()}
             piece["missing"] = [mask_runs(m[start:end]) for m in missing]
             piece["missing_text"] = []
             for c, text in enumerate(texts):
@@ -817,10 +847,8 @@ class TimeSeriesWriter(Writer):
         self.layout: dict | None = None  # the first piece's file-level fields
 
     def write(self, windows: list[torch.Tensor], side: dict) -> None:
-        try:
+        with _SIDE.guard():
             self._write(windows, side)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise FormatError(f"timeseries side information is malformed ({type(exc).__name__}: {exc})") from None
 
     def _start(self, side: dict) -> None:
         s = self.codec.settings
@@ -829,12 +857,17 @@ class TimeSeriesWriter(Writer):
                               f"uses {s.patch} steps of {s.columns}")
         if side["newline"] not in ("\n", "\r\n"):
             raise FormatError("timeseries side information: the line ending must be LF or CRLF")
-        header = [str(name) for name in side["columns"]]
-        named = {*s.columns, *side["kept"], *([side["time_col"]] if side["time_col"] is not None else [])}
+        header = [str(name) for name in _SIDE.array(side["columns"], "columns")]
+        time_col = side["time_col"]
+        if not isinstance(time_col, (str, type(None))) or not isinstance(side["kept"], dict):
+            raise _SIDE.error("time_col must be a column name or null, and kept an object")
+        named = {*s.columns, *side["kept"], *([time_col] if time_col is not None else [])}
         if sorted(named) != sorted(header):
             raise FormatError("timeseries side information: the columns do not match the header")
-        self.layout = {"header": header, "newline": side["newline"], "time_col": side["time_col"],
-                       "mean": side["normalisation"]["mean"], "scale": side["normalisation"]["scale"]}
+        normalisation = side["normalisation"]
+        self.layout = {"header": header, "newline": side["newline"], "time_col": time_col,
+                       "mean": _finite_numbers(normalisation["mean"], "the mean", len(s.columns)),
+                       "scale": _finite_numbers(normalisation["scale"], "the scale", len(s.columns))}
         out = io.StringIO()
         if side.get("bom"):
             out.write("\ufeff")
@@ -846,37 +879,46 @@ class TimeSeriesWriter(Writer):
 
     def _write(self, windows: list[torch.Tensor], side: dict) -> None:
         if self.layout is None:
-            if "columns" not in side:
+            if not isinstance(side, dict) or "columns" not in side:
                 raise FormatError("timeseries side information: the first piece does not hold the CSV header")
             self._start(side)
-        layout = self.layout
-        rows = int(side["rows"])
+        layout, codec = self.layout, self.codec
+        channels = codec.settings.columns
+        rows = _SIDE.integer(_SIDE.get(side, "rows"), "the row count")
         if rows == 0:
             if windows:
                 raise FormatError(f"timeseries: {len(windows)} windows for a piece of no rows")
             return
-        codec = self.codec
+        # The row count is checked against the decoded patches first; every other count against the rows.
         values = codec.series_values(windows, rows, layout["mean"], layout["scale"])  # (rows, C)
-        columns: dict[str, list[str]] = {}
-        for c, name in enumerate(codec.settings.columns):
-            texts = format_values(values[:, c], runs_values(side["decimals"][c], rows))
-            gaps = np.flatnonzero(runs_mask(side["missing"][c], rows))
-            spelled = side["missing_text"][c]
-            if not isinstance(spelled, str) and len(spelled) != len(gaps):
+        per_channel = {key: _SIDE.array(side[key], key, len(channels))
+                       for key in ("decimals", "missing", "missing_text")}
+        decimals = [runs_values(spec, rows) for spec in per_channel["decimals"]]
+        gaps = [np.flatnonzero(runs_mask(spec, rows)) for spec in per_channel["missing"]]
+        spellings = per_channel["missing_text"]
+        for spelled, missing in zip(spellings, gaps):
+            if not isinstance(spelled, str) and (not isinstance(spelled, list) or len(spelled) != len(missing)):
                 raise FormatError("timeseries side information: missing-cell spellings do not match the missing cells")
-            for k, i in enumerate(gaps):
-                texts[i] = spelled if isinstance(spelled, str) else str(spelled[k])
-            columns[name] = texts
+        texts = {name: decode_text_column(spec, rows) for name, spec in side["kept"].items()}
         if layout["time_col"] is not None:
-            columns[layout["time_col"]] = decode_text_column(side["time"])
-        for name, spec in side["kept"].items():
-            columns[name] = decode_text_column(spec)
+            texts[layout["time_col"]] = decode_text_column(side["time"], rows)
         header = layout["header"]
-        if sorted(columns) != sorted(header) or any(len(columns[n]) != rows for n in header):
+        if sorted([*channels, *texts]) != sorted(header):
             raise FormatError("timeseries side information: the columns do not match the header and row count")
-        out = io.StringIO()
-        csv.writer(out, lineterminator=layout["newline"]).writerows(zip(*(columns[n] for n in header)))
-        self.file.write(out.getvalue().encode("utf-8"))
+        step = max(1, WRITE_CELLS // len(header))  # rows spelled and written at once
+        for start in range(0, rows, step):
+            end = min(start + step, rows)
+            columns = {name: [str(cell) for cell in cells[start:end]] for name, cells in texts.items()}
+            for c, name in enumerate(channels):
+                cells = format_values(values[start:end, c], decimals[c][start:end])
+                first, last = np.searchsorted(gaps[c], [start, end])
+                for k in range(first, last):
+                    spelled = spellings[c]
+                    cells[gaps[c][k] - start] = spelled if isinstance(spelled, str) else str(spelled[k])
+                columns[name] = cells
+            out = io.StringIO()
+            csv.writer(out, lineterminator=layout["newline"]).writerows(zip(*(columns[n] for n in header)))
+            self.file.write(out.getvalue().encode("utf-8"))
 
     def close(self) -> dict:
         if self.layout is None:
