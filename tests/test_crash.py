@@ -9,11 +9,12 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from seqcompress.atomic import atomic_open
+from seqcompress.atomic import STALE_SECONDS, atomic_open
 from seqcompress.errors import InputError
 
 TINY = ["--domain", "dna", "--seq-len", "16", "--d-model", "16", "--heads", "2", "--layers", "1", "--batch-size", "8"]
@@ -33,6 +34,12 @@ def seqcompress(*args, kill_at: str | None = None, limits=None, check: bool = Fa
 
 def leftovers(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.rglob(".*"))
+
+
+def age(directory: Path, seconds: float = 2 * STALE_SECONDS) -> None:
+    """Let time pass for what a killed run left: temporaries are removed once untouched for STALE_SECONDS."""
+    for p in directory.rglob(".*"):
+        os.utime(p, (time.time() - seconds,) * 2, follow_symlinks=False)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +69,7 @@ def test_a_kill_at_any_step_of_fit_force_leaves_the_old_model_whole(old, tmp_pat
     decoded = seqcompress("decode", root / "old.sqz", "-m", model, "-o", tmp_path / "back.fa")
     assert decoded.returncode == 0, decoded.stderr  # every .sqz of the old model still decodes
     # the next run clears what the killed one staged, and finishes
+    age(tmp_path)
     again = seqcompress("fit", data, "-o", model, *TINY, "--epochs", "2", "--seed", "1", "--force", "--quiet")
     assert again.returncode == 0, again.stderr
     assert json.loads((model / "config.json").read_text())["fingerprint"] != fingerprint
@@ -80,6 +88,7 @@ def test_a_kill_while_checkpointing_resumes_from_the_previous_checkpoint_to_the_
     assert second.returncode == -signal.SIGKILL
     state = json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())
     assert state["epoch"] == 1  # the checkpoint is epoch 1's, whole: not epoch 2's weights with epoch 1's counters
+    age(tmp_path)
     resumed = seqcompress("fit", "-o", tmp_path / "m", "--resume", "--quiet", "--json", check=True)
     assert json.loads(resumed.stdout)["steps"] == json.loads(straight.stdout)["steps"]
     a = (tmp_path / "straight" / "model.safetensors").read_bytes()
@@ -106,7 +115,13 @@ def test_temporaries_of_a_killed_run_are_removed_by_the_next_and_reported(old, t
     killed = seqcompress("encode", data, "-m", root / "model", "-o", tmp_path / "x.sqz", "--chunk-windows", "1",
                          kill_at="encode:chunk-written")
     assert killed.returncode == -signal.SIGKILL and len(leftovers(tmp_path)) == 1 and not (tmp_path / "x.sqz").exists()
+    fresh = seqcompress("encode", data, "-m", root / "model", "-o", tmp_path / "y.sqz", check=True)
+    assert len(leftovers(tmp_path)) == 1 and "interrupted" not in fresh.stderr  # another name: not touched
+    (tmp_path / "x.sqz").unlink(missing_ok=True)
     again = seqcompress("encode", data, "-m", root / "model", "-o", tmp_path / "x.sqz", check=True)
+    assert len(leftovers(tmp_path)) == 1, "removed while it might still be written (another host's writer)"
+    age(tmp_path)
+    again = seqcompress("encode", data, "-m", root / "model", "-o", tmp_path / "x.sqz", "--force", check=True)
     assert leftovers(tmp_path) == [] and "left by an interrupted run" in again.stderr
 
 

@@ -45,10 +45,10 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def _model(directory: Path) -> Path:
+def _model(directory: Path, **changes) -> Path:
     domain = get_domain("dna")
-    config = ModelConfig(n_max=16, ratio=0.5, d_model=16, heads=2, layers=1, ffn_dim=32, latent_dim=16,
-                         **domain.model_fields())
+    config = ModelConfig(**{**dict(n_max=16, ratio=0.5, d_model=16, heads=2, layers=1, ffn_dim=32, latent_dim=16),
+                            **changes, **domain.model_fields()})
     build_model(config, seed=0).save(directory, domain=domain.state())
     return directory
 
@@ -116,6 +116,12 @@ def cases(tmp_path_factory):
     for name, edit in models.items():
         directory = _edited_model(root, good, name.replace(" ", "_").replace(",", "").replace("^", ""), edit)
         run[f"model: {name}"] = ["encode", str(fasta), "-m", str(directory), "-o", str(root / "x.sqz")]
+    relative = _model(root / "relative", positions="t5", resize="relative")
+    for name, edit in {"t5 buckets 10^8": lambda m: m["model"]["options"].update(buckets=10**8, max_distance=10**8),
+                       "relative resize at ratio 10^-8": lambda m: m["model"].update(ratio=1e-8),
+                       "band 10^7": lambda m: m["model"]["options"].update(band=10**7)}.items():
+        directory = _edited_model(root, relative, name.replace(" ", "_").replace("^", ""), edit)
+        run[f"model: {name}"] = ["info", str(directory)]
     bomb = root / "weights_header"
     shutil.copytree(good, bomb)
     (bomb / "model.safetensors").write_bytes((1 << 40).to_bytes(8, "little") + b"{}" * 100)
@@ -161,7 +167,8 @@ def cases(tmp_path_factory):
 CASE_NAMES = [f"model: {n}" for n in ("n_max 20,000", "layers 10^5", "d_model 30,000", "heads 0", "model null",
                                         "version as text", "nested JSON", "no fingerprint", "empty fingerprint",
                                         "domain state changed", "unknown domain", "weights header length 2^40",
-                                        "64 MB config.json")] + [
+                                        "64 MB config.json", "t5 buckets 10^8", "relative resize at ratio 10^-8",
+                                        "band 10^7")] + [
     f"sqz {cmd}: {n}" for n in ("index claims 10^8 windows", "index claims 2^32-1 rows", "trailer claims 10^15 symbols",
                                 "window of 10^6 symbols (n_max 16)", "lengths run of 10^9 windows",
                                 "format 1 header claims 10^8 windows") for cmd in ("info", "decode")
@@ -176,6 +183,7 @@ def test_hostile_input_ends_in_one_line_fast_and_small(cases, name):
     assert r["exception"] is None and r["exit"] == 1, r
     assert len(lines) == 1 and lines[0].startswith("error: "), r["stderr"]
     assert "internal error" not in lines[0] and "Traceback" not in r["stderr"]
+    assert "alloc" not in lines[0] and "memory" not in lines[0]  # refused before allocating, not after failing to
     assert r["seconds"] < 1.0, r
     assert not (root / "out.fa").exists()
 

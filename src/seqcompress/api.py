@@ -11,8 +11,10 @@ These are what the CLI calls; they work the same from Python:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -23,11 +25,13 @@ from seqcompress.domain import Domain, check_data_paths
 from seqcompress.domains import get_domain
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress.format import DTYPES
-from seqcompress.model import CONFIG_FILE, ModelConfig, build_model, load_model
+from seqcompress.model import CONFIG_FILE, ModelConfig, build_model, check_config_against_weights, load_model
 from seqcompress.train import (
-    CHECKPOINT_DIR, STATE_FILE, Split, TrainOptions, WindowSource, collate, held_out_windows, pick_device,
+    CHECKPOINT_DIR, STATE_FILE, TENSORS_FILE, Split, TrainOptions, WindowSource, collate, held_out_windows, pick_device,
     read_checkpoint_record, scan, train,
 )
+
+log = logging.getLogger("seqcompress")
 
 
 def resolve_ratio(seq_len: int, ratio: float | None, latent_len: int | None) -> float:
@@ -74,12 +78,18 @@ def fit(
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir} exists and is not a directory")
     if resume:
+        given = {"domain": domain, "paths": paths, "seq_len": seq_len, "ratio": ratio, "latent_len": latent_len,
+                 "model_options": model_options, "options": options}
+        if any(v for v in given.values()):
+            raise InputError(f"resume continues the run as it recorded it; leave out "
+                             f"{', '.join(k for k, v in given.items() if v)} (see resume_conflicts)")
         record, state = read_checkpoint_record(ckpt)
         try:
             domain = get_domain(str(record["domain"].get("name", "")), record["domain"])
             config = ModelConfig(**record["model"])
             options = TrainOptions(**state["options"])
-        except (TypeError, ValueError) as exc:
+            check_config_against_weights(config, ckpt / TENSORS_FILE)  # before the model is built
+        except (TypeError, ValueError, InputError) as exc:
             raise ModelFileError(f"the checkpoint in {ckpt} records an invalid run: {exc}") from None
         data = [Path(p) for p in record["data"]]
         if device is not None:
@@ -116,7 +126,8 @@ def fit(
         config = ModelConfig(n_max=seq_len, ratio=ratio, **{**extra, **domain.model_fields()})
 
     model = build_model(config, seed=options.seed)
-    record = {"model": asdict(config), "domain": domain.state(), "data": [str(p) for p in data]}
+    # Absolute paths: a resume may start in another working directory (a cron job, a CI step).
+    record = {"model": asdict(config), "domain": domain.state(), "data": [str(p.resolve()) for p in data]}
     result = train(model, domain.objective, WindowSource.files(domain, data, config.n_max), options,
                    checkpoint_dir=out_dir, resume=resume, on_step=on_step, on_eval=on_eval, record=record)
     summary = {
@@ -149,8 +160,25 @@ def fit(
     training["val_fraction"] = options.val_fraction
     training["held_out_split"] = result.split.state()
     training["history"] = result.history
-    model.save(out_dir, domain={**domain.state(), "training": training}, drop=(CHECKPOINT_DIR,))
+    if not resume and not force and (out_dir / CONFIG_FILE).exists():
+        raise InputError(f"a model appeared in {out_dir} while this one trained (another fit?); it was kept, and "
+                         f"this run can be saved over it with: seqcompress fit -o {out_dir} --resume")
+    _save_model(model, out_dir, {**domain.state(), "training": training}, summary)
     return summary
+
+
+def _save_model(model, out_dir: Path, domain: dict, summary: dict) -> None:
+    """Save the trained model and drop the run's checkpoint; on a full disk, drop the checkpoint first (three
+    times the model's size) and try once more, so the training is not lost for want of its own checkpoint."""
+    try:
+        model.save(out_dir, domain=domain, drop=(CHECKPOINT_DIR,))
+    except InputError as exc:
+        if "No space left" not in str(exc) or not (out_dir / CHECKPOINT_DIR).exists():
+            raise
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+        log.warning("the disk was full: removed the checkpoint to make room for the model")
+        model.save(out_dir, domain=domain, drop=(CHECKPOINT_DIR,))
+        summary["checkpoint_error"] = "removed to make room for the model on a full disk"
 
 
 # What `resume_conflicts` compares: an argument of `seqcompress fit` -> where the run's record keeps it.
@@ -174,7 +202,7 @@ def resume_conflicts(out_dir: str | os.PathLike, given: dict) -> list[tuple[str,
     conflicts = []
     for name, value in given.items():
         if name == "data":
-            recorded = [str(Path(p).resolve()) for p in record["data"]]
+            recorded = [str(Path(p)) for p in record["data"]]  # resolved when recorded
             if [str(Path(p).resolve()) for p in value] != recorded:
                 conflicts.append((name, f"the run recorded {', '.join(record['data'])}"))
         elif name in _RECORDED:

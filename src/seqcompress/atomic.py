@@ -6,12 +6,15 @@ or a signal leaves nothing behind, and no-overwrite holds even when two commands
   name exists, instead of a check at the start that a concurrent writer could pass too.
 - `atomic_directory(path)`: a whole directory (a model, a checkpoint) staged beside `path` and swapped in
   with one `renameat2(RENAME_EXCHANGE)`, so a kill at any point leaves the old or the new directory, never a
-  mix. Where the kernel or file system cannot exchange, two renames are used and the old directory is kept
-  as `.NAME.old-*` until the new one is in place (`interrupted_replacement` finds it).
+  mix. Where the directory itself cannot be renamed (`.`, a mount point, a parent that is not writable, a
+  file system without the exchange), the files are committed inside it through a journal instead: staged
+  in `.sqz-next-*`, then a `.sqz-commit` record naming them, then one rename per file. A reader that finds the
+  record finishes the commit first (`finish_commit`), so it too sees the old files or the new ones.
 
-Temporary names carry the writer's process id (`.NAME.PID.XXXX.tmp`); those of processes that no longer run
-(a `kill -9`, a power cut) are removed by the next write to the same name and reported on the
-"seqcompress" logger. SIGTERM and SIGHUP reach the cleanup as exceptions (see `seqcompress.cli.main`).
+Temporary names carry the writer's process id (`.NAME.sqz-PID-XXXX.tmp`, `.NAME.sqz-new-PID-XXXX`); those of
+processes that no longer run and untouched for a minute (a `kill -9`, a power cut) are removed by the next
+write to the same name and reported on the "seqcompress" logger. SIGTERM and SIGHUP reach the cleanup as
+exceptions (see `seqcompress.cli.main`); they are held back while a directory is being swapped.
 """
 
 from __future__ import annotations
@@ -19,22 +22,31 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from seqcompress.errors import InputError
+from seqcompress import faults
+from seqcompress.errors import InputError, ModelFileError
 
 log = logging.getLogger("seqcompress")
 
 _WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EFBIG)
+_CANNOT_RENAME = (errno.EBUSY, errno.EXDEV, errno.EINVAL, errno.EPERM, errno.EACCES, errno.EROFS, errno.ENOTEMPTY)
 _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+STALE_SECONDS = 60  # a dead writer's temporary untouched this long is removed (another host's may look dead)
+_TAG = "sqz-"  # every temporary name holds it: `.NAME.sqz-[new-|old-]PID-RANDOM[.tmp]`
+_TEMPORARY = re.compile(r"^\..*\.sqz-(?:new-|old-)?(\d+)-[A-Za-z0-9_]+(?:\.tmp)?$|^\.sqz-(?:next-(\d+)-\w+|commit)$")
+COMMIT_RECORD, _NEXT = ".sqz-commit", ".sqz-next-"
 
 
 def _renameat2(src: Path, dst: Path, flags: int) -> bool:
@@ -62,36 +74,54 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _stale(parent: Path, prefix: str) -> list[Path]:
-    """Temporary entries `PREFIX.PID.*` in `parent` left by processes that no longer run."""
-    found = []
-    with contextlib.suppress(OSError):
-        for entry in parent.iterdir():
-            rest = entry.name[len(prefix):] if entry.name.startswith(prefix) else ""
-            pid = rest.split(".", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                found.append(entry)
-    return found
+def _abandoned(entry: Path, pid: str) -> bool:
+    """A temporary whose writer no longer runs here and that nobody touched for STALE_SECONDS."""
+    try:
+        idle = time.time() - entry.lstat().st_mtime
+    except OSError:
+        return False
+    return int(pid) != os.getpid() and not _alive(int(pid)) and idle > STALE_SECONDS
+
+
+def _remove(entry: Path) -> bool:
+    try:
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    except OSError:
+        return False
+    log.info("removed %s, left by an interrupted run", entry)
+    return True
 
 
 def remove_stale(path: str | os.PathLike) -> list[Path]:
-    """Remove what interrupted writers of `path` left beside it (temporary files and staged directories);
-    returns what was removed. Each removal is reported on the "seqcompress" logger."""
+    """Remove what interrupted writers of `path` left beside it (temporary files and staged directories; the
+    previous copy of a directory whose replacement stopped half-way is kept while `path` is missing)."""
     path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.{_TAG}(new-|old-)?(\d+)-[A-Za-z0-9_]+(?:\.tmp)?$")
     removed = []
-    for prefix in (f".{path.name}.", f".{path.name}.new.", f".{path.name}.old."):
-        for entry in _stale(path.parent, prefix):
-            if prefix.endswith(".old.") and not path.exists():
+    with contextlib.suppress(OSError):
+        for entry in (path.parent if str(path.parent) else Path(".")).iterdir():
+            match = pattern.match(entry.name)
+            if not match or not _abandoned(entry, match.group(2)):
+                continue
+            if match.group(1) == "old-" and not path.exists():
                 continue  # the only copy of a model whose replacement was interrupted: keep it
-            with contextlib.suppress(OSError):
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if _remove(entry):
                 removed.append(entry)
-                log.info("removed %s, left by an interrupted run", entry)
     return removed
 
 
 def _temp_prefix(path: Path, kind: str = "") -> str:
-    return f".{path.name}.{kind}{os.getpid()}."
+    return f".{path.name}.{_TAG}{kind}{os.getpid()}-"
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable (a power cut after the command reported success keeps it)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _publish(tmp: Path, path: Path, overwrite: bool) -> None:
@@ -135,6 +165,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
                 os.fsync(handle.fileno())
             os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; give the output the mode open() would
             _publish(Path(tmp), path, overwrite)
+            _fsync_dir(parent)
         except OSError as exc:
             # A full disk or a file-size limit while writing (no file name: the error is the handle's, not an
             # input's that the block was reading) is the output's failure: name the output, not the temporary.
@@ -168,29 +199,13 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True
         handle.write(text)
 
 
-def _fsync_tree(directory: Path) -> None:
+# ---- whole directories ---------------------------------------------------------------------------------
+def _fsync_files(directory: Path) -> None:
     for entry in directory.iterdir():
-        if entry.is_file():
+        if entry.is_file() and not entry.is_symlink():
             with open(entry, "rb") as f:
                 os.fsync(f.fileno())
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def interrupted_replacement(path: str | os.PathLike) -> Path | None:
-    """The previous copy of directory `path` kept by a replacement that was interrupted between its two renames
-    (only where the file system cannot exchange directories), when `path` itself is missing."""
-    path = Path(path)
-    if path.exists():
-        return None
-    olds = sorted(path.parent.glob(f".{path.name}.old.*"))
-    return olds[-1] if olds else None
-
-
-_TEMPORARY = re.compile(r"^\..+\.(?:(?:new|old)\.)?\d+\.[^.]+(?:\.tmp)?$")  # what this module names its temporaries
+    _fsync_dir(directory)
 
 
 def _carry_over(old: Path, stage: Path, drop: tuple[str, ...]) -> None:
@@ -215,26 +230,73 @@ def _link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         shutil.copy2(src, dst)
 
 
+def _take_mode(old: Path, stage: Path) -> None:
+    """The replaced directory's mode and owner (the new one would otherwise get mkdtemp's 0700 and our uid)."""
+    try:
+        st = old.stat()
+    except OSError:
+        os.chmod(stage, 0o777 & ~_umask())
+        return
+    os.chmod(stage, st.st_mode & 0o7777)
+    if os.geteuid() == 0:
+        with contextlib.suppress(OSError):
+            os.chown(stage, st.st_uid, st.st_gid)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP wait until the block ends: a swap is never left between its renames."""
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    try:
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    except (AttributeError, ValueError, OSError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, carry_over: bool = False, drop: tuple[str, ...] = ()) -> Iterator[Path]:
-    """Yield an empty staging directory beside `path`; when the block ends without an error it replaces `path`
-    as a whole. With `carry_over`, entries of the old directory that the block did not write (except those in
+    """Yield an empty staging directory; when the block ends without an error its files replace `path` as a
+    whole. With `carry_over`, entries of the old directory that the block did not write (except those in
     `drop`) are kept. On an error or a signal the staging directory is removed and `path` is untouched."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
+    path = Path(path).resolve()  # `.` has no name to stage beside; a symlink keeps pointing at the new directory
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
+    finish_commit(path)
     try:
-        stage = Path(tempfile.mkdtemp(prefix=_temp_prefix(path, "new."), dir=parent))
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        stage = Path(tempfile.mkdtemp(prefix=_temp_prefix(path, "new-"), dir=parent))
+    except OSError:  # the parent is not writable: stage inside the directory itself
+        path.mkdir(exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f"{_NEXT}{os.getpid()}-", dir=path))
     try:
         try:
             yield stage
+            _fsync_files(stage)
+            if stage.parent == path:
+                _commit_in_place(stage, path, drop)
+                return
             if carry_over and path.is_dir():
                 _carry_over(path, stage, drop)
-            os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700; give it the mode mkdir would
-            _fsync_tree(stage)
-            _swap_in(stage, path)
+            _take_mode(path, stage)
+            with _signals_held():
+                try:
+                    _swap_in(stage, path)
+                except OSError as exc:
+                    if exc.errno not in _CANNOT_RENAME or not path.is_dir():
+                        raise
+                    inside = Path(tempfile.mkdtemp(prefix=f"{_NEXT}{os.getpid()}-", dir=path))
+                    for entry in stage.iterdir():  # `.`, a mount point, a bind mount: commit the files inside
+                        shutil.move(str(entry), inside / entry.name)
+                    shutil.rmtree(stage, ignore_errors=True)
+                    stage = inside
+                    _fsync_files(stage)
+                    _commit_in_place(stage, path, drop)
+            _fsync_dir(parent)
         except OSError as exc:
             if exc.errno in _WRITE_ERRORS:
                 raise InputError(f"cannot write {path}: {os.strerror(exc.errno)}") from None
@@ -253,8 +315,67 @@ def _swap_in(stage: Path, path: Path) -> None:
     if _renameat2(stage, path, _RENAME_EXCHANGE):
         shutil.rmtree(stage, ignore_errors=True)  # now the old directory
         return
-    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path, "old."), dir=path.parent))
+    old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path, "old-"), dir=path.parent))
     os.rmdir(old)
     os.rename(path, old)
+    faults.point("swap:old-moved-aside")
     os.rename(stage, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _commit_in_place(stage: Path, path: Path, drop: tuple[str, ...]) -> None:
+    """Move the files staged in `path/.sqz-next-*` over their names in `path` through a commit record, so that
+    a kill at any point leaves a state `finish_commit` completes."""
+    names = sorted(p.name for p in stage.iterdir())
+    record = {"from": stage.name, "files": names, "drop": [d for d in drop if d not in names]}
+    with _signals_held():
+        tmp = path / f"{COMMIT_RECORD}.{os.getpid()}"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path / COMMIT_RECORD)
+        _fsync_dir(path)
+        faults.point("commit:recorded")
+        finish_commit(path)
+
+
+def finish_commit(path: str | os.PathLike) -> None:
+    """Complete an in-place commit that a kill interrupted (idempotent): move every staged file the record
+    names into place, remove what it drops, then the record. Nothing to do without a record."""
+    path = Path(path)
+    record_path = path / COMMIT_RECORD
+    if not record_path.is_file():
+        with contextlib.suppress(OSError):  # files a killed writer staged before it wrote the record
+            for entry in path.iterdir() if path.is_dir() else ():
+                match = re.match(rf"^{re.escape(_NEXT)}(\d+)-", entry.name)
+                if match and _abandoned(entry, match.group(1)):
+                    _remove(entry)
+        return
+    try:
+        record = json.loads(record_path.read_text())
+        stage = path / record["from"]
+        if not stage.name.startswith(_NEXT) or "/" in record["from"]:
+            raise ValueError(record["from"])
+        for name in record["files"]:
+            if (stage / name).exists():
+                target = path / name
+                if target.is_dir() and not target.is_symlink() and (stage / name).is_dir():
+                    shutil.rmtree(target)
+                os.replace(stage / name, target)
+        for name in record.get("drop", []):
+            if "/" not in name and (path / name).exists():
+                shutil.rmtree(path / name, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        _fsync_dir(path)
+        os.unlink(record_path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelFileError(f"{path}: an interrupted save could not be completed ({exc}); "
+                             f"a user who can write {path} can finish it by loading the model") from None
+
+
+def interrupted_replacement(path: str | os.PathLike) -> Path | None:
+    """The previous copy of directory `path` kept by a replacement that was interrupted between its two renames
+    (only where the file system cannot exchange directories), when `path` itself is missing."""
+    path = Path(path)
+    if path.exists():
+        return None
+    olds = sorted(path.parent.glob(f".{path.name}.{_TAG}old-*"))
+    return olds[-1] if olds else None

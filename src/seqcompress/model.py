@@ -30,7 +30,7 @@ from torch import nn
 from seqcompress.attention import Attention, Block, Layout
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress import faults
-from seqcompress.atomic import atomic_directory, interrupted_replacement
+from seqcompress.atomic import atomic_directory, finish_commit, interrupted_replacement
 from seqcompress.kernels import KERNELS, check_combination, make_kernel
 from seqcompress.lengths import Geometry, latent_length, latent_positions, length_mask
 from seqcompress.positions import POSITIONS, make_positions
@@ -60,6 +60,7 @@ _INT_LIMITS = {
     "latent_dim": (1, 1 << 16), "vocab_size": (0, 1 << 24), "feature_dim": (0, 1 << 20),
 }
 _MAX_STAGES = 64
+_MAX_OPTION = 1 << 24  # any numeric kernel, position or resize option
 
 
 @dataclass
@@ -127,6 +128,9 @@ class ModelConfig:
                              f"{self.positions!r} and resize {self.resize!r} (they take: {', '.join(takes) or 'none'})")
         # Saved in full: a default changed later must not rebuild a saved model differently.
         self.options = {**takes, **self.options}
+        for key, value in self.options.items():  # sizes come from some of them (rank, buckets, band)
+            if isinstance(value, bool) or (isinstance(value, (int, float)) and not abs(value) <= _MAX_OPTION):
+                raise InputError(f"option {key} must be a number of at most {_MAX_OPTION:,}, got {value!r}")
         if self.options.get("scope", "all") not in ("all", "resizing"):
             raise InputError(f"option scope must be 'all' or 'resizing', got {self.options['scope']!r}")
         why = check_combination(self.attention, POSITIONS[self.positions], resizing=REDUCERS[self.reducer].needs_attention)
@@ -399,6 +403,7 @@ def read_model_meta(directory: str | os.PathLike) -> dict:
             raise ModelFileError(f"{directory} is missing: a save that was interrupted left the previous model at "
                                  f"{kept}; rename it back to {directory.name}")
         raise ModelFileError(f"{directory} is not a model directory (expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+    finish_commit(directory)  # a save that was interrupted in the middle of its in-place commit
     path = directory / CONFIG_FILE
     if not path.is_file() or not (directory / WEIGHTS_FILE).is_file():
         raise ModelFileError(f"{directory} is not a model directory: {CONFIG_FILE} or {WEIGHTS_FILE} is missing")
@@ -453,15 +458,20 @@ def parameter_estimate(c: ModelConfig) -> int:
         total += d * (c.n_max + sum(lengths))  # the input table and each resizing block's output table
     if c.attention == "lowrank":
         total += blocks * 2 * min(int(c.options.get("rank", 1)), c.n_max) * c.n_max
+    if c.positions == "t5":
+        total += 2 * int(c.options.get("buckets", 0)) * c.heads  # one bias table per stack
     for n, m in zip(lengths, lengths[1:]):
         if c.reducer != "attention" or c.resize == "absolute":
             total += 2 * n * m  # W_S and W_E (or the baseline's sequence projection)
         if c.reducer == "perceiver":
             total += (n + m) * d
+    if c.reducer == "attention" and c.resize == "relative":  # a band profile per stage and direction
+        band = float(c.options.get("band", 1.0))
+        total += sum(2 * math.ceil(4 * (0.5 + band) / r + 3) for r in c.stage_ratios)
     return total
 
 
-def _check_against_weights(config: ModelConfig, path: Path) -> None:
+def check_config_against_weights(config: ModelConfig, path: Path) -> None:
     """Refuse a config whose model would hold far more than the weights file (a config.json edited to ask for
     gigabytes), before anything is allocated; the exact names and shapes are checked when the weights load."""
     _weights_header(path)
@@ -482,7 +492,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     known = {f.name for f in fields(ModelConfig)}
     try:
         config = ModelConfig(**{k: v for k, v in meta["model"].items() if k in known})
-        _check_against_weights(config, weights)
+        check_config_against_weights(config, weights)
         model = SequenceAutoencoder(config)
         model.load_state_dict(load_file(str(weights), device="cpu"))
     except InputError as exc:

@@ -410,7 +410,7 @@ def train(
                 on_eval(progress)
             if ckpt is not None and end_of_epoch:
                 checkpoint_error = _try_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done,
-                                                   progress.elapsed_s, history, record) or checkpoint_error
+                                                   progress.elapsed_s, history, record)
     stream.close()
 
     loop_s = time.perf_counter() - start
@@ -421,7 +421,7 @@ def train(
                         "train_loss": last_loss, **held_out_values})
     if ckpt is not None:
         checkpoint_error = _try_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done, seconds, history,
-                                           record) or checkpoint_error
+                                           record)
     model.eval()
     return TrainResult(
         steps=step, epochs=step / steps_per_epoch, seconds=seconds, train_windows=split.train_windows,
@@ -500,6 +500,13 @@ def _load_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Sp
         tensors = load_file(str(ckpt / TENSORS_FILE))
     except (OSError, ValueError, SafetensorError, RecursionError) as exc:
         raise ModelFileError(f"cannot read the checkpoint in {ckpt}: {' '.join(str(exc).split())}") from None
+    try:
+        return _restore(meta, tensors, model, optimizer, opts, split, device)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise ModelFileError(f"the checkpoint in {ckpt} does not fit this run: {' '.join(str(exc).split())}") from None
+
+
+def _restore(meta: dict, tensors: dict, model, optimizer, opts: TrainOptions, split: Split, device):
     for key in _RESUME_MATCH:
         saved = meta["options"].get(key, getattr(TrainOptions, key))
         if saved != getattr(opts, key):

@@ -118,13 +118,14 @@ def _given(ctx: typer.Context, name: str) -> bool:
 
 def _report(summary: dict, json_out: bool) -> None:
     from seqcompress.cli.output import console, key_value_table, print_json
+    from seqcompress.cli.text import plain
 
     if json_out:
         print_json(summary)
         return
     if summary.get("checkpoint_error"):
-        console.print(f"note: the model was saved, but no checkpoint could be written ({summary['checkpoint_error']})",
-                      markup=False)
+        console.print(f"note: the model was saved, but the last checkpoint could not be written "
+                      f"({plain(summary['checkpoint_error'])})")
     console.print(key_value_table(f"seqcompress fit: {summary['domain']} model saved to {summary['model_dir']}", [
         (f"held-out {summary['metric']}", summary["value"]
          if not summary["held_out_is_training_data"] else f"{summary['value']:.4g} (on training data: too little to hold out)"),

@@ -36,10 +36,17 @@ def _terminate(signum, frame) -> None:
     raise Terminated(signum)
 
 
+class _PlainFormatter(logging.Formatter):
+    """Notes quote file names: shown with control characters escaped, like every other name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
+
+
 def _log_notes() -> None:
     """The library's notes ("removed a temporary file left by an interrupted run") as lines on stderr."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("note: %(message)s"))
+    handler.setFormatter(_PlainFormatter("note: %(message)s"))
     logger = logging.getLogger("seqcompress")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
