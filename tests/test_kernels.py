@@ -21,7 +21,7 @@ from tests.conftest import tiny_config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Small options so that every mechanism really is restricted at n = 16.
-SMALL = {"window": 2, "rank": 4}
+SMALL = {"window": 2, "rank": 4, "hash_buckets": 4, "hash_rounds": 2, "chunk": 4}
 
 
 def _variants() -> list[dict]:
@@ -154,6 +154,35 @@ def test_lowrank_with_rank_n_and_identity_projection_is_full_attention(scheme):
     torch.testing.assert_close(lowrank(q, k, v, **args)[0], full, atol=1e-5, rtol=0)
     small, _ = make_kernel("lowrank", geometry, 2, 8, 0.0, {"rank": 3})(q, k, v, **args)
     assert not torch.allclose(small, full, atol=1e-3)
+
+
+@pytest.mark.parametrize("scheme", ["none", "alibi", "t5", "rope"])
+@pytest.mark.parametrize("kind", ["reduce", "self"])
+def test_lsh_with_one_bucket_and_a_chunk_as_long_as_the_input_is_full_attention(kind, scheme):
+    m = 6 if kind == "reduce" else 12
+    q, k, v, key_mask, geometry, q_pos, k_pos = _kernel_inputs(kind, m=m)
+    positions = make_positions(scheme, 2, 8, {})
+    if scheme == "t5":
+        torch.nn.init.normal_(positions.table)
+    args = dict(q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, q_spans=geometry.key_spans(m), positions=positions)
+    full, _ = make_kernel("full", geometry, 2, 8, 0.0, {})(q, k, v, **args)
+    one = make_kernel("lsh", geometry, 2, 8, 0.0, {"hash_buckets": 1, "hash_rounds": 2, "chunk": 12})
+    torch.testing.assert_close(one(q, k, v, **args)[0], full, atol=1e-5, rtol=0)
+    hashed, _ = make_kernel("lsh", geometry, 2, 8, 0.0, {"hash_buckets": 4, "hash_rounds": 1, "chunk": 2})(q, k, v, **args)
+    assert not torch.allclose(hashed, full, atol=1e-3)
+
+
+def test_lsh_queries_and_keys_share_one_hashing_and_a_query_sees_its_chunks_only():
+    """A query equal to a key lands in that key's bucket (same rotation); with chunk c it scores at most 2c keys."""
+    geometry = Geometry("reduce", 4, 16, 0.25)
+    kernel = make_kernel("lsh", geometry, 1, 16, 0.0, {"hash_buckets": 8, "hash_rounds": 1, "chunk": 2})
+    k = torch.randn(1, 1, 16, 16)
+    assert torch.equal(kernel._bucket(k[:, :, [3, 9]], 0), kernel._bucket(k, 0)[:, :, [3, 9]])
+    q = 50 * k[:, :, [3, 5, 9, 12]]  # sharp: each query is its key, scaled
+    weights, _ = kernel(q, k, torch.eye(16)[None, None], q_pos=latent_positions(4, 0.25), k_pos=torch.arange(16.0),
+                        key_mask=None, q_spans=geometry.key_spans(4), positions=None)  # v = one-hot: the weights
+    assert ((weights[0, 0] > 1e-6).sum(dim=-1) <= 4).all()  # at most 2 chunks of 2 keys each
+    assert (weights[0, 0].argmax(dim=-1) == torch.tensor([3, 5, 9, 12])).all()
 
 
 def test_local_reducing_query_sees_only_its_segment_and_window():

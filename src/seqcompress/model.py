@@ -78,7 +78,7 @@ class ModelConfig:
     reducer: str = "attention"  # the length-changing layer: this project's, or a baseline (seqcompress/reducers.py)
     vocab_size: int = 0  # token domains: size of the vocabulary (0 for vector inputs)
     feature_dim: int = 0  # vector domains: features per input position (0 for token inputs)
-    attention: str = "full"  # attention kernel of every block (seqcompress/kernels/): full, lowrank, local
+    attention: str = "full"  # attention kernel of every block (seqcompress/kernels/): full, lowrank, local, lsh
     resize: str = "absolute"  # W_S/W_E: a free table bounded by n_max ("absolute") or a relative profile
     stages: list[float] = field(default_factory=list)  # per-stage ratios, n -> n*s1 -> n*s1*s2 ...; [] is one stage
     options: dict = field(default_factory=dict)  # kernel, position and resize options by name (window, rank, ...)

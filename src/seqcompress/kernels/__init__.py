@@ -95,4 +95,4 @@ def score_mask(allowed: torch.Tensor | None, bias: torch.Tensor | None) -> torch
 
 
 # One line per kernel: importing the module registers it.
-from seqcompress.kernels import full, local, lowrank  # noqa: E402,F401
+from seqcompress.kernels import full, local, lowrank, lsh  # noqa: E402,F401
