@@ -21,7 +21,7 @@ from tests.conftest import tiny_config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Small options so that every mechanism really is restricted at n = 16.
-SMALL = {"window": 2, "rank": 4, "hash_buckets": 4, "hash_rounds": 2, "chunk": 4}
+SMALL = {"window": 2, "rank": 4, "hash_buckets": 4, "hash_rounds": 2, "chunk": 4, "clusters": 3, "capacity": 1.0}
 
 
 def _variants() -> list[dict]:
@@ -31,6 +31,7 @@ def _variants() -> list[dict]:
             if check_combination(kernel, POSITIONS[scheme], resizing=True) is None:
                 opts = {k: SMALL[k] for k in cls.capabilities.options if k in SMALL}
                 out.append({"attention": kernel, "positions": scheme, "options": opts})
+    out.append({"attention": "routing", "positions": "alibi", "options": {"clusters": 3, "router": "learned"}})
     out.append({"resize": "relative", "positions": "alibi"})
     out.append({"resize": "relative", "positions": "t5", "attention": "local", "options": {"window": 2, "band": 2.0}})
     out.append({"stages": [0.5, 0.5], "ratio": 0.25})
@@ -183,6 +184,79 @@ def test_lsh_queries_and_keys_share_one_hashing_and_a_query_sees_its_chunks_only
                         key_mask=None, q_spans=geometry.key_spans(4), positions=None)  # v = one-hot: the weights
     assert ((weights[0, 0] > 1e-6).sum(dim=-1) <= 4).all()  # at most 2 chunks of 2 keys each
     assert (weights[0, 0].argmax(dim=-1) == torch.tensor([3, 5, 9, 12])).all()
+
+
+@pytest.mark.parametrize("scheme", ["none", "alibi", "t5"])
+@pytest.mark.parametrize("kind", ["reduce", "self"])
+def test_routing_with_one_cluster_is_full_attention(kind, scheme):
+    m = 6 if kind == "reduce" else 12
+    q, k, v, key_mask, geometry, q_pos, k_pos = _kernel_inputs(kind, m=m)
+    positions = make_positions(scheme, 2, 8, {})
+    if scheme == "t5":
+        torch.nn.init.normal_(positions.table)
+    args = dict(q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, q_spans=geometry.key_spans(m), positions=positions)
+    full, _ = make_kernel("full", geometry, 2, 8, 0.0, {})(q, k, v, **args)
+    one = make_kernel("routing", geometry, 2, 8, 0.0, {"clusters": 1, "capacity": 1.0, "router": "kmeans",
+                                                       "centroid_decay": 0.9, "aux_weight": 0.01})
+    torch.testing.assert_close(one(q, k, v, **args)[0], full, atol=1e-5, rtol=0)
+    many, _ = make_kernel("routing", geometry, 2, 8, 0.0, {"clusters": 4, "capacity": 1.0, "router": "kmeans",
+                                                           "centroid_decay": 0.9, "aux_weight": 0.01})(q, k, v, **args)
+    assert torch.isfinite(many).all() and not torch.allclose(many, full, atol=1e-3)
+
+
+def _routing_options(**changes):
+    return {"clusters": 4, "capacity": 1.0, "router": "kmeans", "centroid_decay": 0.5, "aux_weight": 0.1, **changes}
+
+
+def test_routing_centroids_learn_after_each_step_and_are_saved_exactly(tmp_path):
+    from seqcompress.model import load_model
+    from seqcompress.options import TrainOptions
+    from seqcompress.train import train
+    from seqcompress.domain import TokenObjective
+
+    model = build_model(tiny_config(attention="routing", options=_routing_options()), seed=0)
+    before = {n: b.clone() for n, b in model.named_buffers() if n.endswith("centroids")}
+    windows = [torch.randint(1, 50, (16,), generator=torch.Generator().manual_seed(i)) for i in range(24)]
+    train(model, TokenObjective(), windows, TrainOptions(epochs=None, max_steps=3, batch_size=8, val_fraction=0.1))
+    after = {n: b for n, b in model.named_buffers() if n.endswith("centroids")}
+    assert before.keys() == after.keys() and len(after) == 4  # one kernel per block, 2 layers x 2 stacks
+    assert all(not torch.equal(before[n], after[n]) for n in after)  # moved toward their keys
+    assert all(torch.allclose(c.norm(dim=-1), torch.ones(())) for c in after.values())  # still unit vectors
+    model.save(tmp_path / "m")
+    loaded, _ = load_model(tmp_path / "m")
+    assert all(torch.equal(dict(loaded.named_buffers())[n], after[n]) for n in after)
+    x = torch.randint(1, 50, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded(x, torch.tensor([16, 7]))[0], model.eval()(x, torch.tensor([16, 7]))[0])
+
+
+@pytest.mark.parametrize("router", ["kmeans", "learned"])
+def test_routing_aux_loss_reaches_the_training_loop_and_trains_the_router(router):
+    model = build_model(tiny_config(attention="routing", options=_routing_options(router=router)), seed=0).train()
+    out, _, _ = model(torch.randint(1, 50, (2, 16)), torch.tensor([16, 9]))
+    aux = model.aux_loss()
+    assert aux is not None and aux.dim() == 0 and torch.isfinite(aux) and aux > 0
+    aux.backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert grads  # the auxiliary term has gradients (to the keys' projections, and to W_r when learned)
+    if router == "learned":
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters()
+                   if n.endswith("route"))
+    model.eval()
+    model(torch.randint(1, 50, (2, 16)), torch.tensor([16, 9]))
+    assert model.aux_loss() is None  # evaluation adds nothing
+
+
+def test_routing_a_query_whose_cluster_holds_no_key_gets_zero_not_nan():
+    geometry = Geometry("reduce", 2, 4, 0.5)
+    kernel = make_kernel("routing", geometry, 1, 4, 0.0, _routing_options(clusters=2))
+    with torch.no_grad():
+        kernel.centroids.copy_(torch.tensor([[[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]]))
+    k = torch.tensor([[[[1.0, 0.1, 0, 0]] * 4]])  # every key in cluster 0
+    q = torch.tensor([[[[1.0, 0, 0, 0], [-1.0, 0, 0, 0]]]])  # the second query routes to the empty cluster 1
+    out, _ = kernel(q, k, torch.randn(1, 1, 4, 4), q_pos=latent_positions(2, 0.5), k_pos=torch.arange(4.0),
+                    key_mask=None, q_spans=geometry.key_spans(2), positions=None)
+    assert torch.isfinite(out).all() and torch.all(out[0, 0, 1] == 0) and out[0, 0, 0].abs().sum() > 0
 
 
 def test_local_reducing_query_sees_only_its_segment_and_window():

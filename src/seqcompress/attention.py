@@ -12,7 +12,7 @@ Variable length ("masked W_S slicing"): a sample of length L uses W_S[:m, :L] wh
 A batch pads every sample to the longest one; the masks in a `Layout` slice W_S per sample, mask padded
 keys, and zero padded output rows, so padding never changes a result and never receives a gradient.
 
-What is pluggable: the attention kernel (`seqcompress/kernels/`: full, lowrank, local, lsh), the position
+What is pluggable: the attention kernel (`seqcompress/kernels/`: full, lowrank, local, lsh, routing), the position
 scheme (`seqcompress/positions/`: learned, none, t5, alibi, rope) and the resize (`seqcompress/resize.py`:
 absolute or relative W_S). Blocks receive them constructed; positions are computed once per stack and
 reach every block through its Layout.

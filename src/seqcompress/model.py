@@ -31,7 +31,7 @@ from seqcompress.attention import Attention, Block, Layout
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress import faults
 from seqcompress.atomic import atomic_directory, finish_commit, interrupted_replacement
-from seqcompress.kernels import KERNELS, check_combination, make_kernel
+from seqcompress.kernels import KERNELS, Kernel, check_combination, make_kernel
 from seqcompress.lengths import Geometry, latent_length, latent_positions, length_mask
 from seqcompress.positions import POSITIONS, make_positions
 from seqcompress.reducers import REDUCERS
@@ -78,7 +78,7 @@ class ModelConfig:
     reducer: str = "attention"  # the length-changing layer: this project's, or a baseline (seqcompress/reducers.py)
     vocab_size: int = 0  # token domains: size of the vocabulary (0 for vector inputs)
     feature_dim: int = 0  # vector domains: features per input position (0 for token inputs)
-    attention: str = "full"  # attention kernel of every block (seqcompress/kernels/): full, lowrank, local, lsh
+    attention: str = "full"  # attention kernel of every block (seqcompress/kernels/): full, lowrank, local, lsh, routing
     resize: str = "absolute"  # W_S/W_E: a free table bounded by n_max ("absolute") or a relative profile
     stages: list[float] = field(default_factory=list)  # per-stage ratios, n -> n*s1 -> n*s1*s2 ...; [] is one stage
     options: dict = field(default_factory=dict)  # kernel, position and resize options by name (window, rank, ...)
@@ -336,6 +336,19 @@ class SequenceAutoencoder(nn.Module):
         """Reconstruction (B, N, V|F), latents (B, M, latent_dim), latent lengths (B,)."""
         z, latent_lengths = self.encode(inputs, lengths)
         return self.decode(z, latent_lengths, lengths), z, latent_lengths
+
+    # ---- what training adds to the domain's loss, and does after each step --------------------
+    def aux_loss(self) -> torch.Tensor | None:
+        """The sum of the auxiliary losses the last training forward left in the kernels (routing's
+        commitment or balance), or None: the training loop adds it to the domain's loss."""
+        losses = [m.aux_loss for m in self.modules() if isinstance(m, Kernel) and m.aux_loss is not None]
+        return torch.stack(losses).sum() if losses else None
+
+    def after_step(self) -> None:
+        """Let the kernels update their buffers (k-means centroids) after an optimizer step."""
+        for m in self.modules():
+            if isinstance(m, Kernel):
+                m.after_step()
 
     # ---- persistence ---------------------------------------------------------------------
     def parameter_count(self) -> int:

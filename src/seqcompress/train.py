@@ -377,14 +377,16 @@ def train(
         with autocast_for(device):
             out, _, _ = model(x, lengths)
             loss = objective.loss(out, x, mask)
+            aux = model.aux_loss()  # what a kernel adds (routing's commitment or balance); None for most
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower lr or check the data")
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        scaler.scale(loss if aux is None else loss + aux).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        model.after_step()
         step += 1
         symbols_done += int(lengths.sum())
         last_loss = float(loss.detach())

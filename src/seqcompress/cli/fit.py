@@ -34,7 +34,7 @@ def fit(
     layers: int = LAYERS,
     latent_dim: Optional[int] = LATENT_DIM,
     resize_init: str = typer.Option("pool", "--resize-init", help="W_S/W_E initialisation: pool or random."),
-    attention: str = typer.Option("full", "--attention", help="Attention kernel: full, lowrank, local or lsh "
+    attention: str = typer.Option("full", "--attention", help="Attention kernel: full, lowrank, local, lsh or routing "
                                   "(docs/attention.md)."),
     positions: str = typer.Option("learned", "--positions", help="Position scheme: learned, none, t5, alibi or rope."),
     resize: str = typer.Option("absolute", "--resize", help="W_S/W_E: absolute (a table bounded by --seq-len) or "

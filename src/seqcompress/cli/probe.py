@@ -65,7 +65,7 @@ def probe(
     classical: bool = typer.Option(True, "--classical/--no-classical", help="Also score the domain's classical "
                                    "codecs, if it has any, at the same stored floats (seqcompress/baselines.py)."),
     attention: str = typer.Option("full", "--attention", help="Attention kernels of the reducing-attention "
-                                  "method, comma-separated (full, lowrank, local, lsh); each is a method of its own."),
+                                  "method, comma-separated (full, lowrank, local, lsh, routing); each is a method of its own."),
     positions: Optional[str] = typer.Option(None, "--positions", help="Position schemes, comma-separated (learned, "
                                             "none, t5, alibi, rope); default: the model's."),
     stages: str = typer.Option("1", "--stages", help="Reduction stage counts, comma-separated, e.g. 1,2 (2: n -> "

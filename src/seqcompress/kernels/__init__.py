@@ -21,13 +21,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from seqcompress.lengths import Geometry
 from seqcompress.registry import registrar
 
-__all__ = ["KERNELS", "Capabilities", "Kernel", "register_kernel", "make_kernel", "open_keys", "score_mask"]
+__all__ = ["KERNELS", "Capabilities", "Kernel", "register_kernel", "make_kernel", "open_keys", "score_mask",
+           "attend_gathered"]
 
 KERNELS: dict[str, type["Kernel"]] = {}
 
@@ -48,8 +52,14 @@ register_kernel = registrar(KERNELS)
 
 
 class Kernel(nn.Module):
+    """A kernel may also keep learned state that is not a parameter (k-means centroids): it then sets
+    `aux_loss` in a training forward (a term the training loop adds to the domain's loss) and updates its
+    buffers in `after_step`, which the training loop calls after each optimizer step, so that a forward
+    pass itself stays a function of parameters and buffers."""
+
     name: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities]
+    aux_loss: torch.Tensor | None = None
 
     def __init__(self, geometry: Geometry, heads: int, head_dim: int, dropout: float, options: dict) -> None:
         super().__init__()
@@ -58,6 +68,9 @@ class Kernel(nn.Module):
     @property
     def dropout_p(self) -> float:
         return self.dropout if self.training else 0.0
+
+    def after_step(self) -> None:
+        """Update buffers from what the last training forward saw (nothing by default)."""
 
 
 def make_kernel(name: str, geometry: Geometry, heads: int, head_dim: int, dropout: float, options: dict) -> Kernel:
@@ -94,5 +107,42 @@ def score_mask(allowed: torch.Tensor | None, bias: torch.Tensor | None) -> torch
     return bias.masked_fill(~allowed, float("-inf"))
 
 
+QUERY_SLICE = 1024  # queries whose gathered keys are held at once (attend_gathered)
+
+
+def attend_gathered(q, k, v, key_idx, allowed, q_pos, k_pos, positions, kernel: Kernel):
+    """Each query's softmax over its own gathered keys (the sparse kernels: lsh, routing).
+
+    key_idx (B, H, M, W) the keys each query scores, allowed (B, H, M, W) which of them count (padding and
+    empty slots do not; NaN in them never reaches the output). Computed QUERY_SLICE queries at a time, since
+    the gathered keys of every query at once would be M x W x Dh per head. Returns the output (B, H, M, Dh),
+    float32, zero for a query with no allowed key, and each query's log-sum-exp (B, H, M), -inf for those."""
+    b, h, m, d = q.shape
+    outs, lses = [], []
+    for start in range(0, m, QUERY_SLICE):
+        sl = slice(start, min(m, start + QUERY_SLICE))
+        idx, ok = key_idx[:, :, sl], allowed[:, :, sl]
+        s_m, width = idx.shape[2], idx.shape[3]
+        flat = idx.reshape(b, h, -1, 1).expand(-1, -1, -1, d)
+        kg = torch.gather(k, 2, flat).view(b, h, s_m, width, d)
+        vg = torch.gather(v, 2, flat).view(b, h, s_m, width, d).masked_fill(~ok[..., None], 0.0)
+        scores = torch.einsum("bhmd,bhmkd->bhmk", q[:, :, sl].float(), kg.float()) / math.sqrt(d)
+        if positions is not None and positions.uses_bias:
+            scores = scores + _own_head_bias(positions, q_pos[sl], k_pos[idx], b, h, s_m)
+        scores = scores.masked_fill(~ok, float("-inf"))  # padding keys (NaN included) drop out here
+        lse = torch.logsumexp(scores, dim=-1)  # (B, H, S)
+        weights = torch.exp(scores - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
+        weights = F.dropout(weights, kernel.dropout_p, kernel.training)
+        outs.append(torch.einsum("bhmk,bhmkd->bhmd", weights, vg.float()))
+        lses.append(lse)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+def _own_head_bias(positions, q_pos: torch.Tensor, k_pos: torch.Tensor, b: int, h: int, m: int) -> torch.Tensor:
+    """The position bias of each head for its own gathered keys: (B, H, M, W)."""
+    bias = positions.bias(q_pos.expand(b, h, m)[..., None], k_pos)  # (H, B, H, M, 1, W): every head's bias
+    return torch.diagonal(bias, dim1=0, dim2=2).squeeze(-3).movedim(-1, 1).float()  # each head its own
+
+
 # One line per kernel: importing the module registers it.
-from seqcompress.kernels import full, local, lowrank, lsh  # noqa: E402,F401
+from seqcompress.kernels import full, local, lowrank, lsh, routing  # noqa: E402,F401

@@ -25,9 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from seqcompress.kernels import Capabilities, Kernel, register_kernel
-
-QUERY_SLICE = 1024  # queries whose gathered keys are held at once
+from seqcompress.kernels import Capabilities, Kernel, attend_gathered, register_kernel
 
 
 @register_kernel("lsh")
@@ -87,7 +85,7 @@ class LSHAttention(Kernel):
                 key_idx = torch.gather(order, 2, idx.view(b, h, -1)).view(b, h, m, 2 * c)  # original key indices
                 allowed = inside & torch.gather(real[:, None, :].expand(b, h, n), 2,
                                                 key_idx.view(b, h, -1)).view(b, h, m, 2 * c)
-            out, lse = self._attend(q, k, v, key_idx, allowed, q_pos, k_pos, positions)
+            out, lse = attend_gathered(q, k, v, key_idx, allowed, q_pos, k_pos, positions, self)
             outs.append(out)
             lses.append(lse)
         lse_all = torch.stack(lses)  # (R, B, H, M)
@@ -96,32 +94,3 @@ class LSHAttention(Kernel):
         share = torch.where(torch.isfinite(lse_all), share, 0.0)
         out = (share[..., None] * torch.stack(outs)).sum(dim=0)
         return out.to(q.dtype), state  # (B, H, M, Dh)
-
-    def _attend(self, q, k, v, key_idx, allowed, q_pos, k_pos, positions):
-        """Softmax of each query over its gathered keys, QUERY_SLICE queries at a time (the gathered keys of
-        every query at once would be m x 2c x Dh per head): (B, H, M, Dh) output and (B, H, M) log-sum-exp."""
-        b, h, m, d = q.shape
-        outs, lses = [], []
-        for start in range(0, m, QUERY_SLICE):
-            sl = slice(start, min(m, start + QUERY_SLICE))
-            idx, ok = key_idx[:, :, sl], allowed[:, :, sl]
-            s_m, width = idx.shape[2], idx.shape[3]
-            flat = idx.reshape(b, h, -1, 1).expand(-1, -1, -1, d)
-            kg = torch.gather(k, 2, flat).view(b, h, s_m, width, d)
-            vg = torch.gather(v, 2, flat).view(b, h, s_m, width, d).masked_fill(~ok[..., None], 0.0)
-            scores = torch.einsum("bhmd,bhmkd->bhmk", q[:, :, sl].float(), kg.float()) / math.sqrt(d)
-            if positions is not None and positions.uses_bias:
-                scores = scores + _own_head_bias(positions, q_pos[sl], k_pos[idx], b, h, s_m)
-            scores = scores.masked_fill(~ok, float("-inf"))  # padding keys (NaN included) drop out here
-            lse = torch.logsumexp(scores, dim=-1)  # (B, H, S); -inf where a query saw no real key
-            weights = torch.exp(scores - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
-            weights = F.dropout(weights, self.dropout_p, self.training)
-            outs.append(torch.einsum("bhmk,bhmkd->bhmd", weights, vg.float()))
-            lses.append(lse)
-        return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
-
-
-def _own_head_bias(positions, q_pos: torch.Tensor, k_pos: torch.Tensor, b: int, h: int, m: int) -> torch.Tensor:
-    """The position bias of each head for its own gathered keys: (B, H, M, 2c)."""
-    bias = positions.bias(q_pos.expand(b, h, m)[..., None], k_pos)  # (H, B, H, M, 1, 2c): every head's bias
-    return torch.diagonal(bias, dim1=0, dim2=2).squeeze(-3).movedim(-1, 1).float()  # each head its own

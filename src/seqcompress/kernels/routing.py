@@ -1,0 +1,128 @@
+"""Routing attention (Routing Transformer): content-based clusters; each query attends to its cluster's keys.
+
+Queries and keys are routed to one of `clusters` clusters by the same router, so the reducing block's nq
+queries and n keys, which differ in number and position, meet in one set of clusters:
+
+- `router=kmeans` (default): nearest of K unit centroids per head by cosine similarity. The centroids are
+  a buffer updated as an exponential moving average (`centroid_decay`) of the unit keys assigned to them,
+  after each optimizer step (`after_step`, so a forward pass stays a pure function). The auxiliary loss is
+  the commitment of the keys to their centroids (mean cosine distance), which keeps clusters tight.
+- `router=learned`: the design document's routing matrix W_r (head_dim x K per head); route by
+  argmax(x W_r). A query's output is scaled by its routing probability (as a mixture-of-experts gate, so W_r
+  learns), and the auxiliary loss is the load balance K · sum_c f_c · P_c of the keys (Switch Transformer).
+
+Each cluster holds at most w = ceil(capacity · n / K) keys (its w nearest to the centroid, or of highest
+routing score); a query scores the w keys of its cluster. The auxiliary loss, times `aux_weight`, reaches the
+training loop through `Kernel.aux_loss`. Padding keys are never routed (a padded row routes like the row
+alone); a query whose cluster holds no key gets a zero output, never NaN. With one cluster and capacity >= 1
+every query sees every key: full attention. Cost O(n·K + m·w).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqcompress.kernels import Capabilities, Kernel, attend_gathered, register_kernel
+
+ROUTERS = ("kmeans", "learned")
+
+
+@register_kernel("routing")
+class RoutingAttention(Kernel):
+    capabilities = Capabilities(
+        resizing=True, key_mask=True, bias=True, rotary=True,
+        complexity="O(n·K + m·w) for K clusters of w = capacity·n/K keys", max_length="any",
+        options={"clusters": 8, "capacity": 2.0, "router": "kmeans", "centroid_decay": 0.999, "aux_weight": 0.01},
+        summary="queries and keys routed to content clusters (online k-means or a learned W_r)",
+    )
+
+    def __init__(self, geometry, heads, head_dim, dropout, options) -> None:
+        super().__init__(geometry, heads, head_dim, dropout, options)
+        self.clusters, self.capacity = int(options["clusters"]), float(options["capacity"])
+        self.router, self.decay, self.weight = str(options["router"]), float(options["centroid_decay"]), float(
+            options["aux_weight"])
+        if self.clusters < 1 or not self.capacity > 0:
+            raise ValueError(f"routing attention needs clusters >= 1 and capacity > 0, got {self.clusters} and "
+                             f"{self.capacity}")
+        if self.router not in ROUTERS:
+            raise ValueError(f"routing attention's router must be one of {', '.join(ROUTERS)}, got {self.router!r}")
+        if not 0 <= self.decay < 1 or self.weight < 0:
+            raise ValueError("routing attention needs centroid_decay in [0, 1) and aux_weight >= 0")
+        # (H, K, Dh) unit centroids, saved with the model; the learned router is a parameter instead.
+        self.register_buffer("centroids", F.normalize(torch.randn(heads, self.clusters, head_dim), dim=-1))
+        self.route = (nn.Parameter(torch.randn(heads, head_dim, self.clusters) / math.sqrt(head_dim))
+                      if self.router == "learned" else None)
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, L, Dh) -> (B, H, L, K) routing scores."""
+        if self.route is not None:
+            return torch.einsum("bhld,hdk->bhlk", x.float(), self.route)
+        return torch.einsum("bhld,hkd->bhlk", F.normalize(x.float(), dim=-1), self.centroids.float())
+
+    def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, state=None):
+        b, h, m, d = q.shape
+        n = k.shape[2]
+        self.aux_loss = None
+        if m == 0 or n == 0:
+            return q.new_zeros(b, h, m, d), state
+        real = torch.ones(b, n, dtype=torch.bool, device=q.device) if key_mask is None else key_mask
+        k_logits = self._logits(torch.where(real[:, None, :, None], k, 0.0))  # NaN padding never routed
+        k_cluster = k_logits.argmax(dim=-1)  # (B, H, N)
+        q_logits = self._logits(q)
+        q_cluster = q_logits.argmax(dim=-1)  # (B, H, M)
+        # Capacity from each row's own length, so that a padded row routes exactly like the row alone.
+        n_real = real.sum(dim=1)  # (B,)
+        w_row = torch.minimum(n_real, torch.ceil(self.capacity * n_real / self.clusters).long())  # (B,)
+        w = max(int(w_row.max()), 1)
+        with torch.no_grad():  # each cluster's w keys: its own keys, the nearest (highest scoring) first
+            own = k_cluster[..., None] == torch.arange(self.clusters, device=q.device)  # (B, H, N, K)
+            fit = k_logits.detach().masked_fill(~(own & real[:, None, :, None]), float("-inf"))
+            best, members = fit.topk(w, dim=2)  # (B, H, w, K)
+            within = torch.arange(w, device=q.device)[None, :] < w_row[:, None]  # (B, w)
+            valid = torch.isfinite(best) & within[:, None, :, None]
+            members, valid = members.transpose(2, 3), valid.transpose(2, 3)  # (B, H, K, w)
+            pick = q_cluster[..., None].expand(-1, -1, -1, w)  # (B, H, M, w)
+            key_idx = torch.gather(members, 2, pick)
+            allowed = torch.gather(valid, 2, pick)
+        out, _ = attend_gathered(q, k, v, key_idx, allowed, q_pos, k_pos, positions, self)
+        if self.route is not None:  # the gate through which W_r learns
+            out = out * torch.softmax(q_logits, dim=-1).gather(-1, q_cluster[..., None])
+        if self.training:
+            self.aux_loss = self.weight * self._aux(k, k_logits, k_cluster, real)
+        return out.to(q.dtype), state
+
+    def _aux(self, k, k_logits, k_cluster, real) -> torch.Tensor:
+        """Commitment (k-means) or balance (learned) over the real keys; k-means also keeps the batch's cluster
+        sums for `after_step`."""
+        weight = real[:, None, :].expand_as(k_cluster).float()  # (B, H, N)
+        count = weight.sum().clamp(min=1.0)
+        if self.route is not None:  # K · sum_c f_c · P_c per head: 1 when balanced, K when all in one cluster
+            per_head = weight.sum(dim=(0, 2)).clamp(min=1.0)[:, None]  # (H, 1)
+            f = (F.one_hot(k_cluster, self.clusters).float() * weight[..., None]).sum(dim=(0, 2)) / per_head
+            p = (torch.softmax(k_logits, dim=-1) * weight[..., None]).sum(dim=(0, 2)) / per_head
+            return self.clusters * (f * p).sum(dim=-1).mean()
+        unit = F.normalize(torch.where(real[:, None, :, None], k, 0.0).float(), dim=-1)  # (B, H, N, Dh)
+        assigned = self.centroids[torch.arange(k.shape[1], device=k.device)[None, :, None], k_cluster]  # (B, H, N, Dh)
+        commitment = ((1 - (unit * assigned).sum(dim=-1)) * weight).sum() / count
+        with torch.no_grad():
+            onehot = F.one_hot(k_cluster, self.clusters).float() * weight[..., None]  # (B, H, N, K)
+            sums = torch.einsum("bhnk,bhnd->hkd", onehot, unit.detach())
+            self._pending = (sums, onehot.sum(dim=(0, 2)))  # (H, K, Dh), (H, K)
+        return commitment
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Move each centroid that received keys toward their mean direction (EMA); empty clusters stay."""
+        if self._pending is None:
+            return
+        sums, counts = self._pending
+        self._pending = None
+        seen = counts > 0
+        mean = sums / counts.clamp(min=1.0)[..., None]
+        moved = F.normalize(self.decay * self.centroids + (1 - self.decay) * mean, dim=-1)
+        self.centroids.copy_(torch.where(seen[..., None], moved, self.centroids))
