@@ -122,6 +122,9 @@ def cases(tmp_path_factory):
                        "band 10^7": lambda m: m["model"]["options"].update(band=10**7)}.items():
         directory = _edited_model(root, relative, name.replace(" ", "_").replace("^", ""), edit)
         run[f"model: {name}"] = ["info", str(directory)]
+    routing = _model(root / "routing", attention="routing")
+    directory = _edited_model(root, routing, "routing_clusters", lambda m: m["model"]["options"].update(clusters=10**7))
+    run["model: routing clusters 10^7"] = ["info", str(directory)]
     bomb = root / "weights_header"
     shutil.copytree(good, bomb)
     (bomb / "model.safetensors").write_bytes((1 << 40).to_bytes(8, "little") + b"{}" * 100)
@@ -168,7 +171,7 @@ CASE_NAMES = [f"model: {n}" for n in ("n_max 20,000", "layers 10^5", "d_model 30
                                         "version as text", "nested JSON", "no fingerprint", "empty fingerprint",
                                         "domain state changed", "unknown domain", "weights header length 2^40",
                                         "64 MB config.json", "t5 buckets 10^8", "relative resize at ratio 10^-8",
-                                        "band 10^7")] + [
+                                        "band 10^7", "routing clusters 10^7")] + [
     f"sqz {cmd}: {n}" for n in ("index claims 10^8 windows", "index claims 2^32-1 rows", "trailer claims 10^15 symbols",
                                 "window of 10^6 symbols (n_max 16)", "lengths run of 10^9 windows",
                                 "format 1 header claims 10^8 windows") for cmd in ("info", "decode")

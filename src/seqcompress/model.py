@@ -471,6 +471,10 @@ def parameter_estimate(c: ModelConfig) -> int:
         total += d * (c.n_max + sum(lengths))  # the input table and each resizing block's output table
     if c.attention == "lowrank":
         total += blocks * 2 * min(int(c.options.get("rank", 1)), c.n_max) * c.n_max
+    if c.attention == "lsh":  # the saved rotations
+        total += blocks * int(c.options.get("hash_rounds", 1)) * d * max(int(c.options.get("hash_buckets", 2)) // 2, 1)
+    if c.attention == "routing":  # the saved centroids (and W_r)
+        total += blocks * 2 * d * int(c.options.get("clusters", 1))
     if c.positions == "t5":
         total += 2 * int(c.options.get("buckets", 0)) * c.heads  # one bias table per stack
     for n, m in zip(lengths, lengths[1:]):
