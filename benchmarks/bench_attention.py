@@ -13,6 +13,7 @@ residual, attention, FFN), the first block of an encoder.
 
     python benchmarks/bench_attention.py --budget 4 --repeats 3     # the table in docs/attention.md
     python benchmarks/bench_attention.py --lengths 512,4096 --mechanisms self-full,self-local
+    python benchmarks/bench_attention.py --budget 4 --repeats 3 --mechanisms self-lsh,self-routing,reduce-lsh-relative,reduce-routing-relative
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ import sys
 import time
 
 DEFAULT_LENGTHS = "512,1024,2048,4096,8192,16384,32768"
-DEFAULT_MECHANISMS = ("self-full,self-local,self-lowrank,reduce-full-absolute,reduce-full-relative,"
-                      "reduce-local-relative,reduce-lowrank-relative")
+DEFAULT_MECHANISMS = ("self-full,self-local,self-lowrank,self-lsh,self-routing,reduce-full-absolute,"
+                      "reduce-full-relative,reduce-local-relative,reduce-lowrank-relative,reduce-lsh-relative,"
+                      "reduce-routing-relative")
 REFERENCE = "self-full"
 
 
@@ -56,7 +58,8 @@ def build(mechanism: str, n: int, args):
 
     parts = mechanism.split("-")
     kind, kernel = parts[0], parts[1]
-    options = {"window": args.window, "rank": args.rank, "band": 1.0}
+    options = {"window": args.window, "rank": args.rank, "band": 1.0, "chunk": args.chunk,
+               "hash_buckets": args.hash_buckets, "clusters": args.clusters}
     d, heads = args.d_model, args.heads
     lengths = torch.full((args.batch,), n)
     in_mask = length_mask(lengths, n)
@@ -123,7 +126,8 @@ def run_point(mechanism: str, n: int, args) -> dict:
     cmd = [sys.executable, __file__, "--point", mechanism, str(n), "--batch", str(args.batch), "--window",
            str(args.window), "--rank", str(args.rank), "--threads", str(args.threads), "--budget", str(args.budget),
            "--repeats", str(args.repeats), "--memory-gb", str(args.memory_gb), "--d-model", str(args.d_model),
-           "--heads", str(args.heads)]
+           "--heads", str(args.heads), "--chunk", str(args.chunk), "--hash-buckets", str(args.hash_buckets),
+           "--clusters", str(args.clusters)]
     try:
         # A fixed mmap threshold returns every large freed tensor to the OS, so the peak RSS follows the live
         # tensors; glibc's adaptive threshold otherwise keeps freed blocks and adds tens of MB of noise.
@@ -174,6 +178,9 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--window", type=int, default=64, help="local: keys on each side of a query's segment")
     parser.add_argument("--rank", type=int, default=64, help="lowrank: projected keys")
+    parser.add_argument("--chunk", type=int, default=64, help="lsh: keys per chunk (a query sees 2 chunks)")
+    parser.add_argument("--hash-buckets", type=int, default=16, help="lsh: buckets per hash round")
+    parser.add_argument("--clusters", type=int, default=8, help="routing: clusters (each holds 2n/K keys)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=float, default=6.0, help="seconds of repeats per timing")
     parser.add_argument("--repeats", type=int, default=5)
@@ -203,7 +210,8 @@ def main() -> None:
         "benchmark": "attention_mechanisms",
         "machine": {"processor": platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
                     "torch": torch.__version__, "python": platform.python_version()},
-        "settings": {k: getattr(args, k) for k in ("batch", "d_model", "heads", "window", "rank", "budget", "memory_gb")},
+        "settings": {k: getattr(args, k) for k in ("batch", "d_model", "heads", "window", "rank", "chunk", "hash_buckets",
+                                                   "clusters", "budget", "memory_gb")},
         "points": with_ratios(points),
         "crossover_n": crossovers(points, mechanisms),
     }, indent=2))
