@@ -83,7 +83,8 @@ class Attention(nn.Module):
         if scheme is not None and scheme.rotary:
             q, k = scheme.rotate(q, layout.out_pos), scheme.rotate(k, layout.in_pos)
         y, _ = self.kernel(q, k, v, q_pos=layout.out_pos, k_pos=layout.in_pos, key_mask=layout.key_mask,
-                           q_spans=layout.spans, positions=scheme)  # (B, H, M, Dh)
+                           q_spans=layout.spans, positions=scheme,
+                           query_mask=None if layout.all_real else layout.out_mask)  # (B, H, M, Dh)
         return self.out(y.transpose(1, 2).reshape(b, m, d))  # (B, M, D)
 
 

@@ -2,13 +2,14 @@
 
 A kernel is one module plus one registration (`@register_kernel("name")`, imported at the bottom):
 
-    kernel(q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, state=None) -> (out, state)
+    kernel(q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, query_mask=None, state=None) -> (out, state)
 
     q (B, H, M, Dh), k and v (B, H, N, Dh), already projected (and rotated, for rotary positions);
     q_pos (M,), k_pos (N,) float positions in input-index units; key_mask (B, N) bool, True = real key,
     or None when every key is real; q_spans (M, 2) the first and last key each query stands for
     (`Geometry.key_spans`); positions the stack's PositionScheme (its `bias` is the kernel's to apply on
-    whichever keys it scores); state is carried between calls by kernels that keep one (None here).
+    whichever keys it scores); query_mask (B, M) bool, True = real query, or None (only kernels whose queries
+    interact, like the sorted-chunk ones, need it); state is carried between calls by kernels that keep one.
     Returns out (B, H, M, Dh) and the new state.
 
 Every kernel declares its `Capabilities`; `check_combination` refuses at model build what a kernel
@@ -31,7 +32,7 @@ from seqcompress.lengths import Geometry
 from seqcompress.registry import registrar
 
 __all__ = ["KERNELS", "Capabilities", "Kernel", "register_kernel", "make_kernel", "open_keys", "score_mask",
-           "attend_gathered"]
+           "sorted_chunk_attention", "combine_rounds"]
 
 KERNELS: dict[str, type["Kernel"]] = {}
 
@@ -107,41 +108,79 @@ def score_mask(allowed: torch.Tensor | None, bias: torch.Tensor | None) -> torch
     return bias.masked_fill(~allowed, float("-inf"))
 
 
-QUERY_SLICE = 1024  # queries whose gathered keys are held at once (attend_gathered)
+def sorted_chunk_attention(q, k, v, q_bucket, k_bucket, *, q_pos, k_pos, key_mask, query_mask, chunk: int,
+                           positions, kernel: Kernel):
+    """Attention within chunks of queries and keys sorted together by (bucket, position): the core of the
+    content-based sparse kernels (lsh: random-rotation buckets; routing: clusters).
 
-
-def attend_gathered(q, k, v, key_idx, allowed, q_pos, k_pos, positions, kernel: Kernel):
-    """Each query's softmax over its own gathered keys (the sparse kernels: lsh, routing).
-
-    key_idx (B, H, M, W) the keys each query scores, allowed (B, H, M, W) which of them count (padding and
-    empty slots do not; NaN in them never reaches the output). Computed QUERY_SLICE queries at a time, since
-    the gathered keys of every query at once would be M x W x Dh per head. Returns the output (B, H, M, Dh),
-    float32, zero for a query with no allowed key, and each query's log-sum-exp (B, H, M), -inf for those."""
+    Queries and keys are one sequence of M + N items, sorted by bucket, then position (a key before a
+    query at the same place); padding items of either kind go after every real one, so a padded row is
+    sorted and chunked exactly like the row alone. The sequence is cut into chunks of `chunk` items; the
+    queries of a chunk attend to the keys of that chunk and the one before. Nothing is duplicated beyond
+    those two chunks: O((M + N) · chunk) time and memory. Returns the output (B, H, M, Dh) in float32, zero
+    for a query whose two chunks hold no real key, and each query's log-sum-exp (B, H, M), -inf for those.
+    """
     b, h, m, d = q.shape
-    outs, lses = [], []
-    for start in range(0, m, QUERY_SLICE):
-        sl = slice(start, min(m, start + QUERY_SLICE))
-        idx, ok = key_idx[:, :, sl], allowed[:, :, sl]
-        s_m, width = idx.shape[2], idx.shape[3]
-        flat = idx.reshape(b, h, -1, 1).expand(-1, -1, -1, d)
-        kg = torch.gather(k, 2, flat).view(b, h, s_m, width, d)
-        vg = torch.gather(v, 2, flat).view(b, h, s_m, width, d).masked_fill(~ok[..., None], 0.0)
-        scores = torch.einsum("bhmd,bhmkd->bhmk", q[:, :, sl].float(), kg.float()) / math.sqrt(d)
-        if positions is not None and positions.uses_bias:
-            scores = scores + _own_head_bias(positions, q_pos[sl], k_pos[idx], b, h, s_m)
-        scores = scores.masked_fill(~ok, float("-inf"))  # padding keys (NaN included) drop out here
-        lse = torch.logsumexp(scores, dim=-1)  # (B, H, S)
-        weights = torch.exp(scores - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
-        weights = F.dropout(weights, kernel.dropout_p, kernel.training)
-        outs.append(torch.einsum("bhmk,bhmkd->bhmd", weights, vg.float()))
-        lses.append(lse)
-    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+    n = k.shape[2]
+    dev = q.device
+    c = chunk
+    items = m + n
+    chunks = math.ceil(items / c)
+    length = chunks * c
+    real_k = torch.ones(b, n, dtype=torch.bool, device=dev) if key_mask is None else key_mask
+    real_q = torch.ones(b, m, dtype=torch.bool, device=dev) if query_mask is None else query_mask
+    with torch.no_grad():
+        top = int(max(int(q_bucket.max()), int(k_bucket.max()))) + 1 if items else 1
+        span = float(max(float(k_pos.max()), float(q_pos.max()), 0.0)) + 2.0
+        k_key = torch.where(real_k[:, None, :], k_bucket, top).double() * span + k_pos.double()
+        q_key = torch.where(real_q[:, None, :], q_bucket, top).double() * span + q_pos.double() + 0.5
+        order = torch.cat([q_key, k_key], dim=-1).argsort(dim=-1, stable=True)  # (B, H, M + N) item per slot
+        order = F.pad(order, (0, length - items), value=items)  # (B, H, L); index `items` is an empty slot
+        is_key = order >= m
+        is_key &= order < items
+        key_slot_real = is_key & torch.gather(F.pad(torch.cat([torch.zeros_like(real_q), real_k], 1), (0, 1)),
+                                              1, order.flatten(1)).view(b, h, length)
+    zero = q.new_zeros(b, h, 1, d)
+    pool_q = torch.cat([q, torch.zeros_like(k), zero], dim=2)  # (B, H, M + N + 1, Dh): queries, key rows, empty
+    pool_k = torch.cat([torch.zeros_like(q), k, zero], dim=2)
+    pool_v = torch.cat([torch.zeros_like(q), v, zero], dim=2)
+    slot = order[..., None].expand(-1, -1, -1, d)
+    qs = torch.gather(pool_q, 2, slot).view(b, h, chunks, c, d)
+    ks = torch.gather(pool_k, 2, slot).view(b, h, chunks, c, d)
+    vs = torch.gather(pool_v, 2, slot).view(b, h, chunks, c, d)
+    ok = key_slot_real.view(b, h, chunks, c)
+
+    def with_previous(x):  # (B, H, C, c, ...) -> (B, H, C, 2c, ...): the chunk before, then the chunk
+        before = torch.cat([torch.zeros_like(x[:, :, :1]), x[:, :, :-1]], dim=2)
+        return torch.cat([before, x], dim=3)
+
+    kk, vv, allowed = with_previous(ks), with_previous(vs), with_previous(ok)
+    vv = vv.masked_fill(~allowed[..., None], 0.0)  # padding values (NaN included) never reach the output
+    scores = torch.matmul(qs.float(), kk.float().transpose(-1, -2)) / math.sqrt(d)  # (B, H, C, c, 2c)
+    if positions is not None and positions.uses_bias:
+        pos = F.pad(torch.cat([q_pos, k_pos]), (0, 1))[order]  # (B, H, L) each slot's position
+        qp, kp = pos.view(b, h, chunks, c), with_previous(pos.view(b, h, chunks, c))
+        scores = scores + torch.stack([positions.bias(qp[:, i], kp[:, i])[i] for i in range(h)], dim=1).float()
+    scores = scores.masked_fill(~allowed[:, :, :, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # (B, H, C, c)
+    weights = torch.exp(scores - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
+    weights = F.dropout(weights, kernel.dropout_p, kernel.training)
+    out = torch.matmul(weights, vv.float()).view(b, h, length, d)
+    where = order.argsort(dim=-1)[..., :m]  # (B, H, M) the slot of each query
+    out = torch.gather(out, 2, where[..., None].expand(-1, -1, -1, d))
+    return out, torch.gather(lse.view(b, h, length), 2, where)
 
 
-def _own_head_bias(positions, q_pos: torch.Tensor, k_pos: torch.Tensor, b: int, h: int, m: int) -> torch.Tensor:
-    """The position bias of each head for its own gathered keys: (B, H, M, W)."""
-    bias = positions.bias(q_pos.expand(b, h, m)[..., None], k_pos)  # (H, B, H, M, 1, W): every head's bias
-    return torch.diagonal(bias, dim1=0, dim2=2).squeeze(-3).movedim(-1, 1).float()  # each head its own
+def combine_rounds(outs: list[torch.Tensor], lses: list[torch.Tensor]) -> torch.Tensor:
+    """Outputs of several attention rounds over different key sets, weighted as one softmax over all of them
+    would weigh them: by each round's share of the total log-sum-exp (a round that saw no key weighs 0)."""
+    if len(outs) == 1:
+        return outs[0]
+    lse_all = torch.stack(lses)  # (R, B, H, M)
+    total = torch.logsumexp(lse_all, dim=0)
+    share = torch.exp(lse_all - torch.where(torch.isfinite(total), total, 0.0))
+    share = torch.where(torch.isfinite(lse_all), share, 0.0)
+    return (share[..., None] * torch.stack(outs)).sum(dim=0)
 
 
 # One line per kernel: importing the module registers it.

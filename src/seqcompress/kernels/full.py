@@ -14,7 +14,7 @@ class FullAttention(Kernel):
         max_length="any", summary="every query scores every key",
     )
 
-    def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, state=None):
+    def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, query_mask=None, state=None):
         allowed = None if key_mask is None else open_keys(key_mask)[:, None, None, :]  # (B, 1, 1, N)
         bias = positions.bias(q_pos, k_pos) if positions is not None else None  # (H, M, N)
         mask = score_mask(allowed, None if bias is None else bias[None].to(q.dtype))

@@ -33,7 +33,7 @@ class LocalAttention(Kernel):
         if self.window < 0:
             raise ValueError(f"local attention needs window >= 0, got {self.window}")
 
-    def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, state=None):
+    def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, query_mask=None, state=None):
         b, h, m, d = q.shape
         n = k.shape[2]
         w = self.window

@@ -41,7 +41,7 @@ class LowRankAttention(Kernel):
         self.e_key = nn.Parameter(segments.clone())
         self.e_value = nn.Parameter(segments.clone())
 
-    def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, state=None):
+    def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, query_mask=None, state=None):
         b, h, n, d = k.shape
         n_max = self.geometry.k_max
         if n > n_max:

@@ -11,11 +11,13 @@ queries and n keys, which differ in number and position, meet in one set of clus
   argmax(x W_r). A query's output is scaled by its routing probability (as a mixture-of-experts gate, so W_r
   learns), and the auxiliary loss is the load balance K · sum_c f_c · P_c of the keys (Switch Transformer).
 
-Each cluster holds at most w = ceil(capacity · n / K) keys (its w nearest to the centroid, or of highest
-routing score); a query scores the w keys of its cluster. The auxiliary loss, times `aux_weight`, reaches the
-training loop through `Kernel.aux_loss`. Padding keys are never routed (a padded row routes like the row
-alone); a query whose cluster holds no key gets a zero output, never NaN. With one cluster and capacity >= 1
-every query sees every key: full attention. Cost O(n·K + m·w).
+Queries and keys are then sorted together by (cluster, position) and cut into chunks of `chunk` items; the
+queries of a chunk attend to the keys of that chunk and the one before (`sorted_chunk_attention`, shared
+with lsh), so a query sees the keys of its cluster nearest to it in position, at a fixed cost per query
+however the clusters are balanced. The auxiliary loss, times `aux_weight`, reaches the training loop
+through `Kernel.aux_loss`. Padding is never routed (a padded row sorts and chunks like the row alone); a
+query whose chunks hold no key gets a zero output, never NaN. With one cluster and chunk >= m + n every
+query sees every key: full attention. Cost O(n·K + (m + n)·chunk).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqcompress.kernels import Capabilities, Kernel, attend_gathered, register_kernel
+from seqcompress.kernels import Capabilities, Kernel, register_kernel, sorted_chunk_attention
 
 ROUTERS = ("kmeans", "learned")
 
@@ -35,19 +37,19 @@ ROUTERS = ("kmeans", "learned")
 class RoutingAttention(Kernel):
     capabilities = Capabilities(
         resizing=True, key_mask=True, bias=True, rotary=True,
-        complexity="O(n·K + m·w) for K clusters of w = capacity·n/K keys", max_length="any",
-        options={"clusters": 8, "capacity": 2.0, "router": "kmeans", "centroid_decay": 0.999, "aux_weight": 0.01},
+        complexity="O(n·K + n·c) for K clusters, chunks of c items", max_length="any",
+        options={"clusters": 8, "chunk": 64, "router": "kmeans", "centroid_decay": 0.999, "aux_weight": 0.01},
         summary="queries and keys routed to content clusters (online k-means or a learned W_r)",
     )
 
     def __init__(self, geometry, heads, head_dim, dropout, options) -> None:
         super().__init__(geometry, heads, head_dim, dropout, options)
-        self.clusters, self.capacity = int(options["clusters"]), float(options["capacity"])
+        self.clusters, self.chunk = int(options["clusters"]), int(options["chunk"])
         self.router, self.decay, self.weight = str(options["router"]), float(options["centroid_decay"]), float(
             options["aux_weight"])
-        if self.clusters < 1 or not self.capacity > 0:
-            raise ValueError(f"routing attention needs clusters >= 1 and capacity > 0, got {self.clusters} and "
-                             f"{self.capacity}")
+        if self.clusters < 1 or self.chunk < 1:
+            raise ValueError(f"routing attention needs clusters >= 1 and chunk >= 1, got {self.clusters} and "
+                             f"{self.chunk}")
         if self.router not in ROUTERS:
             raise ValueError(f"routing attention's router must be one of {', '.join(ROUTERS)}, got {self.router!r}")
         if not 0 <= self.decay < 1 or self.weight < 0:
@@ -64,7 +66,7 @@ class RoutingAttention(Kernel):
             return torch.einsum("bhld,hdk->bhlk", x.float(), self.route)
         return torch.einsum("bhld,hkd->bhlk", F.normalize(x.float(), dim=-1), self.centroids.float())
 
-    def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, state=None):
+    def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, query_mask=None, state=None):
         b, h, m, d = q.shape
         n = k.shape[2]
         self.aux_loss = None
@@ -72,24 +74,10 @@ class RoutingAttention(Kernel):
             return q.new_zeros(b, h, m, d), state
         real = torch.ones(b, n, dtype=torch.bool, device=q.device) if key_mask is None else key_mask
         k_logits = self._logits(torch.where(real[:, None, :, None], k, 0.0))  # NaN padding never routed
-        k_cluster = k_logits.argmax(dim=-1)  # (B, H, N)
         q_logits = self._logits(q)
-        q_cluster = q_logits.argmax(dim=-1)  # (B, H, M)
-        # Capacity from each row's own length, so that a padded row routes exactly like the row alone.
-        n_real = real.sum(dim=1)  # (B,)
-        w_row = torch.minimum(n_real, torch.ceil(self.capacity * n_real / self.clusters).long())  # (B,)
-        w = max(int(w_row.max()), 1)
-        with torch.no_grad():  # each cluster's w keys: its own keys, the nearest (highest scoring) first
-            own = k_cluster[..., None] == torch.arange(self.clusters, device=q.device)  # (B, H, N, K)
-            fit = k_logits.detach().masked_fill(~(own & real[:, None, :, None]), float("-inf"))
-            best, members = fit.topk(w, dim=2)  # (B, H, w, K)
-            within = torch.arange(w, device=q.device)[None, :] < w_row[:, None]  # (B, w)
-            valid = torch.isfinite(best) & within[:, None, :, None]
-            members, valid = members.transpose(2, 3), valid.transpose(2, 3)  # (B, H, K, w)
-            pick = q_cluster[..., None].expand(-1, -1, -1, w)  # (B, H, M, w)
-            key_idx = torch.gather(members, 2, pick)
-            allowed = torch.gather(valid, 2, pick)
-        out, _ = attend_gathered(q, k, v, key_idx, allowed, q_pos, k_pos, positions, self)
+        k_cluster, q_cluster = k_logits.argmax(dim=-1), q_logits.argmax(dim=-1)  # (B, H, N), (B, H, M)
+        out, _ = sorted_chunk_attention(q, k, v, q_cluster, k_cluster, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask,
+                                        query_mask=query_mask, chunk=self.chunk, positions=positions, kernel=self)
         if self.route is not None:  # the gate through which W_r learns
             out = out * torch.softmax(q_logits, dim=-1).gather(-1, q_cluster[..., None])
         if self.training:
