@@ -157,9 +157,8 @@ def test_lowrank_with_rank_n_and_identity_projection_is_full_attention(scheme):
     assert not torch.allclose(small, full, atol=1e-3)
 
 
-@pytest.mark.parametrize("scheme", ["none", "alibi", "t5", "rope"])
-@pytest.mark.parametrize("kind", ["reduce", "self"])
-def test_lsh_with_one_bucket_and_a_chunk_as_long_as_the_input_is_full_attention(kind, scheme):
+def _limit_case(kind: str, scheme: str):
+    """Kernel inputs with a padded row, a position scheme (a random T5 table) and full attention's output."""
     m = 6 if kind == "reduce" else 12
     q, k, v, key_mask, geometry, q_pos, k_pos = _kernel_inputs(kind, m=m)
     positions = make_positions(scheme, 2, 8, {})
@@ -167,9 +166,16 @@ def test_lsh_with_one_bucket_and_a_chunk_as_long_as_the_input_is_full_attention(
         torch.nn.init.normal_(positions.table)
     args = dict(q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, q_spans=geometry.key_spans(m), positions=positions)
     full, _ = make_kernel("full", geometry, 2, 8, 0.0, {})(q, k, v, **args)
+    return (q, k, v), geometry, args, full
+
+
+@pytest.mark.parametrize("scheme", ["none", "alibi", "t5", "rope"])
+@pytest.mark.parametrize("kind", ["reduce", "self"])
+def test_lsh_with_one_bucket_and_a_chunk_as_long_as_the_input_is_full_attention(kind, scheme):
+    qkv, geometry, args, full = _limit_case(kind, scheme)
     one = make_kernel("lsh", geometry, 2, 8, 0.0, {"hash_buckets": 1, "hash_rounds": 2, "chunk": 24})
-    torch.testing.assert_close(one(q, k, v, **args)[0], full, atol=1e-5, rtol=0)
-    hashed, _ = make_kernel("lsh", geometry, 2, 8, 0.0, {"hash_buckets": 4, "hash_rounds": 1, "chunk": 2})(q, k, v, **args)
+    torch.testing.assert_close(one(*qkv, **args)[0], full, atol=1e-5, rtol=0)
+    hashed, _ = make_kernel("lsh", geometry, 2, 8, 0.0, {"hash_buckets": 4, "hash_rounds": 1, "chunk": 2})(*qkv, **args)
     assert not torch.allclose(hashed, full, atol=1e-3)
 
 
@@ -194,18 +200,12 @@ def test_lsh_queries_and_keys_share_one_hashing_and_a_query_sees_two_chunks_only
 @pytest.mark.parametrize("scheme", ["none", "alibi", "t5"])
 @pytest.mark.parametrize("kind", ["reduce", "self"])
 def test_routing_with_one_cluster_is_full_attention(kind, scheme):
-    m = 6 if kind == "reduce" else 12
-    q, k, v, key_mask, geometry, q_pos, k_pos = _kernel_inputs(kind, m=m)
-    positions = make_positions(scheme, 2, 8, {})
-    if scheme == "t5":
-        torch.nn.init.normal_(positions.table)
-    args = dict(q_pos=q_pos, k_pos=k_pos, key_mask=key_mask, q_spans=geometry.key_spans(m), positions=positions)
-    full, _ = make_kernel("full", geometry, 2, 8, 0.0, {})(q, k, v, **args)
+    qkv, geometry, args, full = _limit_case(kind, scheme)
     one = make_kernel("routing", geometry, 2, 8, 0.0, {"clusters": 1, "chunk": 24, "router": "kmeans",
                                                        "centroid_decay": 0.9, "aux_weight": 0.01})
-    torch.testing.assert_close(one(q, k, v, **args)[0], full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(one(*qkv, **args)[0], full, atol=1e-5, rtol=0)
     many, _ = make_kernel("routing", geometry, 2, 8, 0.0, {"clusters": 4, "chunk": 3, "router": "kmeans",
-                                                           "centroid_decay": 0.9, "aux_weight": 0.01})(q, k, v, **args)
+                                                           "centroid_decay": 0.9, "aux_weight": 0.01})(*qkv, **args)
     assert torch.isfinite(many).all() and not torch.allclose(many, full, atol=1e-3)
 
 

@@ -613,7 +613,7 @@ class AudioWriter(Writer):
             self.sound.close()
 
 
-class _WavHeaderFix:
+class _WavHeaderFix(_CountingSink):
     """The file a WAV is written into, through libsndfile, with two fixes to the header libsndfile writes (first
     and again with the final sizes when it closes, each time in one write at offset 0):
 
@@ -629,8 +629,8 @@ class _WavHeaderFix:
     _END = 36  # end of a 16-byte fmt body: where the extension goes
 
     def __init__(self, file: BinaryIO, channel_mask: int | None) -> None:
+        super().__init__()  # pos and size: libsndfile's view of the file, without the inserted bytes
         self.file, self.mask = file, channel_mask
-        self.pos = self.size = 0  # in libsndfile's view of the file, without the inserted bytes
         self.shift = 0  # bytes inserted after _END
 
     def write(self, data: bytes) -> int:
@@ -641,9 +641,7 @@ class _WavHeaderFix:
         else:
             self.file.seek(self.pos + (self.shift if self.pos >= self._END else 0))
             self.file.write(data)
-        self.pos += len(data)
-        self.size = max(self.size, self.pos)
-        return len(data)
+        return super().write(data)
 
     def _fixed(self, head: bytes) -> bytes:
         if len(head) < self._END or head[:4] != b"RIFF" or head[8:16] != b"WAVEfmt ":
@@ -657,16 +655,6 @@ class _WavHeaderFix:
         if tag == _WAVE_FORMAT_EXTENSIBLE and fmt_size >= 24 and self.mask is not None and len(head) >= self._BODY + 24:
             return head[: self._BODY + 20] + struct.pack("<I", self.mask) + head[self._BODY + 24 :]
         return head
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.size + offset
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
-    def read(self, count: int = -1) -> bytes:
-        return b""  # libsndfile reads nothing back from a file it writes
 
 
 # ---- objective -----------------------------------------------------------------------------------------
