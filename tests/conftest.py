@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import pytest
 import torch
 
@@ -44,3 +47,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ---- a domain's writer without a model: for tests that hand it crafted side information -----------------
+def write_pieces(domain, pieces, name: str) -> None:
+    """Pieces through the domain's writer into memory, sides through JSON as a .sqz chunk stores them."""
+    writer = domain.codec.open_writer(io.BytesIO(), name, {"settings": domain.settings.state()})
+    for windows, side in pieces:
+        writer.write(windows, json.loads(json.dumps(side)))
+    writer.close()
+
+
+def legacy_split(domain, side: dict, windows: list) -> list:
+    """A format-1 side block and the file's windows as the pieces the codec's legacy mapping makes of them."""
+    start, pieces = 0, []
+    for count, piece_side in domain.codec.legacy_pieces(side, [len(w) for w in windows]):
+        pieces.append((windows[start : start + count], piece_side))
+        start += count
+    return pieces

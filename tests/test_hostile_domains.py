@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import functools
 import gzip
-import io
 import json
 import os
 import struct
@@ -34,6 +33,7 @@ from seqcompress.domains.dna import DnaDomain
 from seqcompress.domains.text import TextDomain
 from seqcompress.domains.timeseries import TimeSeriesDomain
 from seqcompress.errors import FormatError, InputError
+from tests.conftest import legacy_split, write_pieces
 
 HEADROOM = 200 << 20  # bytes of address space a case may add to what is mapped before it runs
 ALARM_S = 10  # a case still running after this long has hung
@@ -41,14 +41,6 @@ FAST_S = 2.0  # a refusal takes at most this long
 
 
 # ---- crafted side information (run in a subprocess: see _run_cases) ---------------------------------------
-def _write(domain, name: str, pieces) -> None:
-    """Pieces through the domain's writer into memory, sides through JSON as a .sqz chunk stores them."""
-    writer = domain.codec.open_writer(io.BytesIO(), name, {"settings": domain.settings.state()})
-    for windows, side in pieces:
-        writer.write(windows, json.loads(json.dumps(side)))
-    writer.close()
-
-
 @functools.cache
 def _real(name: str):
     """(domain, first piece's windows, its side, the rest of the pieces) of the bundled sample."""
@@ -80,23 +72,14 @@ def _side_case(name: str, edit, legacy: bool = False):
     edit(side)
     out = {"dna": "out.fa", "timeseries": "out.csv", "audio": "out.wav", "text": "out.txt"}[name]
     if not legacy:
-        return lambda: _write(domain, out, [(windows, side), *rest])
-
-    def run():
-        lengths = [len(w) for w in windows]
-        start, pieces = 0, []
-        for count, piece_side in domain.codec.legacy_pieces(side, lengths):
-            pieces.append((windows[start : start + count], piece_side))
-            start += count
-        _write(domain, out, pieces)
-
-    return run
+        return lambda: write_pieces(domain, [(windows, side), *rest], out)
+    return lambda: write_pieces(domain, legacy_split(domain, side, windows), out)
 
 
 def _piece_case(name: str, side: object):
     """A case: the bundled sample's first windows written with `side` (not even a JSON object)."""
     domain, windows, _, _ = _real(name)
-    return lambda: _write(domain, "out", [(windows, side)])
+    return lambda: write_pieces(domain, [(windows, side)], "out")
 
 
 def _dna_v1_side(lines, length: int, fastq_qualities: str | None = None) -> dict:
