@@ -10,6 +10,7 @@ These are what the CLI calls; they work the same from Python:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ import torch
 from seqcompress.defaults import CHUNK_WINDOWS, DEFAULT_BATCH, STORED_DTYPE
 from seqcompress.domain import Domain, check_data_paths
 from seqcompress.domains import get_domain
-from seqcompress.errors import InputError, ModelFileError
+from seqcompress.errors import InputError, ModelFileError, WriteError
 from seqcompress.format import DTYPES
 from seqcompress.model import CONFIG_FILE, ModelConfig, build_model, check_config_against_weights, load_model
 from seqcompress.train import (
@@ -172,8 +173,8 @@ def _save_model(model, out_dir: Path, domain: dict, summary: dict) -> None:
     times the model's size) and try once more, so the training is not lost for want of its own checkpoint."""
     try:
         model.save(out_dir, domain=domain, drop=(CHECKPOINT_DIR,))
-    except InputError as exc:
-        if "No space left" not in str(exc) or not (out_dir / CHECKPOINT_DIR).exists():
+    except WriteError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not (out_dir / CHECKPOINT_DIR).exists():
             raise
         shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
         log.warning("the disk was full: removed the checkpoint to make room for the model")

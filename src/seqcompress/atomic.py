@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO
 
 from seqcompress import faults
-from seqcompress.errors import InputError, ModelFileError
+from seqcompress.errors import InputError, ModelFileError, WriteError
 
 log = logging.getLogger("seqcompress")
 
@@ -156,7 +156,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     try:
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=parent)
     except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}", exc.errno) from None
     try:
         try:
             with os.fdopen(fd, mode, encoding=encoding) as handle:
@@ -170,7 +170,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
             # A full disk or a file-size limit while writing (no file name: the error is the handle's, not an
             # input's that the block was reading) is the output's failure: name the output, not the temporary.
             if exc.errno in _WRITE_ERRORS and exc.filename in (None, tmp):
-                raise InputError(f"cannot write {path}: {os.strerror(exc.errno)}") from None
+                raise WriteError(f"cannot write {path}: {os.strerror(exc.errno)}", exc.errno) from None
             raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -299,7 +299,7 @@ def atomic_directory(path: str | os.PathLike, carry_over: bool = False, drop: tu
             _fsync_dir(parent)
         except OSError as exc:
             if exc.errno in _WRITE_ERRORS:
-                raise InputError(f"cannot write {path}: {os.strerror(exc.errno)}") from None
+                raise WriteError(f"cannot write {path}: {os.strerror(exc.errno)}", exc.errno) from None
             raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

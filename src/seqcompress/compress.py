@@ -34,7 +34,7 @@ from seqcompress.errors import FormatError, InputError, ModelMismatchError
 from seqcompress.format import LatentReader, LatentWriter, bytes_per_value, check_model, dequantize, make_header, quantize
 from seqcompress.lengths import length_mask
 from seqcompress.model import FINGERPRINT_NEUTRAL, SequenceAutoencoder
-from seqcompress.streams import input_path, is_stdio, output_file, sha256_of
+from seqcompress.streams import input_path, output_file, sha256_of
 
 OUTPUT_SLICE = 1 << 22  # values of model output computed at once when decoding (16 MB of float32)
 Progress = Callable[[int, "int | None"], None]  # (windows done, windows in all when known)

@@ -9,6 +9,14 @@ class InputError(SeqCompressError):
     """Bad user input: a missing, empty or unreadable data file, a bad option value."""
 
 
+class WriteError(InputError):
+    """An output that could not be written (a full disk, a read-only folder); `errno` says which."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 class ModelFileError(SeqCompressError):
     """A model directory that is missing, incomplete or not a seqcompress model."""
 

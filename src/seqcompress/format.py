@@ -44,7 +44,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from seqcompress.errors import FormatError, ModelMismatchError
-from seqcompress.lengths import latent_length
+from seqcompress.lengths import stage_lengths
 
 MAGIC = b"\x89SQZ\r\n\x1a\n"
 FORMAT_VERSION = 2
@@ -437,9 +437,7 @@ class LatentReader:
 
     def _latent_length(self, length: int) -> int:
         model = self.header["model"]
-        for ratio in model.get("stages") or [model["ratio"]]:
-            length = latent_length(length, ratio)
-        return length
+        return stage_lengths(length, model.get("stages") or [model["ratio"]])[-1]
 
     def _v1_chunks(self, f: BinaryIO, dim: int, dtype: torch.dtype, codec: str) -> Iterator[Chunk]:
         end = self.size - _CHECKSUM_BYTES

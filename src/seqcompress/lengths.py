@@ -30,6 +30,14 @@ def latent_length(length: int, ratio: float) -> int:
     return max(1, math.ceil(length * as_fraction(ratio)))
 
 
+def stage_lengths(length: int, ratios: list[float]) -> list[int]:
+    """[L, m_1, ..., m_S]: the length after each reduction stage of the given ratios."""
+    out = [length]
+    for r in ratios:
+        out.append(latent_length(out[-1], r))
+    return out
+
+
 def length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     """(B,) lengths -> (B, size) bool mask, True where the position is real (not padding)."""
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]  # (B, size)

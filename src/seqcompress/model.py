@@ -32,7 +32,7 @@ from seqcompress.errors import InputError, ModelFileError
 from seqcompress import faults
 from seqcompress.atomic import atomic_directory, finish_commit, interrupted_replacement
 from seqcompress.kernels import KERNELS, Kernel, check_combination, make_kernel
-from seqcompress.lengths import Geometry, latent_length, latent_positions, length_mask
+from seqcompress.lengths import Geometry, latent_length, latent_positions, length_mask, stage_lengths
 from seqcompress.positions import POSITIONS, make_positions
 from seqcompress.reducers import REDUCERS
 from seqcompress.resize import RESIZE_INITS, RESIZES
@@ -146,10 +146,7 @@ class ModelConfig:
 
     def stage_lengths(self, length: int) -> list[int]:
         """[L, m_1, ..., m_S]: the length after each stage."""
-        out = [length]
-        for r in self.stage_ratios:
-            out.append(latent_length(out[-1], r))
-        return out
+        return stage_lengths(length, self.stage_ratios)
 
     @property
     def m_max(self) -> int:

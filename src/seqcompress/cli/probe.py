@@ -15,7 +15,7 @@ import typer
 
 from seqcompress.cli.options import TRAIN_BATCH, LR, LR_END, DECAY_EPOCHS, D_MODEL, HEADS, LAYERS, LATENT_DIM, DEVICE, DOMAIN_OPTION
 
-from seqcompress.defaults import DEFAULT_BATCH, STORED_DTYPE
+from seqcompress.defaults import STORED_DTYPE
 from seqcompress.domains import DEFAULT_DOMAIN
 
 

@@ -19,8 +19,6 @@ sees every key: full attention. The rotations are drawn once, from the model's s
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 

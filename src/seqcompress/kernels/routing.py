@@ -73,7 +73,8 @@ class RoutingAttention(Kernel):
         if m == 0 or n == 0:
             return q.new_zeros(b, h, m, d), state
         real = torch.ones(b, n, dtype=torch.bool, device=q.device) if key_mask is None else key_mask
-        k_logits = self._logits(torch.where(real[:, None, :, None], k, 0.0))  # NaN padding never routed
+        k_real = torch.where(real[:, None, :, None], k, 0.0)  # NaN padding never routed
+        k_logits = self._logits(k_real)
         q_logits = self._logits(q)
         k_cluster, q_cluster = k_logits.argmax(dim=-1), q_logits.argmax(dim=-1)  # (B, H, N), (B, H, M)
         out, _ = sorted_chunk_attention(q, k, v, q_cluster, k_cluster, q_pos=q_pos, k_pos=k_pos, key_mask=key_mask,
@@ -81,12 +82,12 @@ class RoutingAttention(Kernel):
         if self.route is not None:  # the gate through which W_r learns
             out = out * torch.softmax(q_logits, dim=-1).gather(-1, q_cluster[..., None])
         if self.training:
-            self.aux_loss = self.weight * self._aux(k, k_logits, k_cluster, real)
+            self.aux_loss = self.weight * self._aux(k_real, k_logits, k_cluster, real)
         return out.to(q.dtype), state
 
-    def _aux(self, k, k_logits, k_cluster, real) -> torch.Tensor:
-        """Commitment (k-means) or balance (learned) over the real keys; k-means also keeps the batch's cluster
-        sums for `after_step`."""
+    def _aux(self, k_real, k_logits, k_cluster, real) -> torch.Tensor:
+        """Commitment (k-means) or balance (learned) over the real keys (`k_real`: padding zeroed); k-means also
+        keeps the batch's cluster sums for `after_step`."""
         weight = real[:, None, :].expand_as(k_cluster).float()  # (B, H, N)
         count = weight.sum().clamp(min=1.0)
         if self.route is not None:  # K · sum_c f_c · P_c per head: 1 when balanced, K when all in one cluster
@@ -94,12 +95,11 @@ class RoutingAttention(Kernel):
             f = (F.one_hot(k_cluster, self.clusters).float() * weight[..., None]).sum(dim=(0, 2)) / per_head
             p = (torch.softmax(k_logits, dim=-1) * weight[..., None]).sum(dim=(0, 2)) / per_head
             return self.clusters * (f * p).sum(dim=-1).mean()
-        unit = F.normalize(torch.where(real[:, None, :, None], k, 0.0).float(), dim=-1)  # (B, H, N, Dh)
-        assigned = self.centroids[torch.arange(k.shape[1], device=k.device)[None, :, None], k_cluster]  # (B, H, N, Dh)
-        commitment = ((1 - (unit * assigned).sum(dim=-1)) * weight).sum() / count
+        # k-means logits are cosines to the centroids: the assigned one's is the largest.
+        commitment = ((1 - k_logits.max(dim=-1).values) * weight).sum() / count
         with torch.no_grad():
             onehot = F.one_hot(k_cluster, self.clusters).float() * weight[..., None]  # (B, H, N, K)
-            sums = torch.einsum("bhnk,bhnd->hkd", onehot, unit.detach())
+            sums = torch.einsum("bhnk,bhnd->hkd", onehot, F.normalize(k_real.float(), dim=-1))
             self._pending = (sums, onehot.sum(dim=(0, 2)))  # (H, K, Dh), (H, K)
         return commitment
 
