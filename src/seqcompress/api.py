@@ -192,6 +192,7 @@ _RECORDED = {
     "heads": ("model", "heads"), "layers": ("model", "layers"), "latent_dim": ("model", "latent_dim"),
     "resize_init": ("model", "resize_init"), "attention": ("model", "attention"),
     "positions": ("model", "positions"), "resize": ("model", "resize"), "domain": ("domain", "name"),
+    "memory": ("model", "memory"), "run_windows": ("options", "run_windows"),
 }
 
 

@@ -22,13 +22,14 @@ Notation: B batch, N padded input length, M padded output length, D model width,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from seqcompress.kernels import Kernel
 from seqcompress.lengths import latent_length, length_mask, pooling_matrix
+from seqcompress.memory import MemoryRows
 from seqcompress.positions import PositionScheme
 from seqcompress.resize import RelativeResize, ResizeMatrix
 
@@ -42,7 +43,8 @@ class Layout:
 
     in_mask (B, N), out_mask (B, M): True where real. all_real: no padding at all (SDPA may skip the mask).
     in_pos (N,), out_pos (M,): positions in input-index units. spans (M, 2): the keys each output row stands
-    for (`Geometry.key_spans`). positions: the stack's scheme, or None.
+    for (`Geometry.key_spans`). positions: the stack's scheme, or None. memory: the block's memory rows
+    (`seqcompress.memory`), extra keys and values before the window's, or None.
     """
 
     in_mask: torch.Tensor
@@ -52,6 +54,7 @@ class Layout:
     out_pos: torch.Tensor
     spans: torch.Tensor
     positions: PositionScheme | None = None
+    memory: MemoryRows | None = None
 
     @property
     def key_mask(self) -> torch.Tensor | None:
@@ -75,14 +78,19 @@ class Attention(nn.Module):
         self.kernel = kernel
 
     def forward(self, queries: torch.Tensor, inputs: torch.Tensor, layout: Layout) -> torch.Tensor:
+        k_pos, key_mask, memory = layout.in_pos, layout.key_mask, layout.memory
+        if memory is not None:  # memory rows are keys and values before the window's own (R + N of them)
+            inputs = torch.cat([memory.states, inputs], dim=1)  # (B, R + N, D)
+            k_pos = torch.cat([memory.pos, k_pos])
+            key_mask = torch.cat([memory.mask, layout.in_mask], dim=1)
         b, m, d = queries.shape
         n, h = inputs.shape[1], self.heads
         q = self.q(queries).view(b, m, h, d // h).transpose(1, 2)  # (B, H, M, Dh)
         k, v = self.kv(inputs).view(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, N, Dh)
         scheme = layout.positions
         if scheme is not None and scheme.rotary:
-            q, k = scheme.rotate(q, layout.out_pos), scheme.rotate(k, layout.in_pos)
-        y, _ = self.kernel(q, k, v, q_pos=layout.out_pos, k_pos=layout.in_pos, key_mask=layout.key_mask,
+            q, k = scheme.rotate(q, layout.out_pos), scheme.rotate(k, k_pos)
+        y, _ = self.kernel(q, k, v, q_pos=layout.out_pos, k_pos=k_pos, key_mask=key_mask,
                            q_spans=layout.spans, positions=scheme,
                            query_mask=None if layout.all_real else layout.out_mask)  # (B, H, M, Dh)
         return self.out(y.transpose(1, 2).reshape(b, m, d))  # (B, M, D)
@@ -122,6 +130,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
         """x: (B, N, D); returns (B, M, D) with rows outside layout.out_mask zero."""
         xn = self.norm1(x)  # (B, N, D)
+        if layout.memory is not None:  # memory holds earlier inputs of this block: normalised as its own are
+            layout = replace(layout, memory=layout.memory._replace(states=self.norm1(layout.memory.states)))
         if self.resize is not None:
             y = self.resize.mix(x, xn, self.attn, layout)  # (B, M, D)
         else:

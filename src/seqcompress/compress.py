@@ -10,7 +10,9 @@ Files (`-` is stdin or stdout):
 Everything streams: the domain's codec yields pieces (a few windows and their side information) as it
 reads; pieces are grouped into chunks of about `chunk_windows` windows, encoded `batch_size` windows at a
 time and written as they are done; decode reads a chunk, decodes it and hands its pieces to the codec's
-writer. Memory holds one chunk, never a file. Quantisation (float16, bfloat16, int8) is per chunk, and
+writer. Memory holds one chunk, never a file. A model with memory (`seqcompress.memory`) encodes and
+decodes the windows in file order, each stack carrying its streams' memory from batch to batch and chunk
+to chunk; each chunk stores its windows' links, so decode replays the same memory. Quantisation (float16, bfloat16, int8) is per chunk, and
 `evaluate_stream` groups and quantises exactly as `encode_file` does, so its metric is the metric of what
 `decode` writes.
 """
@@ -33,6 +35,7 @@ from seqcompress.domain import Domain, Objective, Piece, check_data_paths
 from seqcompress.errors import FormatError, InputError, ModelMismatchError
 from seqcompress.format import LatentReader, LatentWriter, bytes_per_value, check_model, dequantize, make_header, quantize
 from seqcompress.lengths import length_mask
+from seqcompress.memory import Link, Memory, file_links
 from seqcompress.model import FINGERPRINT_NEUTRAL, SequenceAutoencoder
 from seqcompress.streams import input_path, output_file, sha256_of
 
@@ -55,36 +58,50 @@ def collate(windows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---- in memory -----------------------------------------------------------------------------------------
+def _plan(memory: Memory | None, links: list[Link] | None, lengths: list[int], first: int):
+    """The memory plan of the windows first.. of a call, or None for a model without memory."""
+    if memory is None:
+        return None
+    if links is None:
+        raise InputError("a model with memory needs each window's link (stream and record start)")
+    return memory.batch(links[first : first + len(lengths)], lengths)
+
+
 def encode_batches(
-    model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: int = DEFAULT_BATCH
+    model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: int = DEFAULT_BATCH,
+    links: list[Link] | None = None, memory: Memory | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """For each batch of windows: its latent lengths and its real latent rows stacked, (sum m_b, latent_dim)."""
+    """For each batch of windows: its latent lengths and its real latent rows stacked, (sum m_b, latent_dim).
+    With `memory` (the encoder's, `model.memory()`), the windows are consecutive in their file and `links`
+    gives each one's Link."""
     model.eval()
     device = _device(model)
     with torch.inference_mode():
         for i in range(0, len(windows), batch_size):
             x, lengths = collate(windows[i : i + batch_size])
-            z, latent_lengths = model.encode(x.to(device), lengths.to(device))  # (B, M, latent_dim), (B,)
+            plan = _plan(memory, links, lengths.tolist(), i)
+            z, latent_lengths = model.encode(x.to(device), lengths.to(device), plan)  # (B, M, latent_dim), (B,)
             m = latent_lengths.tolist()
             yield m, torch.cat([z[b, : m[b]] for b in range(len(m))]).float().cpu()  # (sum m_b, latent_dim)
 
 
-def encode_rows(model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: int = DEFAULT_BATCH) -> torch.Tensor:
+def encode_rows(model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: int = DEFAULT_BATCH,
+                links: list[Link] | None = None, memory: Memory | None = None) -> torch.Tensor:
     """The real latent rows of consecutive windows, stacked: (sum m_b, latent_dim)."""
-    parts = [rows for _, rows in encode_batches(model, windows, batch_size)]
+    parts = [rows for _, rows in encode_batches(model, windows, batch_size, links, memory)]
     return torch.cat(parts) if parts else torch.zeros(0, model.config.latent_dim)
 
 
-def decode_padded(model: SequenceAutoencoder, rows: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+def decode_padded(model: SequenceAutoencoder, rows: torch.Tensor, lengths: list[int], plan=None) -> torch.Tensor:
     """Latent rows of consecutive windows (sum m_b, latent_dim) -> model output (B, N, ...) on the CPU,
-    N = max(lengths); positions past a window's length are zero."""
+    N = max(lengths); positions past a window's length are zero. `plan`: the decoder's memory plan."""
     model.eval()
     device = _device(model)
     m = [model.config.latent_length(n) for n in lengths]
     padded = _pad_rows(rows, m)  # (B, M, latent_dim)
     lengths_t = torch.tensor(lengths, device=device)
     with torch.inference_mode():
-        out = model.decode(padded.to(device), torch.tensor(m, device=device), lengths_t)  # (B, N, ...)
+        out = model.decode(padded.to(device), torch.tensor(m, device=device), lengths_t, memory=plan)  # (B, N, ...)
         mask = length_mask(lengths_t, out.shape[1])  # (B, N)
         return out.masked_fill(~mask.view(*mask.shape, *[1] * (out.dim() - 2)), 0).cpu()
 
@@ -92,9 +109,11 @@ def decode_padded(model: SequenceAutoencoder, rows: torch.Tensor, lengths: list[
 def decode_rows(
     model: SequenceAutoencoder, rows: torch.Tensor, lengths: list[int], batch_size: int = DEFAULT_BATCH,
     prediction: Callable[[torch.Tensor], torch.Tensor] = lambda out: out,
+    links: list[Link] | None = None, memory: Memory | None = None,
 ) -> list[torch.Tensor]:
     """Latent rows of consecutive windows (sum m_b, latent_dim) -> one reconstruction per window, decoded
-    `batch_size` windows at a time; `prediction` turns model output (B, N, ...) into the form kept.
+    `batch_size` windows at a time; `prediction` turns model output (B, N, ...) into the form kept. With
+    `memory` (the decoder's), `links` gives each window's Link, as at encode.
 
     The output layer and `prediction` run on slices of positions holding at most OUTPUT_SLICE values, so a
     30,522-way vocabulary never materialises B x N x V logits (500 MB for 8 windows of 512 tokens)."""
@@ -110,7 +129,7 @@ def decode_rows(
         start += sum(m)
         with torch.inference_mode():
             states = model.decode(padded.to(device), torch.tensor(m, device=device), torch.tensor(batch, device=device),
-                                  hidden=True)  # (B, N, D)
+                                  hidden=True, memory=_plan(memory, links, batch, i))  # (B, N, D)
             step = max(1, OUTPUT_SLICE // (len(batch) * width))
             buffer = states.new_empty(len(batch) * step * width)  # reused by every slice of this batch
             slices = []
@@ -138,24 +157,34 @@ def _pad_rows(rows: torch.Tensor, m: list[int]) -> torch.Tensor:
     return padded
 
 
-def encode(model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: int = DEFAULT_BATCH) -> list[torch.Tensor]:
-    """One latent tensor (m_b, latent_dim) per window."""
+def _in_memory(model: SequenceAutoencoder, links: list[Link] | None, count: int):
+    """(links, memory) for in-memory windows: without links each window is a record of its own."""
+    if not model.config.memory:
+        return None, None
+    return (list(links) if links is not None else [Link(0, True)] * count), model.memory()
+
+
+def encode(model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: int = DEFAULT_BATCH,
+           links: list[Link] | None = None) -> list[torch.Tensor]:
+    """One latent tensor (m_b, latent_dim) per window (for a model with memory, `links` in file order)."""
     latents: list[torch.Tensor] = []
-    for m, rows in encode_batches(model, windows, batch_size):
+    links, memory = _in_memory(model, links, len(windows))
+    for m, rows in encode_batches(model, windows, batch_size, links, memory):
         latents += list(torch.split(rows, m))
     return latents
 
 
 def decode(
     model: SequenceAutoencoder, latents: list[torch.Tensor], lengths: list[int], batch_size: int = DEFAULT_BATCH,
-    prediction: Callable[[torch.Tensor], torch.Tensor] = lambda out: out,
+    prediction: Callable[[torch.Tensor], torch.Tensor] = lambda out: out, links: list[Link] | None = None,
 ) -> list[torch.Tensor]:
-    """One reconstruction per window from its latents and its original length."""
+    """One reconstruction per window from its latents and its original length (and its link, as at encode)."""
     if len(latents) != len(lengths):
         raise InputError(f"{len(latents)} latent tensors but {len(lengths)} lengths")
     if not latents:
         return []
-    return decode_rows(model, torch.cat(latents), lengths, batch_size, prediction)
+    links, memory = _in_memory(model, links, len(lengths))
+    return decode_rows(model, torch.cat(latents), lengths, batch_size, prediction, links, memory)
 
 
 # ---- chunks: pieces grouped, encoded and quantised as a file stores them ------------------------------
@@ -175,10 +204,12 @@ def group_chunks(pieces: Iterable[Piece], chunk_windows: int = CHUNK_WINDOWS) ->
         yield group
 
 
-def as_pieces(windows: Iterable[torch.Tensor]) -> Iterator[Piece]:
-    """Windows without side information (in-memory data), one piece each."""
+def as_pieces(windows: Iterable[torch.Tensor], links: Iterable[Link] | None = None) -> Iterator[Piece]:
+    """Windows without side information (in-memory data), one piece each; without `links`, every window is
+    a record of its own (a model with memory sees no memory)."""
+    links = iter(links) if links is not None else None
     for window in windows:
-        yield Piece([window], {})
+        yield Piece([window], {}, [next(links) if links is not None else Link(0, True)])
 
 
 @dataclass
@@ -195,17 +226,20 @@ def evaluate_stream(
     """The objective's metrics after encode -> store as `dtype` -> decode, chunked exactly as encode_file is."""
     totals = objective.accumulator()
     windows = symbols = 0
-    for group in group_chunks(pieces, chunk_windows):
+    encoder, decoder = (model.memory(), model.memory()) if model.config.memory else (None, None)
+    for group in group_chunks(file_links(pieces), chunk_windows):
         chunk = [w for piece in group for w in piece.windows]
+        links = [link for piece in group for link in piece.links]
         if not chunk:
             continue
-        stored = dequantize(quantize(encode_rows(model, chunk, batch_size), dtype))
+        stored = dequantize(quantize(encode_rows(model, chunk, batch_size, links, encoder), dtype))
         start = 0
         for i in range(0, len(chunk), batch_size):
             batch = chunk[i : i + batch_size]
             lengths = [len(w) for w in batch]
             count = sum(model.config.latent_length(n) for n in lengths)
-            out = decode_padded(model, stored[start : start + count], lengths).float()  # (B, N, ...)
+            out = decode_padded(model, stored[start : start + count], lengths,
+                                _plan(decoder, links, lengths, i)).float()  # (B, N, ...)
             start += count
             target, lengths_t = collate(batch)
             totals.add(out, target, length_mask(lengths_t, target.shape[1]))
@@ -220,11 +254,12 @@ def evaluate_stream(
 
 def evaluate_quantized(
     model: SequenceAutoencoder, domain: Domain | Objective, windows: list[torch.Tensor], dtype: str = "float32",
-    batch_size: int = DEFAULT_BATCH, on_progress: Progress | None = None,
+    batch_size: int = DEFAULT_BATCH, on_progress: Progress | None = None, links: list[Link] | None = None,
 ) -> dict[str, float]:
-    """`evaluate_stream` of in-memory windows (each its own piece): the metrics."""
+    """`evaluate_stream` of in-memory windows (each its own piece, with its Link if given): the metrics."""
     objective = domain.objective if isinstance(domain, Domain) else domain
-    return evaluate_stream(model, objective, as_pieces(windows), dtype, batch_size, on_progress=on_progress).values
+    return evaluate_stream(model, objective, as_pieces(windows, links), dtype, batch_size,
+                           on_progress=on_progress).values
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -232,7 +267,7 @@ def _model_summary(model: SequenceAutoencoder, meta: dict) -> dict:
     c = model.config
     summary = {"fingerprint": meta["fingerprint"], "n_max": c.n_max, "ratio": c.ratio, "latent_dim": c.latent_dim}
     # The attention seam's choices, only where they differ from the paper's (headers before it stay the same).
-    for key in ("stages", "attention", "positions", "resize"):
+    for key in ("stages", "attention", "positions", "resize", "memory"):
         if getattr(c, key) != FINGERPRINT_NEUTRAL[key]:
             summary[key] = getattr(c, key)
     return summary
@@ -252,13 +287,15 @@ def encode_file(
                          dtype=dtype, codec=codec)
     with input_path(path, suffix=Path(str(path)).suffix) as source:
         check_data_paths([source])
-        pieces = domain.codec.iter_windows(source, model.config.n_max)
+        pieces = file_links(domain.codec.iter_windows(source, model.config.n_max))
+        memory = model.memory() if model.config.memory else None
         with output_file(out, overwrite) as stream:
             writer = LatentWriter(stream, header)
             for group in group_chunks(pieces, chunk_windows):
                 windows = [w for piece in group for w in piece.windows]
+                links = [link for piece in group for link in piece.links]
                 writer.add([len(w) for w in windows], [(len(p.windows), p.side) for p in group],
-                           encode_rows(model, windows, batch_size))
+                           encode_rows(model, windows, batch_size, links, memory), links if memory else None)
                 faults.point("encode:chunk-written")
                 if on_progress:
                     on_progress(writer.windows, None)
@@ -302,13 +339,17 @@ def _decoded_pieces(
     block for the whole file: the codec's legacy mapping turns it into pieces, whose windows are collected
     across chunks."""
     n_max, done = model.config.n_max, 0
+    memory = model.memory() if model.config.memory else None
     legacy = iter(domain.codec.legacy_pieces(reader.side, reader.lengths)) if reader.version == 1 else None
     pending = next(legacy, None) if legacy is not None else None
     buffer: list[torch.Tensor] = []
     for chunk in reader.chunks():
         if any(n > n_max for n in chunk.lengths):
             raise FormatError(f"{reader.name} holds a window longer than the model's n_max ({n_max})")
-        windows = decode_rows(model, chunk.latents, chunk.lengths, batch_size, domain.objective.prediction)
+        if memory is not None and chunk.links is None:
+            raise FormatError(f"{reader.name} has no window links, which a model with memory needs to decode it")
+        windows = decode_rows(model, chunk.latents, chunk.lengths, batch_size, domain.objective.prediction,
+                              chunk.links, memory)
         done += len(windows)
         if legacy is None:
             start = 0
@@ -344,7 +385,8 @@ def decode_file(
         if header["domain"] != domain.name:
             raise ModelMismatchError(f"{sqz} holds {header['domain']} latents; the model is a {domain.name} model")
         c = model.config
-        check_model(header, meta["fingerprint"], c.n_max, c.ratio, c.latent_dim, force=force_model, stages=c.stages)
+        check_model(header, meta["fingerprint"], c.n_max, c.ratio, c.latent_dim, force=force_model, stages=c.stages,
+                    memory=c.memory)
         writer_domain = _writer_domain(domain, reader, force_model)
         with output_file(out, overwrite) as stream:
             writer = writer_domain.codec.open_writer(stream, Path(str(out)).name,

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from seqcompress.errors import FormatError, InputError
+from seqcompress.memory import Link, file_links
 
 
 # ---- settings ------------------------------------------------------------------------------------------
@@ -130,10 +131,13 @@ class Piece(NamedTuple):
     """Some consecutive windows of a file and the JSON side information that rebuilds exactly their bytes.
 
     A piece may hold no windows (a record with no bases, the end of a file): its side information still
-    reaches the writer in order."""
+    reaches the writer in order. `links` says, per window, which stream it continues and whether it starts a
+    record (`seqcompress.memory.Link`), for models with memory; None: every window continues the one before
+    (the file's first window starts)."""
 
     windows: list[torch.Tensor]
     side: dict
+    links: list[Link] | None = None
 
 
 class Writer(ABC):
@@ -322,6 +326,12 @@ class Domain(ABC):
     def load_windows(self, paths: list[Path], seq_len: int) -> list[torch.Tensor]:
         """Every window of the files in a list (for the probe and tests, which hold small data)."""
         return list(self.windows(paths, seq_len))
+
+    def linked_windows(self, paths: list[Path], seq_len: int) -> Iterator[tuple[torch.Tensor, Link]]:
+        """Every window of the files, in order, with its Link (memory resets at each file and record)."""
+        for path in check_data_paths([Path(p) for p in paths]):
+            for piece in file_links(self.codec.iter_windows(path, seq_len)):
+                yield from zip(piece.windows, piece.links)
 
 
 # ---- helpers shared by domains ---------------------------------------------------------------------------

@@ -11,7 +11,8 @@ end holds the chunk index and the totals, as zip's central directory does:
     chunks       each: u64 body length, then the body: safetensors bytes (zlib-compressed when the codec
                  is zlib) holding "latents" (rows, latent_dim) in the stored dtype, "scale" (1,) float32
                  for int8, and "info" uint8: UTF-8 JSON {"lengths": run-length window lengths,
-                 "pieces": [[window count, side], ...]}
+                 "pieces": [[window count, side], ...], and for a model with memory "links":
+                 {"streams": run-length stream of each window, "starts": windows that start a record}}
     index        chunk_count entries of _INDEX_ENTRY: offset, body length, windows, latent rows, info bytes
     trailer      UTF-8 JSON: windows, symbols, latent_rows, source {name, size, sha256}
     end record   _END: index offset, chunk count, trailer length, b"SQZINDEX"
@@ -45,6 +46,7 @@ from safetensors.torch import save as st_save
 
 from seqcompress.errors import FormatError, ModelMismatchError
 from seqcompress.lengths import stage_lengths
+from seqcompress.memory import Link
 
 MAGIC = b"\x89SQZ\r\n\x1a\n"
 FORMAT_VERSION = 2
@@ -53,6 +55,7 @@ MAX_V1_HEADER_BYTES = 64 * 1024 * 1024  # format 1 kept every window length and 
 MAX_CHUNK_BYTES = 1024 * 1024 * 1024
 MAX_INFO_BYTES = 64 * 1024 * 1024
 MAX_TRAILER_BYTES = 1024 * 1024
+MAX_STREAMS = 1 << 20  # stream ids in a chunk's links (audio channels are capped far lower)
 _ZLIB_MAX_RATIO = 1032  # deflate's limit: no input inflates to more than this many times its size
 _PREFIX = struct.Struct("<8sHI")  # magic, version, header_len
 _CHUNK_LEN = struct.Struct("<Q")
@@ -134,6 +137,7 @@ def _check_model_section(model: object) -> None:
     stages = model.get("stages", [])
     _need(isinstance(stages, list) and len(stages) <= 64 and all(
         isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in stages), "model stages invalid")
+    _need(_is_int(model.get("memory", 0)), "model memory invalid")
 
 
 def make_header(*, domain: str, settings: dict, model: dict, dtype: str, codec: str) -> dict:
@@ -182,9 +186,12 @@ def _check_v1_header(header: object) -> dict:
 
 
 def check_model(header: dict, fingerprint: str, n_max: int, ratio: float, latent_dim: int, force: bool = False,
-                stages: list[float] | None = None) -> None:
+                stages: list[float] | None = None, memory: int = 0) -> None:
     """Refuse a latent file written by another model (the fingerprint), even with `force` if shapes differ."""
     m = header["model"]
+    if m.get("memory", 0) != memory:
+        raise ModelMismatchError(f"this latent file was encoded with memory {m.get('memory', 0)}; the given model has "
+                                 f"memory {memory} (decode replays the encoder's memory, so they must agree)")
     if [float(s) for s in m.get("stages", [])] != [float(s) for s in stages or []]:
         raise ModelMismatchError(f"this latent file needs a model with reduction stages {m.get('stages', [])}; "
                                  f"the given model has {stages or []}")
@@ -229,14 +236,22 @@ class LatentWriter:
         self._hash.update(data)
         self._offset += len(data)
 
-    def add(self, lengths: list[int], pieces: list[tuple[int, dict]], latents: torch.Tensor) -> None:
-        """One chunk: its windows' lengths, its pieces ([window count, side], counts adding up to the windows)
-        and the real latent rows of those windows in order (rows, latent_dim)."""
+    def add(self, lengths: list[int], pieces: list[tuple[int, dict]], latents: torch.Tensor,
+            links: list[Link] | None = None) -> None:
+        """One chunk: its windows' lengths, its pieces ([window count, side], counts adding up to the windows),
+        the real latent rows of those windows in order (rows, latent_dim), and for a model with memory each
+        window's Link (decode replays the memory from them)."""
         if latents.dim() != 2 or latents.shape[1] != self.dim:
             raise FormatError(f"chunk latents have shape {tuple(latents.shape)}, expected (rows, {self.dim})")
         if sum(count for count, _ in pieces) != len(lengths) or any(n < 1 for n in lengths) or not pieces:
             raise FormatError("chunk pieces do not add up to its windows")
-        info = _json_bytes({"lengths": run_length(lengths), "pieces": [[count, side] for count, side in pieces]})
+        info_value: dict = {"lengths": run_length(lengths), "pieces": [[count, side] for count, side in pieces]}
+        if links is not None:
+            if len(links) != len(lengths):
+                raise FormatError(f"{len(links)} links for a chunk of {len(lengths)} windows")
+            info_value["links"] = {"streams": run_length([link.stream for link in links]),
+                                   "starts": [i for i, link in enumerate(links) if link.start]}
+        info = _json_bytes(info_value)
         if len(info) > MAX_INFO_BYTES:
             raise FormatError(f"a chunk's side information is {len(info):,} bytes, more than {MAX_INFO_BYTES:,}")
         tensors = quantize(latents, self.header["payload"]["dtype"])
@@ -273,6 +288,7 @@ class Chunk:
     lengths: list[int]
     pieces: list[tuple[int, dict]] | None
     latents: torch.Tensor  # (rows, latent_dim) float32
+    links: list[Link] | None = None  # each window's stream and record start (files of a model with memory)
 
 
 class LatentReader:
@@ -433,7 +449,21 @@ class LatentReader:
         lengths = expand_runs(info["lengths"])  # `windows` entries, bounded by the checked index
         if sum(self._latent_length(n) for n in lengths) != rows:
             raise self._fail(f"is corrupted: chunk {index} latent rows do not match its window lengths")
-        return Chunk(lengths, [(p[0], p[1]) for p in info["pieces"]], dequantize(tensors))
+        return Chunk(lengths, [(p[0], p[1]) for p in info["pieces"]], dequantize(tensors),
+                     self._links(info.get("links"), index, windows))
+
+    def _links(self, links: object, index: int, windows: int) -> list[Link] | None:
+        if links is None:
+            return None
+        ok = isinstance(links, dict) and _runs_ok(links.get("streams")) and isinstance(links.get("starts"), list)
+        if not ok or sum(c for _, c in links["streams"]) != windows or any(
+                v >= MAX_STREAMS for v, _ in links["streams"]):
+            raise self._fail(f"is corrupted: chunk {index} window links do not match its windows")
+        starts = links["starts"]
+        if not all(_is_int(i) and i < windows for i in starts) or starts != sorted(set(starts)):
+            raise self._fail(f"is corrupted: chunk {index} record starts are not windows of the chunk")
+        begins = set(starts)
+        return [Link(stream, i in begins) for i, stream in enumerate(expand_runs(links["streams"]))]
 
     def _latent_length(self, length: int) -> int:
         model = self.header["model"]

@@ -14,6 +14,7 @@ The model never touches files: domains turn files into tensors, `seqcompress.com
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ from seqcompress import faults
 from seqcompress.atomic import atomic_directory, finish_commit, interrupted_replacement
 from seqcompress.kernels import KERNELS, Kernel, check_combination, make_kernel
 from seqcompress.lengths import Geometry, latent_length, latent_positions, length_mask, stage_lengths
+from seqcompress.memory import Link, Memory, MemoryBatch
 from seqcompress.positions import POSITIONS, make_positions
 from seqcompress.reducers import REDUCERS
 from seqcompress.resize import RESIZE_INITS, RESIZES
@@ -57,7 +59,7 @@ def option_defaults(attention: str, positions: str, resize: str) -> dict:
 # what a hand-edited config.json could make a loader allocate (tested in tests/test_hostile.py).
 _INT_LIMITS = {
     "n_max": (1, 1 << 24), "d_model": (1, 1 << 16), "heads": (1, 1024), "layers": (1, 256), "ffn_dim": (1, 1 << 20),
-    "latent_dim": (1, 1 << 16), "vocab_size": (0, 1 << 24), "feature_dim": (0, 1 << 20),
+    "latent_dim": (1, 1 << 16), "vocab_size": (0, 1 << 24), "feature_dim": (0, 1 << 20), "memory": (0, 1 << 24),
 }
 _MAX_STAGES = 64
 _MAX_OPTION = 1 << 24  # any numeric kernel, position or resize option
@@ -82,6 +84,7 @@ class ModelConfig:
     resize: str = "absolute"  # W_S/W_E: a free table bounded by n_max ("absolute") or a relative profile
     stages: list[float] = field(default_factory=list)  # per-stage ratios, n -> n*s1 -> n*s1*s2 ...; [] is one stage
     options: dict = field(default_factory=dict)  # kernel, position and resize options by name (window, rank, ...)
+    memory: int = 0  # symbols of the same record before a window that its blocks also attend to (seqcompress/memory.py)
 
     def __post_init__(self) -> None:
         for name, (low, high) in _INT_LIMITS.items():  # before anything is sized from them
@@ -133,7 +136,8 @@ class ModelConfig:
                 raise InputError(f"option {key} must be a number of at most {_MAX_OPTION:,}, got {value!r}")
         if self.options.get("scope", "all") not in ("all", "resizing"):
             raise InputError(f"option scope must be 'all' or 'resizing', got {self.options['scope']!r}")
-        why = check_combination(self.attention, POSITIONS[self.positions], resizing=REDUCERS[self.reducer].needs_attention)
+        why = check_combination(self.attention, POSITIONS[self.positions], resizing=REDUCERS[self.reducer].needs_attention,
+                                memory=self.memory > 0)
         if why:
             raise InputError(why)
 
@@ -171,7 +175,7 @@ class ModelConfig:
 FINGERPRINT_NEUTRAL = {
     "n_max": 128, "ratio": 0.5, "d_model": 256, "heads": 4, "layers": 2, "ffn_dim": 1024, "latent_dim": 256,
     "dropout": 0.0, "positions": "learned", "resize_init": "pool", "reducer": "attention", "vocab_size": 0,
-    "feature_dim": 0, "attention": "full", "resize": "absolute", "stages": [], "options": {},
+    "feature_dim": 0, "attention": "full", "resize": "absolute", "stages": [], "options": {}, "memory": 0,
 }
 # Scheme 1 (model format 1) hashed these fields, and `reducer` only when it was not "attention".
 _SCHEME1_FIELDS = ("n_max", "ratio", "d_model", "heads", "layers", "ffn_dim", "latent_dim", "dropout", "positions",
@@ -273,10 +277,12 @@ class SequenceAutoencoder(nn.Module):
         return torch.where(mask if values.dim() == mask.dim() else mask[..., None], values, torch.zeros((), dtype=values.dtype))
 
     # ---- encoder / decoder ---------------------------------------------------------------
-    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, inputs: torch.Tensor, lengths: torch.Tensor, memory: MemoryBatch | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs (B, N) ids or (B, N, F) vectors, lengths (B,) -> latents (B, M, latent_dim), latent lengths (B,).
 
-        Latent rows beyond a sample's latent length are zero.
+        Latent rows beyond a sample's latent length are zero. `memory`: the encoder's memory plan for these
+        windows (`memory_plan`), for a model with memory; without it every window is encoded alone.
         """
         n = inputs.shape[1]
         self._check_lengths(lengths, n)
@@ -286,20 +292,22 @@ class SequenceAutoencoder(nn.Module):
         x = self.embed(inputs)  # (B, N, D)
         if self.in_positions is not None:
             x = x + self.in_positions[:n]  # (B, N, D)
-        for block, layout in zip(self.encoder, resizes):
-            x = block(x, layout)  # (B, M_s, D)
-        for block in self.encoder[len(resizes):]:
-            x = block(x, plain)  # (B, M, D)
+        key_levels = list(range(len(resizes))) + [len(resizes)] * (len(self.encoder) - len(resizes))  # each block's keys
+        for i, (block, layout, level) in enumerate(zip(self.encoder, resizes + [plain] * len(self.encoder), key_levels)):
+            x = block(x, self._remember(layout, memory, i, level, x))  # (B, M_s, D)
+        if memory is not None:
+            memory.close()
         z = self.to_latent(self.enc_norm(x))  # (B, M, latent_dim)
         return z * plain.out_mask[:, :, None], levels[-1][0]
 
     def decode(self, latents: torch.Tensor, latent_lengths: torch.Tensor, lengths: torch.Tensor, *,
-               hidden: bool = False) -> torch.Tensor:
+               hidden: bool = False, memory: MemoryBatch | None = None) -> torch.Tensor:
         """latents (B, M, latent_dim) -> logits (B, N, V) or vectors (B, N, F), N = max(lengths); with `hidden`,
         the final states (B, N, D) before the output layer (`output` applies it, e.g. a few positions at a time,
         so that B x N x V logits of a large vocabulary never exist at once).
 
-        `lengths` are the original lengths: several lengths share one latent length.
+        `lengths` are the original lengths: several lengths share one latent length. `memory`: the decoder's
+        memory plan (`memory_plan`), the windows in the order they were encoded.
         """
         n = int(lengths.max()) if lengths.numel() else 0
         self._check_lengths(lengths, n)
@@ -313,10 +321,12 @@ class SequenceAutoencoder(nn.Module):
             levels[-1] = (levels[-1][0], latent_positions(m, self.config.ratio, latents.device))
         resizes, plain = self._layouts(levels, self.decoder_positions, "decode")
         x = self.from_latent(self._zero_padding(latents, resizes[0].in_mask))  # (B, M, D)
-        for block, layout in zip(self.decoder, resizes):
-            x = block(x, layout)  # (B, N_s, D)
-        for block in self.decoder[len(resizes):]:
-            x = block(x, plain)  # (B, N, D)
+        stages = len(resizes)
+        key_levels = list(range(stages, 0, -1)) + [0] * (len(self.decoder) - stages)  # each block reads its keys here
+        for i, (block, layout, level) in enumerate(zip(self.decoder, resizes + [plain] * len(self.decoder), key_levels)):
+            x = block(x, self._remember(layout, memory, i, level, x))  # (B, N_s, D)
+        if memory is not None:
+            memory.close()
         x = self.dec_norm(x)  # (B, N, D)
         return x if hidden else self.output(x)
 
@@ -329,10 +339,32 @@ class SequenceAutoencoder(nn.Module):
             return torch.matmul(x, self.embed.weight.T, out=out)
         return torch.matmul(x, self.head.weight.T, out=out).add_(self.head.bias)
 
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reconstruction (B, N, V|F), latents (B, M, latent_dim), latent lengths (B,)."""
-        z, latent_lengths = self.encode(inputs, lengths)
-        return self.decode(z, latent_lengths, lengths), z, latent_lengths
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor, links: list[Link] | None = None,
+                memory: tuple[Memory, Memory] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction (B, N, V|F), latents (B, M, latent_dim), latent lengths (B,). With memory and `links`
+        (windows in stream order), each window also attends to the windows before it in the batch, and to what
+        `memory` (the encoder's and the decoder's, `self.memory()`) carried from earlier calls."""
+        plans = (None, None)
+        if self.config.memory and links is not None:
+            stacks = memory or (self.memory(carry=False), self.memory(carry=False))
+            plans = tuple(stack.batch(links, lengths.tolist()) for stack in stacks)
+        z, latent_lengths = self.encode(inputs, lengths, plans[0])
+        return self.decode(z, latent_lengths, lengths, memory=plans[1]), z, latent_lengths
+
+    # ---- memory across windows (seqcompress/memory.py) -------------------------------------------
+    def memory(self, carry: bool = True) -> Memory:
+        """A fresh memory for one stack (encoder or decoder) of this model: `.batch(links, lengths)` plans a
+        call of `encode` or `decode`; with `carry`, streams continue from call to call."""
+        if not self.config.memory:
+            raise InputError("this model has no memory (fit it with --memory)")
+        return Memory(self.config.memory, self.config.n_max, self.config.stage_ratios, carry)
+
+    @staticmethod
+    def _remember(layout: Layout, memory: MemoryBatch | None, block: int, level: int, x: torch.Tensor) -> Layout:
+        """The block's layout with its memory rows (gathered from earlier windows' inputs of this block)."""
+        if memory is None:
+            return layout
+        return dataclasses.replace(layout, memory=memory.read(block, level, x))
 
     # ---- what training adds to the domain's loss, and does after each step --------------------
     def aux_loss(self) -> torch.Tensor | None:

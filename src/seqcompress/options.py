@@ -27,6 +27,7 @@ class TrainOptions:
     eval_every: int = 0  # also evaluate every N steps (0: once per epoch and at the end)
     eval_batches: int | None = None  # cap held-out batches per evaluation during training (None: all)
     shuffle_buffer: int = 4096  # windows shuffled together (fewer when they would pass SHUFFLE_BYTES)
+    run_windows: int = 8  # models with memory: consecutive windows kept in order (the unit of shuffle and split)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -41,6 +42,8 @@ class TrainOptions:
                 raise InputError(f"{name} must be positive, got {value}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.run_windows < 1:
+            raise InputError(f"run_windows must be at least 1, got {self.run_windows}")
         if self.shuffle_buffer < 1:
             raise InputError(f"shuffle_buffer must be at least 1, got {self.shuffle_buffer}")
         if self.eval_batches is not None and self.eval_batches < 1:

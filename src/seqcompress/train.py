@@ -39,6 +39,7 @@ from seqcompress.attention import length_mask
 from seqcompress.compress import collate
 from seqcompress.domain import Domain, Objective
 from seqcompress.errors import InputError, ModelFileError, SeqCompressError
+from seqcompress.memory import Link, held_links, run_links
 from seqcompress.model import SequenceAutoencoder
 from seqcompress.options import TrainOptions
 
@@ -72,21 +73,32 @@ class WindowSource:
     nothing holds the corpus; `WindowSource.of(windows)` serves a list already in memory (the probe, tests).
     `train` also takes a plain list and wraps it with `of`."""
 
-    def __init__(self, open_stream: Callable[[], Iterable[torch.Tensor]]) -> None:
-        self._open = open_stream
+    def __init__(self, open_stream: Callable[[], Iterable[torch.Tensor]],
+                 open_linked: Callable[[], Iterable[tuple[torch.Tensor, Link]]] | None = None) -> None:
+        self._open, self._open_linked = open_stream, open_linked
 
     @classmethod
     def files(cls, domain: Domain, paths: Sequence[str | os.PathLike], seq_len: int) -> "WindowSource":
         paths = [Path(p) for p in paths]
-        return cls(lambda: domain.windows(paths, seq_len))
+        return cls(lambda: domain.windows(paths, seq_len), lambda: domain.linked_windows(paths, seq_len))
 
     @classmethod
-    def of(cls, windows: Iterable[torch.Tensor]) -> "WindowSource":
+    def of(cls, windows: Iterable[torch.Tensor], links: Iterable[Link] | None = None) -> "WindowSource":
+        """Windows in memory; without `links` each window is a record of its own (no memory between them)."""
         windows = list(windows)
-        return cls(lambda: windows)
+        links = list(links) if links is not None else [Link(0, True)] * len(windows)
+        if len(links) != len(windows):
+            raise InputError(f"{len(links)} links for {len(windows)} windows")
+        return cls(lambda: windows, lambda: zip(windows, links))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return iter(self._open())
+
+    def linked(self) -> Iterator[tuple[torch.Tensor, Link]]:
+        """The same windows, each with its Link (stream and record start), for models with memory."""
+        if self._open_linked is None:
+            return ((w, Link(0, True)) for w in self._open())
+        return iter(self._open_linked())
 
 
 # ---- the held-out split, decided window by window ------------------------------------------------
@@ -118,6 +130,7 @@ class Split:
     held_out_windows: int  # = windows when held_out_is_train
     forced: int | None = None
     max_window_bytes: int = 0
+    block: int = 1  # windows drawn together (runs of consecutive windows, for models with memory)
 
     @property
     def held_out_is_train(self) -> bool:
@@ -128,7 +141,7 @@ class Split:
         return self.windows if self.held_out_is_train else self.windows - self.held_out_windows
 
     def _drawn(self, index: int) -> bool:
-        return (held_out_draw(self.seed, index) < self.fraction) != (index == self.forced)
+        return (held_out_draw(self.seed, index // self.block) < self.fraction) != (index == self.forced)
 
     def trains_on(self, index: int) -> bool:
         return self.held_out_is_train or not self._drawn(index)
@@ -144,8 +157,9 @@ class Split:
         return cls(**state)
 
 
-def scan(source: Iterable[torch.Tensor], fraction: float, seed: int) -> Split:
-    """One streaming pass: count the windows and settle the held-out split (see `Split`)."""
+def scan(source: Iterable[torch.Tensor], fraction: float, seed: int, block: int = 1) -> Split:
+    """One streaming pass: count the windows and settle the held-out split (see `Split`); `block` consecutive
+    windows share one draw."""
     count = held = largest = 0
     low, high = (2.0, 0), (-1.0, 0)  # (draw, index) of the lowest and the highest draw
     for index, window in enumerate(source):
@@ -153,7 +167,7 @@ def scan(source: Iterable[torch.Tensor], fraction: float, seed: int) -> Split:
         largest = max(largest, window.numel() * window.element_size())
         if fraction == 0:
             continue
-        draw = held_out_draw(seed, index)
+        draw = held_out_draw(seed, index // block)
         held += draw < fraction
         low, high = min(low, (draw, index)), max(high, (draw, index))
     if count == 0:
@@ -165,12 +179,21 @@ def scan(source: Iterable[torch.Tensor], fraction: float, seed: int) -> Split:
         forced, held = low[1], 1
     elif held == count:
         forced, held = high[1], count - 1
-    return Split(fraction, seed, count, held, forced, largest)
+    return Split(fraction, seed, count, held, forced, largest, block)
 
 
 def held_out_windows(source: Iterable[torch.Tensor], split: Split) -> Iterator[torch.Tensor]:
     """The held-out windows of a stream, in stream order (every window when held_out_is_train)."""
     return (w for i, w in enumerate(source) if split.evaluates_on(i))
+
+
+def held_out_linked(source: WindowSource, split: Split) -> Iterator[tuple[torch.Tensor, Link]]:
+    """The held-out windows with their links: a window whose predecessor is not held out starts a record."""
+    return _side(source, split.evaluates_on)
+
+
+def _side(source: WindowSource, keep: Callable[[int], bool]) -> Iterator[tuple[torch.Tensor, Link]]:
+    return held_links((w, link, keep(i)) for i, (w, link) in enumerate(source.linked()))
 
 
 def split_held_out(windows: list[torch.Tensor], fraction: float, seed: int) -> tuple[list, list, bool]:
@@ -200,10 +223,14 @@ class TrainWindows(IterableDataset):
     """The training windows of one epoch, streamed in a seeded shuffled order that changes each epoch.
 
     `set_epoch(epoch, skip)` chooses the epoch and how many of its windows to pass over (a resumed run
-    replays the epoch's order to where it stopped). For a DataLoader with num_workers=0."""
+    replays the epoch's order to where it stopped). For a DataLoader with num_workers=0.
 
-    def __init__(self, source: Iterable[torch.Tensor], split: Split, buffer: int, seed: int) -> None:
-        self.source, self.split, self.buffer, self.seed = source, split, buffer, seed
+    With `run` (models with memory), the unit of shuffling is a run of `run` consecutive training windows,
+    kept in order, and each window comes with its Link (the first window of each stream in a run starts):
+    a batch holds batch_size / run runs, and each window sees the windows before it in its run as memory."""
+
+    def __init__(self, source: Iterable[torch.Tensor], split: Split, buffer: int, seed: int, run: int = 0) -> None:
+        self.source, self.split, self.buffer, self.seed, self.run = source, split, buffer, seed, run
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -212,6 +239,12 @@ class TrainWindows(IterableDataset):
     def __iter__(self) -> Iterator[torch.Tensor]:
         # A string seed is hashed (SHA-512) by random.Random: stable across Python versions and platforms.
         rng = random.Random(f"seqcompress shuffle {self.seed} {self.epoch}")
+        if self.run:
+            items = _side(self.source, self.split.trains_on)
+            runs = iter(lambda: list(itertools.islice(items, self.run)), [])
+            flat = (pair for run in shuffled(runs, max(1, self.buffer // self.run), rng)
+                    for pair in zip([w for w, _ in run], run_links([link for _, link in run])))
+            return itertools.islice(flat, self.skip, None)
         windows = (w for i, w in enumerate(self.source) if self.split.trains_on(i))
         return itertools.islice(shuffled(windows, self.buffer, rng), self.skip, None)
 
@@ -221,11 +254,18 @@ def shuffle_buffer_size(opts: TrainOptions, split: Split) -> int:
     return max(1, min(opts.shuffle_buffer, SHUFFLE_BYTES // max(split.max_window_bytes, 1)))
 
 
-def batches(windows: Iterable[torch.Tensor], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Consecutive windows collated batch_size at a time, as they arrive (the last batch may be smaller)."""
+def collate_linked(items: list[tuple[torch.Tensor, Link]]) -> tuple[torch.Tensor, torch.Tensor, list[Link]]:
+    """(window, link) pairs -> padded windows, lengths and the links (`collate` for models with memory)."""
+    x, lengths = collate([w for w, _ in items])
+    return x, lengths, [link for _, link in items]
+
+
+def batches(windows: Iterable, batch_size: int, linked: bool = False) -> Iterator[tuple]:
+    """Consecutive windows collated batch_size at a time, as they arrive (the last batch may be smaller); with
+    `linked`, (window, link) pairs collated with their links."""
     stream = iter(windows)
     while chunk := list(itertools.islice(stream, batch_size)):
-        yield collate(chunk)
+        yield collate_linked(chunk) if linked else collate(chunk)
 
 
 def autocast_for(device: torch.device):
@@ -270,17 +310,20 @@ def evaluate(
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     max_batches: int | None = None,
+    linked: bool = False,
 ) -> dict[str, float]:
-    """The objective's metrics and mean loss per symbol over `windows` (streamed), in eval mode."""
+    """The objective's metrics and mean loss per symbol over `windows` (streamed), in eval mode. With `linked`
+    (a model with memory), `windows` are (window, link) pairs in stream order and memory carries across batches."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     totals = objective.accumulator()
     loss_sum, count = 0.0, 0
-    for x, lengths in itertools.islice(batches(windows, batch_size), max_batches):
-        x, lengths = x.to(device), lengths.to(device)
+    memory = (model.memory(), model.memory()) if linked else None
+    for batch in itertools.islice(batches(windows, batch_size, linked), max_batches):
+        x, lengths = batch[0].to(device), batch[1].to(device)
         with autocast_for(device):
-            out, _, _ = model(x, lengths)
+            out, _, _ = model(x, lengths, batch[2] if linked else None, memory)
         mask = length_mask(lengths, x.shape[1])  # (B, N)
         symbols = int(mask.sum())
         loss_sum += float(objective.loss(out, x, mask)) * symbols
@@ -342,7 +385,8 @@ def train(
         source = WindowSource.of(source)
     device = pick_device(opts.device)
     model.to(device).train()
-    split = scan(source, opts.val_fraction, opts.seed)
+    run = min(opts.run_windows, opts.batch_size) if model.config.memory else 0  # memory: runs of consecutive windows
+    split = scan(source, opts.val_fraction, opts.seed, block=run or 1)
     steps_per_epoch = math.ceil(split.train_windows / opts.batch_size)
     limits = [s for s in (opts.max_steps, opts.epochs and math.ceil(opts.epochs * steps_per_epoch)) if s]
     total_steps = min(limits) if limits else None
@@ -357,10 +401,11 @@ def train(
             raise ModelFileError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
         step, epoch, done, elapsed_before, history = _load_checkpoint(ckpt, model, optimizer, opts, split, device)
 
-    dataset = TrainWindows(source, split, shuffle_buffer_size(opts, split), opts.seed)
+    dataset = TrainWindows(source, split, shuffle_buffer_size(opts, split), opts.seed, run)
     # A DataLoader draws a base seed at every iter(); its own generator keeps that draw off the global one,
     # whose sequence (dropout) a resumed run must continue exactly.
-    loader = DataLoader(dataset, batch_size=opts.batch_size, collate_fn=collate, generator=torch.Generator())
+    loader = DataLoader(dataset, batch_size=opts.batch_size, collate_fn=collate_linked if run else collate,
+                        generator=torch.Generator())
     stream = _epoch_batches(loader, dataset, steps_per_epoch, epoch, done)
 
     start, symbols_done, last_loss, checkpoint_error = time.perf_counter(), 0, float("nan"), None
@@ -368,14 +413,15 @@ def train(
         elapsed = elapsed_before + time.perf_counter() - start
         if opts.max_minutes is not None and elapsed >= opts.max_minutes * 60:
             break
-        epoch, done, (x, lengths) = next(stream)
+        epoch, done, batch = next(stream)
+        x, lengths, links = batch[0], batch[1], (batch[2] if run else None)
         x, lengths = x.to(device), lengths.to(device)
         lr = schedule(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         mask = length_mask(lengths, x.shape[1])  # (B, N)
         with autocast_for(device):
-            out, _, _ = model(x, lengths)
+            out, _, _ = model(x, lengths, links)
             loss = objective.loss(out, x, mask)
             aux = model.aux_loss()  # what a kernel adds (routing's commitment or balance); None for most
         if not torch.isfinite(loss):
@@ -403,8 +449,8 @@ def train(
         if end_of_epoch:
             epoch, done = epoch + 1, 0
         if end_of_epoch or (opts.eval_every and step % opts.eval_every == 0):
-            progress.held_out = evaluate(model, objective, held_out_windows(source, split), opts.batch_size * 4,
-                                         device, opts.eval_batches)
+            progress.held_out = evaluate(model, objective, _held_out(source, split, run), opts.batch_size * 4,
+                                         device, opts.eval_batches, linked=bool(run))
             model.train()
             history.append({"step": step, "epoch": round(progress.epoch, 4), "elapsed_s": round(progress.elapsed_s, 1),
                             "train_loss": last_loss, **progress.held_out})
@@ -417,7 +463,8 @@ def train(
 
     loop_s = time.perf_counter() - start
     seconds = elapsed_before + loop_s
-    held_out_values = evaluate(model, objective, held_out_windows(source, split), opts.batch_size * 4, device)
+    held_out_values = evaluate(model, objective, _held_out(source, split, run), opts.batch_size * 4, device,
+                               linked=bool(run))
     if not history or history[-1]["step"] != step:
         history.append({"step": step, "epoch": round(step / steps_per_epoch, 4), "elapsed_s": round(seconds, 1),
                         "train_loss": last_loss, **held_out_values})
@@ -433,8 +480,13 @@ def train(
     )
 
 
+def _held_out(source: WindowSource, split: Split, run: int) -> Iterator:
+    """The held-out windows, with their links for a model with memory."""
+    return held_out_linked(source, split) if run else held_out_windows(source, split)
+
+
 # ---- checkpoints: weights, optimizer and random state in safetensors, counters in JSON -------------
-_RESUME_MATCH = ("seed", "batch_size", "val_fraction", "shuffle_buffer")  # options that fix the batch stream
+_RESUME_MATCH = ("seed", "batch_size", "val_fraction", "shuffle_buffer", "run_windows")  # options that fix the batch stream
 
 
 RUN_FILE, STATE_FILE, TENSORS_FILE = "run.json", "state.json", "train.safetensors"  # one checkpoint

@@ -41,6 +41,11 @@ def fit(
                                "relative (a learned band profile, any length)."),
     stages: Optional[str] = typer.Option(None, "--stages", help="Hierarchical reduction: per-stage ratios, e.g. "
                                          "0.5,0.5 for n -> n/2 -> n/4 (sets --ratio to their product)."),
+    memory: int = typer.Option(0, "--memory", help="Memory and recurrence: every block also attends to its inputs over "
+                               "the last M symbols of the same record before the window (0: none; e.g. --memory "
+                               "512 with --seq-len 512 keeps one window)."),
+    run_windows: int = typer.Option(8, "--run-windows", help="With --memory: consecutive windows trained together "
+                                    "in order (the unit of shuffling and of the held-out split)."),
     option: list[str] = typer.Option([], "--option", "-O", help="Kernel, position or resize option KEY=VALUE, e.g. "
                                      "-O window=64 (local), -O rank=64 (lowrank), -O buckets=32 (t5), -O band=1 "
                                      "(relative)."),
@@ -54,7 +59,14 @@ def fit(
     json_out: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a reducing-attention autoencoder and save it to a model directory."""
+    """Train a reducing-attention autoencoder and save it to a model directory.
+
+    Seven mechanisms against attention dilution on long sequences (docs/attention.md):
+    low-rank --attention lowrank; segmented --attention local;
+    LSH sparse --attention lsh; routing --attention routing;
+    hierarchical --stages; relative positions --positions t5|alibi|rope, --resize relative;
+    memory and recurrence across windows --memory.
+    """
     from seqcompress.api import fit as fit_model
     from seqcompress.cli.output import TrainingProgress, console, key_value_table, print_json
     from seqcompress.cli.options import parse_key_values, split_key_values
@@ -71,12 +83,12 @@ def fit(
     options = TrainOptions(
         epochs=epochs, max_steps=max_steps, max_minutes=minutes, batch_size=batch_size, lr=lr, lr_end=lr_end,
         decay_epochs=decay_epochs, warmup_steps=warmup_steps, seed=seed, device=device,
-        val_fraction=val_fraction, eval_every=eval_every,
+        val_fraction=val_fraction, eval_every=eval_every, run_windows=run_windows,
     )
     model_options = {"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
                      "latent_dim": latent_dim or d_model, "resize_init": resize_init, "attention": attention,
                      "positions": positions, "resize": resize, "options": parse_key_values(option, "--option"),
-                     "stages": ratio_list(stages, "--stages") if stages else None}
+                     "stages": ratio_list(stages, "--stages") if stages else None, "memory": memory}
     bar = TrainingProgress(dom.metric_name, minutes * 60 if minutes else None, quiet=quiet or json_out)
     with bar:
         summary = fit_model(

@@ -41,6 +41,7 @@ from seqcompress.domains.audio_signal import (
     Resampler, fit_length, log_mel, multi_resolution_stft_loss, resample, resampler_reach,
 )
 from seqcompress.errors import FormatError, InputError
+from seqcompress.memory import Link
 
 SILENCE_POWER = 1e-10  # mean square below this (-100 dBFS): a silent window, SI-SDR undefined and skipped
 NEAR_FULL_SCALE = 0.99  # |sample| at or above: counted in the side information as a sign of clipping
@@ -377,6 +378,14 @@ class AudioCodec(Codec):
             resampler = Resampler(info.sample_rate, model_rate, info.channels)
             pending = torch.zeros(info.channels, 0)  # (C, < span) model samples not yet in a window
             windows: list[torch.Tensor] = []
+            sent = 0  # windows yielded so far: window i is channel i mod C (memory streams, `Piece.links`)
+
+            def piece(count: int, side: dict) -> Piece:
+                nonlocal sent
+                links = [Link((sent + j) % info.channels) for j in range(count)]
+                sent += count
+                return Piece(windows[:count], side, links)
+
             peak, loud = 0.0, 0
             for block in reader.blocks(block_frames(info.channels, info.sample_rate, model_rate)):
                 peak = max(peak, float(np.abs(block).max()))
@@ -387,16 +396,16 @@ class AudioCodec(Codec):
                     windows += self.frame_windows(pending[:, :span])
                     pending = pending[:, span:]
                 while len(windows) >= per_piece:
-                    yield Piece(windows[:per_piece], side)
+                    yield piece(per_piece, side)
                     windows, side = windows[per_piece:], {}
             pending = torch.cat([pending, resampler.finish() / settings.gain], dim=1)
             while pending.shape[1] > 0:  # at most a whole step and a shorter one
                 windows += self.frame_windows(pending[:, :span])
                 pending = pending[:, span:]
             while len(windows) > per_piece:
-                yield Piece(windows[:per_piece], side)
+                yield piece(per_piece, side)
                 windows, side = windows[per_piece:], {}
-            yield Piece(windows, {**side, "peak": peak, "near_full_scale_samples": loud})
+            yield piece(len(windows), {**side, "peak": peak, "near_full_scale_samples": loud})
 
     def legacy_pieces(self, side: dict, lengths: list[int]) -> Iterator[tuple[int, dict]]:
         """Format 1 kept every window of channel 0, then of channel 1, ...: one piece flagged channel-major,

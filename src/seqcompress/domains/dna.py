@@ -41,6 +41,7 @@ from seqcompress.domain import (Codec, Domain, Piece, Settings, SideCheck, Token
                                 check_data_paths, option, shorten, split_windows)
 from seqcompress.format import run_length
 from seqcompress.errors import FormatError, InputError
+from seqcompress.memory import Link
 
 # ---- alphabet and tokens ------------------------------------------------------------------------
 PAD_ID = 0
@@ -382,6 +383,7 @@ class _PieceBuilder:
         self.ready: list[Piece] = []
         self.frags: list[dict] = []  # finished fragments of the piece being filled
         self.windows: list[torch.Tensor] = []
+        self.links: list[Link] = []  # one per window: a record's first window starts (memory resets there)
         self.size = 0
         self.frag: dict | None = None  # the fragment being filled
         self.frag_windows: list[torch.Tensor] = []
@@ -531,6 +533,7 @@ class _PieceBuilder:
             self._emit()  # a fragment that ended without filling its piece may still not fit next to the others
         self.frags.append(self.frag)
         self.windows += self.frag_windows
+        self.links += [Link(0, j == 0 and "title" in self.frag) for j in range(len(self.frag_windows))]
         self.size += self.frag_size
         self.frag, self.frag_windows, self.frag_size, self.cap = None, [], 0, 0
 
@@ -541,8 +544,8 @@ class _PieceBuilder:
             self.file_info = None
         side["records"] = self.frags
         side.update(extra)
-        self.ready.append(Piece(self.windows, side))
-        self.frags, self.windows, self.size, self.cap = [], [], 0, 0
+        self.ready.append(Piece(self.windows, side, self.links))
+        self.frags, self.windows, self.links, self.size, self.cap = [], [], [], 0, 0
 
     def finish(self, final_newline: bool) -> None:
         self.end_record()

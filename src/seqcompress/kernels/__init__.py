@@ -47,6 +47,7 @@ class Capabilities:
     max_length: str  # "any", or "n_max" when a learned table is sized to the longest input
     options: dict[str, object] = field(default_factory=dict)  # option name -> default
     summary: str = ""
+    memory: bool = False  # takes extra keys with their own positions before the window's (`--memory`)
 
 
 register_kernel = registrar(KERNELS)
@@ -80,8 +81,8 @@ def make_kernel(name: str, geometry: Geometry, heads: int, head_dim: int, dropou
     return cls(geometry, heads, head_dim, dropout, own)
 
 
-def check_combination(kernel: str, positions, resizing: bool) -> str | None:
-    """Why `kernel` cannot run with this position scheme class (or in a resizing block), or None."""
+def check_combination(kernel: str, positions, resizing: bool, memory: bool = False) -> str | None:
+    """Why `kernel` cannot run with this position scheme class (in a resizing block, with memory), or None."""
     caps = KERNELS[kernel].capabilities
     if positions.rotary and not caps.rotary:
         return (f"attention {kernel!r} cannot use {positions.name!r} positions: its keys do not keep their own "
@@ -90,6 +91,9 @@ def check_combination(kernel: str, positions, resizing: bool) -> str | None:
         return f"attention {kernel!r} cannot apply the {positions.name!r} position bias"
     if resizing and not caps.resizing:
         return f"attention {kernel!r} cannot serve a reducing or expanding block (queries and keys must coincide)"
+    if memory and not caps.memory:
+        return (f"attention {kernel!r} cannot use memory: its keys are tied to the window's own places "
+                f"(use full, lsh or routing with --memory)")
     return None
 
 
@@ -131,9 +135,10 @@ def sorted_chunk_attention(q, k, v, q_bucket, k_bucket, *, q_pos, k_pos, key_mas
     real_q = torch.ones(b, m, dtype=torch.bool, device=dev) if query_mask is None else query_mask
     with torch.no_grad():
         top = int(max(int(q_bucket.max()), int(k_bucket.max()))) + 1 if items else 1
-        span = float(max(float(k_pos.max()), float(q_pos.max()), 0.0)) + 2.0
-        k_key = torch.where(real_k[:, None, :], k_bucket, top).double() * span + k_pos.double()
-        q_key = torch.where(real_q[:, None, :], q_bucket, top).double() * span + q_pos.double() + 0.5
+        low = min(float(k_pos.min()) if n else 0.0, float(q_pos.min()) if m else 0.0, 0.0)  # memory keys sit before 0
+        span = float(max(float(k_pos.max()) if n else 0.0, float(q_pos.max()) if m else 0.0, 0.0)) - low + 2.0
+        k_key = torch.where(real_k[:, None, :], k_bucket, top).double() * span + (k_pos.double() - low)
+        q_key = torch.where(real_q[:, None, :], q_bucket, top).double() * span + (q_pos.double() - low) + 0.5
         order = torch.cat([q_key, k_key], dim=-1).argsort(dim=-1, stable=True)  # (B, H, M + N) item per slot
         order = F.pad(order, (0, length - items), value=items)  # (B, H, L); index `items` is an empty slot
         is_key = order >= m

@@ -11,7 +11,7 @@ from seqcompress.kernels import Capabilities, Kernel, open_keys, register_kernel
 class FullAttention(Kernel):
     capabilities = Capabilities(
         resizing=True, key_mask=True, bias=True, rotary=True, complexity="O(m·n) time, O(m + n) memory (SDPA)",
-        max_length="any", summary="every query scores every key",
+        max_length="any", summary="every query scores every key", memory=True,
     )
 
     def forward(self, q, k, v, *, q_pos, k_pos, key_mask, q_spans, positions, query_mask=None, state=None):

@@ -31,7 +31,7 @@ class LSHAttention(Kernel):
         resizing=True, key_mask=True, bias=True, rotary=True,
         complexity="O(r·(n log n + n·c)) for r hash rounds, chunks of c items", max_length="any",
         options={"hash_buckets": 16, "hash_rounds": 2, "chunk": 64},
-        summary="queries and keys hashed by a shared random rotation; a query sees its chunk of sorted keys",
+        summary="queries and keys hashed by a shared random rotation; a query sees its chunk of sorted keys", memory=True,
     )
 
     def __init__(self, geometry, heads, head_dim, dropout, options) -> None:

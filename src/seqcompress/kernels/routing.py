@@ -39,7 +39,7 @@ class RoutingAttention(Kernel):
         resizing=True, key_mask=True, bias=True, rotary=True,
         complexity="O(n·K + n·c) for K clusters, chunks of c items", max_length="any",
         options={"clusters": 8, "chunk": 64, "router": "kmeans", "centroid_decay": 0.999, "aux_weight": 0.01},
-        summary="queries and keys routed to content clusters (online k-means or a learned W_r)",
+        summary="queries and keys routed to content clusters (online k-means or a learned W_r)", memory=True,
     )
 
     def __init__(self, geometry, heads, head_dim, dropout, options) -> None:

@@ -1,0 +1,217 @@
+"""Memory and recurrence across windows (`--memory M`; Transformer-XL, Dai et al. 2019).
+
+A long file is cut into windows, and a window-local model knows nothing of the window before it: a window
+boundary in the middle of a word or a gene is where it loses. With memory, every block of both stacks
+attends, besides the keys of its own window, to its own inputs over the last M symbols of the same record
+before the window. Those rows are detached: they are keys and values, and no gradient reaches an earlier
+window. Queries are the window's own, so the latent length and W_S are unchanged.
+
+Levels. A block reads its keys at one level: input symbols (level 0), or the rows after s reduction stages.
+At level s a full window has r_s rows, and memory keeps R_s = ceil(M * r_s / n_max) of them, the last M
+symbols' worth, whatever the level.
+
+Links. Each window belongs to a stream and may start a record (`Link`; codecs say it in `Piece.links`):
+an audio file's channels are interleaved streams, a FASTA record starts anew. Memory resets at a record
+start and never crosses streams.
+
+Full windows only. History is taken from windows of n_max symbols, so memory row positions are the window's
+own positions shifted back by n_max per window, and relative position schemes (t5, alibi, rope) see the
+true distance. A shorter window ends the chain (codecs cut short windows only at the end of a record).
+
+Layer by layer. The windows of a batch are processed together: at block l, the memory of window t is
+gathered from the block-l inputs of the windows before it in the same batch (and from what the stream
+carried from the previous call, `Memory`). That is exactly what window-by-window recurrence computes
+(tested), with the windows of a batch in parallel; training uses it on runs of consecutive windows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+import torch
+
+from seqcompress.lengths import as_fraction, latent_positions
+
+__all__ = ["Link", "MemoryRows", "Memory", "MemoryBatch", "file_links", "run_links", "held_links"]
+
+
+class Link(NamedTuple):
+    """Where a window continues: its stream (an audio channel; 0 for everything else), and whether it starts a
+    record (memory resets before it)."""
+
+    stream: int = 0
+    start: bool = False
+
+
+class MemoryRows(NamedTuple):
+    """Memory of one block for a batch: states (B, R, D) (block inputs of earlier windows), mask (B, R) True
+    where real (missing history is padding on the left), pos (R,) positions relative to the window's start."""
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    pos: torch.Tensor
+
+
+def file_links(pieces: Iterable) -> Iterator:
+    """The pieces of one file with `links` filled in, one Link per window: the piece's own (codecs that know
+    records or streams), else stream 0; the first window of every stream in the file starts."""
+    seen: set[int] = set()
+    for piece in pieces:
+        links = list(piece.links) if piece.links is not None else [Link()] * len(piece.windows)
+        if len(links) != len(piece.windows):
+            raise ValueError(f"a piece has {len(piece.windows)} windows and {len(links)} links")
+        out = []
+        for link in links:
+            out.append(Link(link.stream, link.start or link.stream not in seen))
+            seen.add(link.stream)
+        yield piece._replace(links=out)
+
+
+def run_links(links: list[Link]) -> list[Link]:
+    """Links of consecutive windows taken out of their file (a training run): the first window of each stream
+    in the run starts."""
+    seen: set[int] = set()
+    out = []
+    for link in links:
+        out.append(Link(link.stream, link.start or link.stream not in seen))
+        seen.add(link.stream)
+    return out
+
+
+def held_links(items: Iterable[tuple[object, Link, bool]]) -> Iterator[tuple[object, Link]]:
+    """(window, link) of the kept windows of a stream, from (window, link, kept) (one side of the held-out
+    split): a kept window whose predecessor in its stream was not kept starts."""
+    kept_last: dict[int, bool] = {}
+    for window, link, kept in items:
+        if kept:
+            yield window, Link(link.stream, link.start or not kept_last.get(link.stream, False))
+        kept_last[link.stream] = kept
+
+
+class _Carried(NamedTuple):
+    valid: dict[int, int]  # level -> real rows (the last ones) in each block's state
+    states: dict[int, torch.Tensor]  # block -> (R_level, D)
+
+
+class Memory:
+    """What one stack (encoder or decoder) carries between calls, per stream: the last R rows of every block's
+    inputs. `batch(links, lengths)` plans one call; with `carry=False` nothing is kept between calls (training
+    runs, whose memory lives within the batch)."""
+
+    def __init__(self, span: int, n_max: int, ratios: list[float], carry: bool = True) -> None:
+        if span < 1:
+            raise ValueError(f"memory must be at least 1 symbol, got {span}")
+        self.span, self.n_max, self.carry = span, n_max, carry
+        self.full_rows = [n_max]  # r_s: rows of a full window at each level
+        cumulative, self.cumulative = 1.0, [1.0]
+        for r in ratios:
+            self.full_rows.append(max(1, math.ceil(self.full_rows[-1] * as_fraction(r))))
+            cumulative *= r
+            self.cumulative.append(cumulative)
+        self.rows = [math.ceil(span * r / n_max) for r in self.full_rows]  # R_s
+        self.streams: dict[int, _Carried] = {}
+
+    def positions(self, level: int, device: torch.device) -> torch.Tensor:
+        """(R_s,) positions of memory rows at `level`, in input-index units relative to the window's start."""
+        r, rows = self.full_rows[level], self.rows[level]
+        own = latent_positions(r, self.cumulative[level], device)  # (r_s,) a full window's own rows
+        back = math.ceil(rows / r)
+        return torch.cat([own - t * self.n_max for t in range(back, 0, -1)])[-rows:]
+
+    def batch(self, links: list[Link], lengths: list[int]) -> "MemoryBatch":
+        return MemoryBatch(self, list(links), list(lengths))
+
+
+class MemoryBatch:
+    """The memory plan of one call: for every window, which rows of history it sees, at every level.
+
+    `read(block, level, x)` gives a block its MemoryRows (x: the block's inputs for the batch, (B, P, D));
+    `close()` keeps each stream's last R rows for the next call."""
+
+    def __init__(self, memory: Memory, links: list[Link], lengths: list[int]) -> None:
+        if len(links) != len(lengths):
+            raise ValueError(f"{len(links)} links for {len(lengths)} windows")
+        self.memory, self.links, self.lengths = memory, links, lengths
+        self.slots = {s: i for i, s in enumerate(memory.streams)}  # carried streams, in pool order
+        self._plans: dict[int, tuple[list, dict]] = {}
+        self._pools: dict[int, tuple[int, torch.Tensor, int]] = {}  # block -> (level, pool, P)
+
+    def _plan(self, level: int) -> tuple[list, dict]:
+        """Per window, its history as segments (source, index, first row, rows), oldest first, at most R rows;
+        and per stream, the history after the batch. Source "c": a carried stream slot; "b": a batch window."""
+        if level in self._plans:
+            return self._plans[level]
+        mem = self.memory
+        rows, full = mem.rows[level], mem.full_rows[level]
+        history: dict[int, list] = {}
+        for stream, carried in mem.streams.items():
+            v = carried.valid.get(level, 0)
+            history[stream] = [("c", self.slots[stream], rows - v, v)] if v else []
+        per_window = []
+        for b, (link, length) in enumerate(zip(self.links, self.lengths)):
+            seen = [] if link.start else history.get(link.stream, [])
+            per_window.append(seen)
+            history[link.stream] = _trim(seen + [("b", b, 0, full)], rows) if length == mem.n_max else []
+        self._plans[level] = (per_window, history)
+        return self._plans[level]
+
+    def read(self, block: int, level: int, x: torch.Tensor) -> MemoryRows:
+        mem = self.memory
+        rows = mem.rows[level]
+        b, p, d = x.shape
+        carried = [mem.streams[s].states.get(block) for s in self.slots]
+        if any(c is None for c in carried):
+            raise ValueError(f"the carried memory has no state for block {block}")
+        pool = torch.cat([*(c.to(x.dtype) for c in carried), x.detach().reshape(b * p, d), x.new_zeros(1, d)])
+        self._pools[block] = (level, pool, p)
+        per_window, _ = self._plan(level)
+        index, mask = _gather_index(per_window, rows, len(carried) * rows, p, pool.shape[0] - 1)
+        index, mask = index.to(x.device), mask.to(x.device)
+        return MemoryRows(pool[index], mask, mem.positions(level, x.device).to(x.dtype))
+
+    def close(self) -> None:
+        """Keep, per stream, the last R rows of every block's inputs (and how many of them are real)."""
+        mem = self.memory
+        if not mem.carry:
+            return
+        streams: dict[int, _Carried] = {}
+        for block, (level, pool, p) in self._pools.items():
+            rows = mem.rows[level]
+            _, after = self._plan(level)
+            names = sorted(after)
+            index, mask = _gather_index([after[s] for s in names], rows, len(self.slots) * rows, p, pool.shape[0] - 1)
+            states = pool[index.to(pool.device)]  # (S, R, D)
+            for i, s in enumerate(names):
+                carried = streams.setdefault(s, _Carried({}, {}))
+                carried.valid[level] = int(mask[i].sum())
+                carried.states[block] = states[i].detach()
+        mem.streams = streams
+
+
+def _trim(segments: list, rows: int) -> list:
+    """The last `rows` rows of a list of segments (source, index, first, count)."""
+    out, need = [], rows
+    for source, index, first, count in reversed(segments):
+        if need <= 0:
+            break
+        take = min(count, need)
+        out.append((source, index, first + count - take, take))
+        need -= take
+    return out[::-1]
+
+
+def _gather_index(histories: list[list], rows: int, batch_base: int, p: int, zero: int):
+    """(len(histories), rows) indices into the pool [carried slots x rows, batch windows x p, zero row] and the
+    mask of real rows; histories shorter than `rows` are padded on the left with the zero row."""
+    index = torch.full((len(histories), rows), zero, dtype=torch.long)
+    mask = torch.zeros(len(histories), rows, dtype=torch.bool)
+    for i, segments in enumerate(histories):
+        parts = [torch.arange(first, first + count) + (slot * rows if source == "c" else batch_base + slot * p)
+                 for source, slot, first, count in segments]
+        if parts:
+            flat = torch.cat(parts)
+            index[i, rows - len(flat):] = flat
+            mask[i, rows - len(flat):] = True
+    return index, mask
