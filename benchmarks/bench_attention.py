@@ -9,11 +9,14 @@ the same run. Prints one JSON object.
 
 Mechanisms: `self-<kernel>` is a pre-norm self-attention Block (LayerNorm, projections, kernel, FFN) of
 width 256 with 4 heads of 64; `reduce-<kernel>-<resize>` is a whole reducing Block n -> n/2 (W_S, its
-residual, attention, FFN), the first block of an encoder.
+residual, attention, FFN), the first block of an encoder. `self-<kernel>-mem` is the self-attention Block
+with memory (`--memory`) of one previous window: n queries over the n memory rows and the n keys of the
+window (compare it with self-full at 2n, which would see the same context in one window).
 
     python benchmarks/bench_attention.py --budget 4 --repeats 3     # the table in docs/attention.md
     python benchmarks/bench_attention.py --lengths 512,4096 --mechanisms self-full,self-local
     python benchmarks/bench_attention.py --budget 4 --repeats 3 --mechanisms self-lsh,self-routing,reduce-lsh-relative,reduce-routing-relative
+    python benchmarks/bench_attention.py --budget 2 --repeats 2 --mechanisms self-full,self-full-mem,self-routing-mem
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ def build(mechanism: str, n: int, args):
     from seqcompress.attention import Attention, Block, Layout
     from seqcompress.kernels import make_kernel
     from seqcompress.lengths import Geometry, latent_length, latent_positions, length_mask
+    from seqcompress.memory import MemoryRows
     from seqcompress.model import ModelConfig
     from seqcompress.reducers import REDUCERS
 
@@ -70,6 +74,9 @@ def build(mechanism: str, n: int, args):
         kern = make_kernel(kernel, geometry, heads, d // heads, 0.0, options)
         block = Block(d, 4 * d, Attention(d, heads, kern))
         layout = Layout(in_mask, in_mask, True, pos_in, pos_in, geometry.key_spans(n))
+        if parts[-1] == "mem":  # one previous window of memory rows, before the window's own keys
+            layout.memory = MemoryRows(torch.randn(args.batch, n, d), torch.ones(args.batch, n, dtype=torch.bool),
+                                       pos_in - n)
     else:
         resize = parts[2]
         m = latent_length(n, 0.5)

@@ -53,7 +53,7 @@ def one_thread():
 def write_pieces(domain, pieces, name: str) -> None:
     """Pieces through the domain's writer into memory, sides through JSON as a .sqz chunk stores them."""
     writer = domain.codec.open_writer(io.BytesIO(), name, {"settings": domain.settings.state()})
-    for windows, side in pieces:
+    for windows, side, *_ in pieces:
         writer.write(windows, json.loads(json.dumps(side)))
     writer.close()
 

@@ -61,7 +61,7 @@ def write(domain: AudioDomain, out, pieces) -> dict:
     """Pieces -> a file through the codec's writer, sides through JSON as a .sqz stores them; the report."""
     with atomic_open(out, "wb") as file:
         writer = domain.codec.open_writer(file, out.name, {"settings": domain.settings.state()})
-        for windows, side in pieces:
+        for windows, side, *_ in pieces:
             writer.write(windows, json.loads(json.dumps(side)))
         return writer.close()
 

@@ -271,7 +271,7 @@ def real_pieces(csv_domain):
 def test_fuzz_side_information_reaching_the_writer(real_pieces, name, data):
     domain, pieces, out = real_pieces[name]
     index = data.draw(st.integers(0, len(pieces) - 1))
-    windows, side = pieces[index]
+    windows, side, *_ = pieces[index]
     paths = fields(side)
     chosen = data.draw(st.lists(st.sampled_from(paths), min_size=1, max_size=3, unique=True)) if paths else []
     crafted = with_fuzzed_fields(side, {p: data.draw(JSON) for p in chosen})
@@ -283,7 +283,7 @@ def test_fuzz_side_information_reaching_the_writer(real_pieces, name, data):
 @given(st.sampled_from(["dna", "timeseries", "audio", "text"]), JSON)
 def test_fuzz_whole_sides_of_garbage(real_pieces, name, garbage):
     domain, pieces, out = real_pieces[name]
-    windows, side = pieces[0]
+    windows, side, *_ = pieces[0]
     crafted = {key: garbage for key in side} if isinstance(garbage, (list, dict)) or garbage is None else garbage
     expect_only_own_errors(lambda: write_pieces(domain, [(windows, crafted), *pieces[1:]], out))
 

@@ -73,7 +73,7 @@ def assert_matches_whole_file(text, path, seq_len, tmp_path):
 def write_pieces(text, pieces) -> bytes:
     buffer = io.BytesIO()
     writer = text.codec.open_writer(buffer, "back.txt", {"settings": text.settings.state()})
-    for windows, side in pieces:
+    for windows, side, *_ in pieces:
         writer.write(windows, side)
     writer.close()
     return buffer.getvalue()

@@ -64,7 +64,7 @@ def write_pieces(domain: TimeSeriesDomain, pieces, out) -> dict:
     """Pieces through JSON (as a .sqz chunk stores their sides) into the codec's writer, written atomically."""
     with atomic_open(out, "wb") as file:
         writer = domain.codec.open_writer(file, Path(out).name, {"settings": domain.settings.state()})
-        for windows, side in pieces:
+        for windows, side, *_ in pieces:
             writer.write(windows, json.loads(json.dumps(side)))
         return writer.close()
 

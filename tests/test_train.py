@@ -161,12 +161,14 @@ def test_empty_data_is_refused():
 
 
 # ---- resume -----------------------------------------------------------------------------------------
-def test_resume_mid_epoch_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("memory", [0, 32])
+def test_resume_mid_epoch_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, memory):
     """N steps, interrupted, resumed to 2N == 2N straight: the stream position (epoch, batches consumed), the
-    optimizer and the dropout generator all come back. 7 and 14 steps are mid-epoch (5 batches per epoch)."""
+    optimizer and the dropout generator all come back. 7 and 14 steps are mid-epoch (5 batches per epoch).
+    With memory, batches are runs of consecutive windows and the same holds."""
     path = _write(tmp_path / "data.tok", _windows(40))
     source = WindowSource.files(ToyTokens(), [path], 16)
-    config = tiny_config(dropout=0.1)
+    config = tiny_config(dropout=0.1, memory=memory)
 
     def opts(steps):
         return TrainOptions(epochs=None, max_steps=steps, batch_size=8, shuffle_buffer=8, seed=1, decay_epochs=2)

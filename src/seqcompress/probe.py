@@ -50,11 +50,12 @@ from seqcompress.errors import InputError
 from seqcompress.format import DTYPES
 from seqcompress.kernels import KERNELS, check_combination
 from seqcompress.lengths import latent_length
+from seqcompress.memory import Link, held_links
 from seqcompress.model import ModelConfig, build_model, option_defaults
 from seqcompress.positions import POSITIONS
 from seqcompress.reducers import REDUCERS
 from seqcompress.resize import RESIZES
-from seqcompress.train import TrainOptions, pick_device, split_held_out, train
+from seqcompress.train import TrainOptions, WindowSource, pick_device, scan, train
 
 RESULTS, CSV_FILE, REPORT, PLOT, METHODS_PLOT = "results.json", "results.csv", "report.md", "metric_vs_ratio.png", \
     "methods_vs_ratio.png"
@@ -93,6 +94,7 @@ class ProbePlan:
     stages: list[int] = field(default_factory=lambda: [1])
     resize: list[str] = field(default_factory=lambda: ["absolute"])
     options: dict = field(default_factory=dict)  # kernel, position and resize options (window, rank, ...)
+    memory: list[int] = field(default_factory=lambda: [0])  # memory across windows, in windows of the cell (0: none)
 
     def __post_init__(self) -> None:
         if not self.cells:
@@ -121,6 +123,8 @@ class ProbePlan:
         if self.train_shifts > 1 and self.split == "random" and not self.test:
             raise InputError("train_shifts cuts whole training files at several offsets, which would put held-out "
                              "windows into training: use it with split 'chronological' or test files")
+        if not self.memory or any(not isinstance(k, int) or k < 0 for k in self.memory):
+            raise InputError(f"memory counts windows and must be 0 or more, got {self.memory}")
         if any(k < 1 for k in self.stages):
             raise InputError(f"stages counts stages and must be at least 1, got {self.stages}")
         if not any(self.training.get(key) is not None for key in BUDGET_KEYS):
@@ -182,19 +186,21 @@ class ProbePlan:
                                                           ("resize", resize, RESIZES)):
                                 if value not in registry:
                                     raise InputError(f"unknown {name} {value!r}; choose from {', '.join(registry)}")
-                            if check_combination(kernel, POSITIONS[scheme], resizing=True):
-                                continue
-                            parts = ["attention"] + ([kernel] if kernel != "full" else []) \
-                                + ([scheme] if scheme != default_positions else []) \
-                                + (["relative"] if resize != "absolute" else []) + ([f"{count}stages"] if count > 1 else [])
-                            overrides = {"reducer": "attention", "attention": kernel, "positions": scheme,
-                                         "resize": resize, "stage_count": count}
-                            out["+".join(parts)] = overrides
+                            for windows in self.memory:
+                                if check_combination(kernel, POSITIONS[scheme], resizing=True, memory=windows > 0):
+                                    continue
+                                parts = ["attention"] + ([kernel] if kernel != "full" else []) \
+                                    + ([scheme] if scheme != default_positions else []) \
+                                    + (["relative"] if resize != "absolute" else []) \
+                                    + ([f"{count}stages"] if count > 1 else []) + ([f"mem{windows}"] if windows else [])
+                                overrides = {"reducer": "attention", "attention": kernel, "positions": scheme,
+                                             "resize": resize, "stage_count": count, "memory_windows": windows}
+                                out["+".join(parts)] = overrides
         return out
 
 
 _LATER_DEFAULTS = {"attention": ["full"], "positions": [], "stages": [1], "resize": ["absolute"], "options": {},
-                   "split": "random", "train_shifts": 1}
+                   "split": "random", "train_shifts": 1, "memory": [0]}
 
 
 def stage_ratios(seq_len: int, ratio: float, count: int) -> list[float]:
@@ -263,6 +269,8 @@ class Split:
     train: list[torch.Tensor]
     test: list[torch.Tensor]
     streams: list[torch.Tensor] | None = None
+    train_links: list[Link] | None = None  # each window's stream and record start (models with memory)
+    test_links: list[Link] | None = None
 
     def codec_windows(self, seq_len: int) -> list[torch.Tensor]:
         """What a classical codec that learns fits on: every full window of the streams, at every symbol offset
@@ -281,12 +289,13 @@ def tail_split(stream: torch.Tensor, held_out: float, where: str = "the data") -
     return stream[:cut], stream[cut:]
 
 
-def shifted_windows(stream: torch.Tensor, seq_len: int, shifts: int) -> list[torch.Tensor]:
+def shifted_windows(stream: torch.Tensor, seq_len: int, shifts: int, per_offset: bool = False) -> list:
     """Windows of seq_len symbols cut from the stream (S, ...) at `shifts` offsets 0, seq_len // shifts,
     2 seq_len // shifts, ... (each cut drops the symbols before its offset; the last window of each is
-    shorter). One shift is the ordinary cut."""
+    shorter). One shift is the ordinary cut. With `per_offset`, one list of windows per offset."""
     offsets = sorted({k * seq_len // shifts for k in range(shifts)})
-    return [w for offset in offsets if offset < len(stream) for w in split_windows(stream[offset:], seq_len)]
+    cuts = [split_windows(stream[offset:], seq_len) for offset in offsets if offset < len(stream)]
+    return cuts if per_offset else [w for cut in cuts for w in cut]
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -368,13 +377,18 @@ class Probe:
         """The training and held-out windows of seq_len symbols (see the module's docstring)."""
         domain = self.learned_domain()
         if self.plan.split == "random" and not self.plan.test:
-            windows = domain.load_windows(self.training_files(), seq_len)
-            train_w, test_w, same = split_held_out(windows, self.plan.held_out, HELD_OUT_SEED)
-            if same:
+            pairs = list(domain.linked_windows(self.training_files(), seq_len))
+            # With memory variants the windows are held out in runs, so that held-out windows keep their context
+            # (the same split for every method of the probe).
+            split = scan([w for w, _ in pairs], self.plan.held_out, HELD_OUT_SEED, block=self._block())
+            if split.held_out_is_train:
                 raise InputError(f"the data gives a single window of {seq_len} symbols: nothing to hold out; "
                                  "give more data, test files or a shorter seq_len")
-            return Split(train_w, test_w)
-        streams, test_w = [], []
+            train = list(held_links((w, link, split.trains_on(i)) for i, (w, link) in enumerate(pairs)))
+            test = list(held_links((w, link, split.evaluates_on(i)) for i, (w, link) in enumerate(pairs)))
+            return Split([w for w, _ in train], [w for w, _ in test], None, [lk for _, lk in train],
+                         [lk for _, lk in test])
+        streams, test_w, test_links = [], [], []
         for path in self.training_files():
             windows = domain.load_windows([path], seq_len)
             if not windows:
@@ -382,16 +396,31 @@ class Probe:
             stream = torch.cat(windows)  # (S, ...) the file's symbols in order
             if self.plan.split == "chronological":
                 stream, tail = tail_split(stream, self.plan.held_out, str(path))
-                test_w += split_windows(tail, seq_len)
+                tail_windows = split_windows(tail, seq_len)
+                test_w += tail_windows
+                test_links += [Link(0, i == 0) for i in range(len(tail_windows))]
             streams.append(stream)
         if self.plan.test:
-            test_w = domain.load_windows([Path(p) for p in self.plan.test], seq_len)
-        train_w = [w for s in streams for w in shifted_windows(s, seq_len, self.plan.train_shifts)]
-        return Split(train_w, test_w, streams)
+            pairs = list(domain.linked_windows([Path(p) for p in self.plan.test], seq_len))
+            test_w, test_links = [w for w, _ in pairs], [link for _, link in pairs]
+        # A training stream is one file's symbols joined: each cut of it is one record for memory.
+        cuts = [shifted_windows(s, seq_len, self.plan.train_shifts, per_offset=True) for s in streams]
+        train_w = [w for offsets in cuts for cut in offsets for w in cut]
+        train_links = [Link(0, i == 0) for offsets in cuts for cut in offsets for i in range(len(cut))]
+        return Split(train_w, test_w, streams, train_links, test_links)
+
+    def _block(self) -> int:
+        """Windows held out together: a training run with memory variants (see `TrainOptions.run_windows`), else 1."""
+        if not any(self.plan.memory):
+            return 1
+        return TrainOptions(**{k: v for k, v in self.plan.training.items()}).run_windows
 
     def config(self, method: str, seq_len: int, ratio: float) -> ModelConfig:
         overrides = dict(self.plan.variants()[method])
         count = overrides.pop("stage_count", 1)
+        windows = overrides.pop("memory_windows", 0)
+        if windows:
+            overrides["memory"] = windows * seq_len
         if count > 1:
             overrides["stages"] = stage_ratios(seq_len, ratio, count)
             ratio = math.prod(overrides["stages"])
@@ -419,9 +448,10 @@ class Probe:
         model = build_model(config, seed=seed)
         batch = {"batch_size": max(1, self.plan.batch_tokens // seq_len)} if self.plan.batch_tokens else {}
         options = TrainOptions(**{"val_fraction": 0.02, **self.plan.training, **batch, "seed": seed})
-        result = self.train_model(model, split.train, options)
+        result = self.train_model(model, WindowSource.of(split.train, split.train_links), options)
         model.cpu().eval()
-        metrics = evaluate_quantized(model, domain.objective, split.test, self.plan.dtype, batch_size=32)
+        metrics = evaluate_quantized(model, domain.objective, split.test, self.plan.dtype, batch_size=32,
+                                     links=split.test_links)
         return {"method": method, "kind": "model", "seq_len": seq_len, "ratio": ratio, "seed": seed,
                 "metrics": metrics, "value": metrics[domain.metric_name], **self._budget(config, split.test),
                 "parameters": model.parameter_count(), "steps": result.steps, "epochs": round(result.epochs, 4),

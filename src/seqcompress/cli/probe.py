@@ -65,12 +65,16 @@ def probe(
     classical: bool = typer.Option(True, "--classical/--no-classical", help="Also score the domain's classical "
                                    "codecs, if it has any, at the same stored floats (seqcompress/baselines.py)."),
     attention: str = typer.Option("full", "--attention", help="Attention kernels of the reducing-attention "
-                                  "method, comma-separated (full, lowrank, local, lsh, routing); each is a method of its own."),
+                                  "method, comma-separated (full, lowrank, local, lsh, routing); each is a method of its own. With "
+                                  "--stages, --positions, --resize and --memory: the seven mechanisms of "
+                                  "docs/attention.md."),
     positions: Optional[str] = typer.Option(None, "--positions", help="Position schemes, comma-separated (learned, "
                                             "none, t5, alibi, rope); default: the model's."),
     stages: str = typer.Option("1", "--stages", help="Reduction stage counts, comma-separated, e.g. 1,2 (2: n -> "
                                "sqrt(n m) -> m)."),
     resize: str = typer.Option("absolute", "--resize", help="W_S kinds, comma-separated: absolute, relative."),
+    memory: str = typer.Option("0", "--memory", help="Memory across windows, in windows of each cell, "
+                               "comma-separated, e.g. 0,1 (1: every block also attends to the previous window)."),
     option: list[str] = typer.Option([], "--option", "-O", help="Kernel, position or resize option KEY=VALUE "
                                      "(window, rank, buckets, band); each variant takes the ones it uses."),
     batch_size: int = TRAIN_BATCH,
@@ -128,7 +132,7 @@ def probe(
         train_shifts=train_shifts, cells=plan_cells, seeds=seeds,
         methods=list(REDUCERS) if baselines else _names(methods), classical=classical,
         attention=_names(attention), positions=_names(positions or ""), stages=_int_list(stages, "--stages"),
-        resize=_names(resize), options=parse_key_values(option, "--option"),
+        resize=_names(resize), options=parse_key_values(option, "--option"), memory=_int_list(memory, "--memory"),
         model=model, training=training, dtype=dtype, batch_tokens=batch_tokens,
     )
     runner = Probe(plan, dom, output, force=force)
