@@ -76,7 +76,7 @@ def build(mechanism: str, n: int, args):
         layout = Layout(in_mask, in_mask, True, pos_in, pos_in, geometry.key_spans(n))
         if parts[-1] == "mem":  # one previous window of memory rows, before the window's own keys
             layout.memory = MemoryRows(torch.randn(args.batch, n, d), torch.ones(args.batch, n, dtype=torch.bool),
-                                       pos_in - n)
+                                       pos_in - n, True)
     else:
         resize = parts[2]
         m = latent_length(n, 0.5)

@@ -34,11 +34,11 @@ from tests.conftest import tiny_config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 N = 8
-SCHEMES = ["learned", "t5", "alibi", "rope"]
+SCHEMES = ["t5", "alibi", "rope"]
 KERNELS = {"full": {}, "lsh": {"hash_buckets": 4, "chunk": 4}, "routing": {"clusters": 3, "chunk": 4}}
 
 
-def _model(attention="full", positions="learned", memory=4 * N, seed=1, **overrides):
+def _model(attention="full", positions="t5", memory=4 * N, seed=1, **overrides):
     config = tiny_config(n_max=N, attention=attention, positions=positions, memory=memory,
                          options=dict(KERNELS.get(attention, {})), **overrides)
     model = build_model(config, seed=seed)
@@ -135,6 +135,9 @@ def test_a_record_start_a_short_window_and_other_streams_isolate():
     mixed = _one_call(model, x, lengths, [Link(0, True), Link(1, True), Link(0), Link(1)])
     pair = _one_call(model, x[[0, 2]], lengths[[0, 2]], [Link(0, True), Link(0)])
     torch.testing.assert_close(mixed[2], pair[1], atol=1e-5, rtol=0)
+    # carried from call to call: a stream the call does not touch keeps its memory
+    links = [Link(0, True), Link(1, True), Link(0), Link(1)]
+    torch.testing.assert_close(_window_by_window(model, x, lengths, links), mixed, atol=2e-5, rtol=0)
     # a window shorter than n_max ends the chain: the one after it starts afresh
     short = lengths.clone()
     short[1] = 5
@@ -142,8 +145,18 @@ def test_a_record_start_a_short_window_and_other_streams_isolate():
     torch.testing.assert_close(cut[2], alone[2], atol=1e-5, rtol=0)
 
 
+def test_streams_carried_at_once_are_capped():
+    memory = Memory(span=N, n_max=N, ratios=[0.5])
+    count = 1025
+    batch = memory.batch([Link(i, True) for i in range(count)], [N] * count)
+    batch.read(0, 0, torch.zeros(count, N, 1))
+    with pytest.raises(InputError, match="more than 1,024 interleaved streams"):
+        batch.close()
+
+
 def test_no_gradient_reaches_an_earlier_window():
-    model = build_model(tiny_config(n_max=N, vocab_size=0, feature_dim=3, memory=2 * N), seed=0).train()
+    model = build_model(tiny_config(n_max=N, vocab_size=0, feature_dim=3, memory=2 * N, positions="rope"),
+                        seed=0).train()
     x = torch.randn(3, N, 3, requires_grad=True)
     out, _, _ = model(x, torch.tensor([N, N, N]), [Link(0, True), Link(0), Link(0)])
     out[2].square().sum().backward()
@@ -181,8 +194,9 @@ def test_a_seed_fixes_a_model_with_memory():
 def test_lsh_and_routing_in_their_limiting_case_are_full_attention_with_memory(attention, limit):
     """One bucket (cluster) and a chunk covering every query and key, memory keys included (they sit before
     the window, at negative positions, and must still sort into the chunk)."""
-    full = _model("full", "t5")
-    other = build_model(tiny_config(n_max=N, attention=attention, positions="t5", memory=4 * N, options=limit)).eval()
+    full = _model("full", "alibi")
+    other = build_model(tiny_config(n_max=N, attention=attention, positions="alibi", memory=4 * N,
+                                    options=limit)).eval()
     other.load_state_dict(full.state_dict(), strict=False)
     x, lengths = _windows(3)
     links = [Link(0, True), Link(0), Link(0)]
@@ -190,12 +204,17 @@ def test_lsh_and_routing_in_their_limiting_case_are_full_attention_with_memory(a
                                atol=2e-5, rtol=0)
 
 
-def test_kernels_that_cannot_take_memory_are_refused():
+def test_kernels_and_positions_that_cannot_take_memory_are_refused():
     for attention in ("lowrank", "local"):
         with pytest.raises(InputError, match="cannot use memory"):
-            tiny_config(attention=attention, memory=16)
+            tiny_config(attention=attention, positions="t5", memory=16)
+    for positions in ("learned", "none"):  # a memory row would sit where the window's own row sits
+        with pytest.raises(InputError, match="memory needs relative positions"):
+            tiny_config(positions=positions, memory=16)
     with pytest.raises(InputError, match="memory"):
         tiny_config(memory=-1)
+    with pytest.raises(InputError, match="at most 64 windows"):
+        tiny_config(positions="t5", memory=65 * 16)
 
 
 def test_links_of_a_file_and_of_a_run():
@@ -258,6 +277,12 @@ def test_sqz_links_are_stored_checked_and_required(tmp_path):
     with pytest.raises(FormatError, match="links"):
         with open(tmp_path / "b.sqz", "wb") as f:
             LatentWriter(f, header).add([N], [(1, {})], torch.zeros(4, 2), [Link(), Link()])
+    reader = LatentReader(path)
+    for bad in ({"streams": [[0, 4]], "starts": []}, {"streams": [[1024, 3]], "starts": []},
+                {"streams": [[0, 3]], "starts": [3]}, {"streams": [[0, 3]], "starts": [1, 0]},
+                {"streams": [[0, 3]], "starts": [True]}, {"streams": "x", "starts": []}, [1]):
+        with pytest.raises(FormatError, match="chunk 0"):
+            reader._links(bad, 0, 3)
 
 
 def test_a_long_fasta_round_trips_with_memory_from_the_cli(tmp_path):
@@ -275,7 +300,7 @@ def test_a_long_fasta_round_trips_with_memory_from_the_cli(tmp_path):
 
     model = tmp_path / "m"
     sq("fit", "--domain", "dna", fasta, "-o", model, "--seq-len", 64, "--d-model", 32, "--heads", 2, "--layers", 1,
-       "--memory", 64, "--max-steps", 20, "--batch-size", 16, "-q")
+       "--positions", "t5", "--memory", 64, "--max-steps", 20, "--batch-size", 16, "-q")
     assert json.loads((model / "config.json").read_text())["model"]["memory"] == 64
     sq("encode", "-m", model, fasta, "-o", tmp_path / "y.sqz")
     sq("decode", "-m", model, tmp_path / "y.sqz", "-o", tmp_path / "back.fa")
@@ -315,10 +340,10 @@ def test_the_probe_ranks_memory_variants(tmp_path):
 
     domain = get_domain("dna")
     plan = ProbePlan(domain="dna", domain_state=domain.state(), data=[], cells=[(32, 0.5)], seeds=1,
-                     attention=["full", "local"], memory=[0, 1], model={"d_model": 16, "heads": 2, "layers": 1,
-                                                                         "ffn_dim": 32, "latent_dim": 16},
+                     attention=["full", "local"], memory=[0, 1], positions=["t5"],
+                     model={"d_model": 16, "heads": 2, "layers": 1, "ffn_dim": 32, "latent_dim": 16},
                      training={"max_steps": 3, "batch_size": 8})
-    assert list(plan.variants()) == ["attention", "attention+mem1", "attention+local"]  # local takes no memory
+    assert list(plan.variants()) == ["attention+t5", "attention+t5+mem1", "attention+local+t5"]  # local: no memory
     split = Probe(plan, domain, tmp_path).split(32)
     assert len(split.train_links) == len(split.train) and len(split.test_links) == len(split.test)
-    assert Probe(plan, domain, tmp_path).config("attention+mem1", 32, 0.5).memory == 32
+    assert Probe(plan, domain, tmp_path).config("attention+t5+mem1", 32, 0.5).memory == 32

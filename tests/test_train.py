@@ -168,7 +168,7 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path,
     With memory, batches are runs of consecutive windows and the same holds."""
     path = _write(tmp_path / "data.tok", _windows(40))
     source = WindowSource.files(ToyTokens(), [path], 16)
-    config = tiny_config(dropout=0.1, memory=memory)
+    config = tiny_config(dropout=0.1, memory=memory, positions="t5" if memory else "learned")
 
     def opts(steps):
         return TrainOptions(epochs=None, max_steps=steps, batch_size=8, shuffle_buffer=8, seed=1, decay_epochs=2)

@@ -263,7 +263,7 @@ def evaluate_files(
     changes = domain.settings_class.parse(options or {}, allowed=domain.settings_class.encode_names())
     domain = domain.with_settings(**changes) if changes else domain
     data = [Path(p) for p in paths] if paths else domain.default_data()
-    pieces = (piece for path in check_data_paths(data) for piece in domain.codec.iter_windows(path, model.config.n_max))
+    pieces = domain.pieces(check_data_paths(data), model.config.n_max)  # memory resets at each file
     result = evaluate_stream(model, domain.objective, pieces, dtype, batch_size, chunk_windows, on_progress)
     return {
         "domain": domain.name,

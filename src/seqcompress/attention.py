@@ -82,7 +82,7 @@ class Attention(nn.Module):
         if memory is not None:  # memory rows are keys and values before the window's own (R + N of them)
             inputs = torch.cat([memory.states, inputs], dim=1)  # (B, R + N, D)
             k_pos = torch.cat([memory.pos, k_pos])
-            if key_mask is not None or not bool(memory.mask.all()):  # all real: no mask (SDPA's fastest path)
+            if key_mask is not None or not memory.all_real:  # all real: no mask (SDPA's fastest path)
                 key_mask = torch.cat([memory.mask, layout.in_mask], dim=1)
         b, m, d = queries.shape
         n, h = inputs.shape[1], self.heads

@@ -161,6 +161,8 @@ def _in_memory(model: SequenceAutoencoder, links: list[Link] | None, count: int)
     """(links, memory) for in-memory windows: without links each window is a record of its own."""
     if not model.config.memory:
         return None, None
+    if links is not None and len(links) != count:
+        raise InputError(f"{len(links)} links for {count} windows")
     return (list(links) if links is not None else [Link(0, True)] * count), model.memory()
 
 
@@ -207,9 +209,13 @@ def group_chunks(pieces: Iterable[Piece], chunk_windows: int = CHUNK_WINDOWS) ->
 def as_pieces(windows: Iterable[torch.Tensor], links: Iterable[Link] | None = None) -> Iterator[Piece]:
     """Windows without side information (in-memory data), one piece each; without `links`, every window is
     a record of its own (a model with memory sees no memory)."""
-    links = iter(links) if links is not None else None
-    for window in windows:
-        yield Piece([window], {}, [next(links) if links is not None else Link(0, True)])
+    if links is None:
+        yield from (Piece([window], {}, [Link(0, True)]) for window in windows)
+        return
+    windows, links = list(windows), list(links)
+    if len(links) != len(windows):
+        raise InputError(f"{len(links)} links for {len(windows)} windows")
+    yield from (Piece([window], {}, [link]) for window, link in zip(windows, links))
 
 
 @dataclass

@@ -66,5 +66,5 @@ class Compressor:
 
     def evaluate(self, paths: list[str | os.PathLike], dtype: str = STORED_DTYPE) -> dict[str, float]:
         """The domain's metrics on files, through the storage `encode_file` uses."""
-        pieces = (piece for p in paths for piece in self.domain.codec.iter_windows(Path(p), self.config.n_max))
+        pieces = self.domain.pieces([Path(p) for p in paths], self.config.n_max)  # memory resets at each file
         return compress.evaluate_stream(self.model, self.domain.objective, pieces, dtype).values

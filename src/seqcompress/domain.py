@@ -327,11 +327,15 @@ class Domain(ABC):
         """Every window of the files in a list (for the probe and tests, which hold small data)."""
         return list(self.windows(paths, seq_len))
 
-    def linked_windows(self, paths: list[Path], seq_len: int) -> Iterator[tuple[torch.Tensor, Link]]:
-        """Every window of the files, in order, with its Link (memory resets at each file and record)."""
+    def pieces(self, paths: list[Path], seq_len: int) -> Iterator[Piece]:
+        """The pieces of the files, in order, each window with its Link (memory resets at each file and record)."""
         for path in check_data_paths([Path(p) for p in paths]):
-            for piece in file_links(self.codec.iter_windows(path, seq_len)):
-                yield from zip(piece.windows, piece.links)
+            yield from file_links(self.codec.iter_windows(path, seq_len))
+
+    def linked_windows(self, paths: list[Path], seq_len: int) -> Iterator[tuple[torch.Tensor, Link]]:
+        """Every window of the files, in order, with its Link."""
+        for piece in self.pieces(paths, seq_len):
+            yield from zip(piece.windows, piece.links)
 
 
 # ---- helpers shared by domains ---------------------------------------------------------------------------

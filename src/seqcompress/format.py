@@ -46,7 +46,7 @@ from safetensors.torch import save as st_save
 
 from seqcompress.errors import FormatError, ModelMismatchError
 from seqcompress.lengths import stage_lengths
-from seqcompress.memory import Link
+from seqcompress.memory import MAX_STREAMS, Link
 
 MAGIC = b"\x89SQZ\r\n\x1a\n"
 FORMAT_VERSION = 2
@@ -55,7 +55,6 @@ MAX_V1_HEADER_BYTES = 64 * 1024 * 1024  # format 1 kept every window length and 
 MAX_CHUNK_BYTES = 1024 * 1024 * 1024
 MAX_INFO_BYTES = 64 * 1024 * 1024
 MAX_TRAILER_BYTES = 1024 * 1024
-MAX_STREAMS = 1 << 20  # stream ids in a chunk's links (audio channels are capped far lower)
 _ZLIB_MAX_RATIO = 1032  # deflate's limit: no input inflates to more than this many times its size
 _PREFIX = struct.Struct("<8sHI")  # magic, version, header_len
 _CHUNK_LEN = struct.Struct("<Q")
@@ -189,9 +188,6 @@ def check_model(header: dict, fingerprint: str, n_max: int, ratio: float, latent
                 stages: list[float] | None = None, memory: int = 0) -> None:
     """Refuse a latent file written by another model (the fingerprint), even with `force` if shapes differ."""
     m = header["model"]
-    if m.get("memory", 0) != memory:
-        raise ModelMismatchError(f"this latent file was encoded with memory {m.get('memory', 0)}; the given model has "
-                                 f"memory {memory} (decode replays the encoder's memory, so they must agree)")
     if [float(s) for s in m.get("stages", [])] != [float(s) for s in stages or []]:
         raise ModelMismatchError(f"this latent file needs a model with reduction stages {m.get('stages', [])}; "
                                  f"the given model has {stages or []}")
@@ -205,6 +201,9 @@ def check_model(header: dict, fingerprint: str, n_max: int, ratio: float, latent
             f"this latent file was written by model {m['fingerprint'][:12]}, not by the given model "
             f"{fingerprint[:12]}; decode it with the model that encoded it (or force_model to try anyway)"
         )
+    if m.get("memory", 0) != memory:
+        raise ModelMismatchError(f"this latent file was encoded with memory {m.get('memory', 0)}; the given model has "
+                                 f"memory {memory} (decode replays the encoder's memory, so they must agree)")
 
 
 # ---- writing -------------------------------------------------------------------------------------

@@ -32,7 +32,10 @@ from typing import NamedTuple
 
 import torch
 
+from seqcompress.errors import InputError
 from seqcompress.lengths import as_fraction, latent_positions
+
+MAX_STREAMS = 1024  # streams carrying memory at once (an audio file's channels are capped at 1,024)
 
 __all__ = ["Link", "MemoryRows", "Memory", "MemoryBatch", "file_links", "run_links", "held_links"]
 
@@ -47,11 +50,13 @@ class Link(NamedTuple):
 
 class MemoryRows(NamedTuple):
     """Memory of one block for a batch: states (B, R, D) (block inputs of earlier windows), mask (B, R) True
-    where real (missing history is padding on the left), pos (R,) positions relative to the window's start."""
+    where real (missing history is padding on the left), pos (R,) float32 positions relative to the window's
+    start, and whether every row is real (known on the host, so no device sync asks)."""
 
     states: torch.Tensor
     mask: torch.Tensor
     pos: torch.Tensor
+    all_real: bool = False
 
 
 def file_links(pieces: Iterable) -> Iterator:
@@ -102,7 +107,7 @@ class Memory:
 
     def __init__(self, span: int, n_max: int, ratios: list[float], carry: bool = True) -> None:
         if span < 1:
-            raise ValueError(f"memory must be at least 1 symbol, got {span}")
+            raise InputError(f"memory must be at least 1 symbol, got {span}")
         self.span, self.n_max, self.carry = span, n_max, carry
         self.full_rows = [n_max]  # r_s: rows of a full window at each level
         cumulative, self.cumulative = 1.0, [1.0]
@@ -127,28 +132,34 @@ class Memory:
 class MemoryBatch:
     """The memory plan of one call: for every window, which rows of history it sees, at every level.
 
-    `read(block, level, x)` gives a block its MemoryRows (x: the block's inputs for the batch, (B, P, D));
-    `close()` keeps each stream's last R rows for the next call."""
+    `read(block, level, x)` gives a block its MemoryRows, or None when no window of the batch has history
+    (x: the block's inputs for the batch, (B, P, D)); `close()` keeps each stream's last R rows for the next
+    call (streams the batch did not touch keep theirs; a stream with no history is dropped)."""
 
     def __init__(self, memory: Memory, links: list[Link], lengths: list[int]) -> None:
         if len(links) != len(lengths):
-            raise ValueError(f"{len(links)} links for {len(lengths)} windows")
+            raise InputError(f"{len(links)} links for {len(lengths)} windows")
         self.memory, self.links, self.lengths = memory, links, lengths
-        self.slots = {s: i for i, s in enumerate(memory.streams)}  # carried streams, in pool order
+        first: dict[int, bool] = {}
+        for link in links:
+            first.setdefault(link.stream, link.start)
+        # The carried streams this batch continues (pool order): those whose first window here is no start.
+        continued = [s for s, start in first.items() if not start and s in memory.streams]
+        self.slots = {s: i for i, s in enumerate(continued)}
         self._plans: dict[int, tuple[list, dict]] = {}
-        self._pools: dict[int, tuple[int, torch.Tensor, int]] = {}  # block -> (level, pool, P)
+        self._pools: dict[int, tuple[int, torch.Tensor, int]] = {}  # block -> (level, pool, P), kept to carry
 
     def _plan(self, level: int) -> tuple[list, dict]:
         """Per window, its history as segments (source, index, first row, rows), oldest first, at most R rows;
-        and per stream, the history after the batch. Source "c": a carried stream slot; "b": a batch window."""
+        and per stream of the batch, the history after it. Source "c": a carried stream slot; "b": a window."""
         if level in self._plans:
             return self._plans[level]
         mem = self.memory
         rows, full = mem.rows[level], mem.full_rows[level]
         history: dict[int, list] = {}
-        for stream, carried in mem.streams.items():
-            v = carried.valid.get(level, 0)
-            history[stream] = [("c", self.slots[stream], rows - v, v)] if v else []
+        for stream, slot in self.slots.items():
+            v = mem.streams[stream].valid.get(level, 0)
+            history[stream] = [("c", slot, rows - v, v)] if v else []
         per_window = []
         for b, (link, length) in enumerate(zip(self.links, self.lengths)):
             seen = [] if link.start else history.get(link.stream, [])
@@ -157,26 +168,28 @@ class MemoryBatch:
         self._plans[level] = (per_window, history)
         return self._plans[level]
 
-    def read(self, block: int, level: int, x: torch.Tensor) -> MemoryRows:
+    def read(self, block: int, level: int, x: torch.Tensor) -> MemoryRows | None:
         mem = self.memory
         rows = mem.rows[level]
         b, p, d = x.shape
-        carried = [mem.streams[s].states.get(block) for s in self.slots]
-        if any(c is None for c in carried):
-            raise ValueError(f"the carried memory has no state for block {block}")
+        carried = [mem.streams[s].states[block] for s in self.slots]
         pool = torch.cat([*(c.to(x.dtype) for c in carried), x.detach().reshape(b * p, d), x.new_zeros(1, d)])
-        self._pools[block] = (level, pool, p)
+        if mem.carry:
+            self._pools[block] = (level, pool, p)
         per_window, _ = self._plan(level)
         index, mask = _gather_index(per_window, rows, len(carried) * rows, p, pool.shape[0] - 1)
-        index, mask = index.to(x.device), mask.to(x.device)
-        return MemoryRows(pool[index], mask, mem.positions(level, x.device).to(x.dtype))
+        if not bool(mask.any()):  # no window has history: nothing to attend to
+            return None
+        # Positions stay float32 (as the layout's), whatever the dtype of the states under autocast.
+        return MemoryRows(pool[index.to(x.device)], mask.to(x.device), mem.positions(level, x.device),
+                          bool(mask.all()))
 
     def close(self) -> None:
         """Keep, per stream, the last R rows of every block's inputs (and how many of them are real)."""
         mem = self.memory
-        if not mem.carry:
+        if not mem.carry or not self._pools:
             return
-        streams: dict[int, _Carried] = {}
+        updated: dict[int, _Carried] = {}
         for block, (level, pool, p) in self._pools.items():
             rows = mem.rows[level]
             _, after = self._plan(level)
@@ -184,9 +197,17 @@ class MemoryBatch:
             index, mask = _gather_index([after[s] for s in names], rows, len(self.slots) * rows, p, pool.shape[0] - 1)
             states = pool[index.to(pool.device)]  # (S, R, D)
             for i, s in enumerate(names):
-                carried = streams.setdefault(s, _Carried({}, {}))
+                carried = updated.setdefault(s, _Carried({}, {}))
                 carried.valid[level] = int(mask[i].sum())
                 carried.states[block] = states[i].detach()
+        streams = dict(mem.streams)
+        for s, carried in updated.items():
+            if any(carried.valid.values()):
+                streams[s] = carried
+            else:
+                streams.pop(s, None)
+        if len(streams) > MAX_STREAMS:
+            raise InputError(f"more than {MAX_STREAMS:,} interleaved streams carry memory at once")
         mem.streams = streams
 
 

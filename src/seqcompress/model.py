@@ -134,6 +134,8 @@ class ModelConfig:
         for key, value in self.options.items():  # sizes come from some of them (rank, buckets, band)
             if isinstance(value, bool) or (isinstance(value, (int, float)) and not abs(value) <= _MAX_OPTION):
                 raise InputError(f"option {key} must be a number of at most {_MAX_OPTION:,}, got {value!r}")
+        if self.memory > 64 * self.n_max:
+            raise InputError(f"memory ({self.memory:,} symbols) may reach back at most 64 windows ({64 * self.n_max:,})")
         if self.options.get("scope", "all") not in ("all", "resizing"):
             raise InputError(f"option scope must be 'all' or 'resizing', got {self.options['scope']!r}")
         why = check_combination(self.attention, POSITIONS[self.positions], resizing=REDUCERS[self.reducer].needs_attention,
@@ -362,9 +364,8 @@ class SequenceAutoencoder(nn.Module):
     @staticmethod
     def _remember(layout: Layout, memory: MemoryBatch | None, block: int, level: int, x: torch.Tensor) -> Layout:
         """The block's layout with its memory rows (gathered from earlier windows' inputs of this block)."""
-        if memory is None:
-            return layout
-        return dataclasses.replace(layout, memory=memory.read(block, level, x))
+        rows = memory.read(block, level, x) if memory is not None else None
+        return layout if rows is None else dataclasses.replace(layout, memory=rows)
 
     # ---- what training adds to the domain's loss, and does after each step --------------------
     def aux_loss(self) -> torch.Tensor | None:

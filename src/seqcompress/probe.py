@@ -55,7 +55,7 @@ from seqcompress.model import ModelConfig, build_model, option_defaults
 from seqcompress.positions import POSITIONS
 from seqcompress.reducers import REDUCERS
 from seqcompress.resize import RESIZES
-from seqcompress.train import TrainOptions, WindowSource, pick_device, scan, train
+from seqcompress.train import TrainOptions, WindowSource, pick_device, run_length, scan, train
 
 RESULTS, CSV_FILE, REPORT, PLOT, METHODS_PLOT = "results.json", "results.csv", "report.md", "metric_vs_ratio.png", \
     "methods_vs_ratio.png"
@@ -380,7 +380,7 @@ class Probe:
             pairs = list(domain.linked_windows(self.training_files(), seq_len))
             # With memory variants the windows are held out in runs, so that held-out windows keep their context
             # (the same split for every method of the probe).
-            split = scan([w for w, _ in pairs], self.plan.held_out, HELD_OUT_SEED, block=self._block())
+            split = scan([w for w, _ in pairs], self.plan.held_out, HELD_OUT_SEED, block=self._block(seq_len))
             if split.held_out_is_train:
                 raise InputError(f"the data gives a single window of {seq_len} symbols: nothing to hold out; "
                                  "give more data, test files or a shorter seq_len")
@@ -409,11 +409,13 @@ class Probe:
         train_links = [Link(0, i == 0) for offsets in cuts for cut in offsets for i in range(len(cut))]
         return Split(train_w, test_w, streams, train_links, test_links)
 
-    def _block(self) -> int:
-        """Windows held out together: a training run with memory variants (see `TrainOptions.run_windows`), else 1."""
-        if not any(self.plan.memory):
-            return 1
-        return TrainOptions(**{k: v for k, v in self.plan.training.items()}).run_windows
+    def _options(self, seq_len: int, seed: int = 0) -> TrainOptions:
+        batch = {"batch_size": max(1, self.plan.batch_tokens // seq_len)} if self.plan.batch_tokens else {}
+        return TrainOptions(**{"val_fraction": 0.02, **self.plan.training, **batch, "seed": seed})
+
+    def _block(self, seq_len: int) -> int:
+        """Windows held out together: a training run when memory variants run (`train.run_length`), else 1."""
+        return run_length(self._options(seq_len)) if any(self.plan.memory) else 1
 
     def config(self, method: str, seq_len: int, ratio: float) -> ModelConfig:
         overrides = dict(self.plan.variants()[method])
@@ -446,8 +448,7 @@ class Probe:
         domain = self.learned_domain()
         config = self.config(method, seq_len, ratio)
         model = build_model(config, seed=seed)
-        batch = {"batch_size": max(1, self.plan.batch_tokens // seq_len)} if self.plan.batch_tokens else {}
-        options = TrainOptions(**{"val_fraction": 0.02, **self.plan.training, **batch, "seed": seed})
+        options = self._options(seq_len, seed)
         result = self.train_model(model, WindowSource.of(split.train, split.train_links), options)
         model.cpu().eval()
         metrics = evaluate_quantized(model, domain.objective, split.test, self.plan.dtype, batch_size=32,

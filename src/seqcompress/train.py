@@ -385,7 +385,7 @@ def train(
         source = WindowSource.of(source)
     device = pick_device(opts.device)
     model.to(device).train()
-    run = min(opts.run_windows, opts.batch_size) if model.config.memory else 0  # memory: runs of consecutive windows
+    run = run_length(opts) if model.config.memory else 0  # memory: runs of consecutive windows
     split = scan(source, opts.val_fraction, opts.seed, block=run or 1)
     steps_per_epoch = math.ceil(split.train_windows / opts.batch_size)
     limits = [s for s in (opts.max_steps, opts.epochs and math.ceil(opts.epochs * steps_per_epoch)) if s]
@@ -478,6 +478,12 @@ def train(
         held_out=held_out_values, symbols_per_s=symbols_done / max(loop_s, 1e-9),
         history=history, split=split, checkpoint_error=checkpoint_error,
     )
+
+
+def run_length(opts: TrainOptions) -> int:
+    """Windows per training run with memory: the largest divisor of the batch size up to run_windows, so that
+    every batch holds whole runs."""
+    return max(k for k in range(1, min(opts.run_windows, opts.batch_size) + 1) if opts.batch_size % k == 0)
 
 
 def _held_out(source: WindowSource, split: Split, run: int) -> Iterator:

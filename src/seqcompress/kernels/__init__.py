@@ -94,6 +94,9 @@ def check_combination(kernel: str, positions, resizing: bool, memory: bool = Fal
     if memory and not caps.memory:
         return (f"attention {kernel!r} cannot use memory: its keys are tied to the window's own places "
                 f"(use full, lsh or routing with --memory)")
+    if memory and not (positions.uses_bias or positions.rotary):
+        return (f"memory needs relative positions (t5, alibi or rope): with {positions.name!r} positions a memory row "
+                "has the same place as the window's own row")
     return None
 
 
