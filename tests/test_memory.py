@@ -332,6 +332,12 @@ def test_training_batches_are_runs_of_consecutive_windows_and_held_out_windows_k
         assert [int(w[0]) for w, _ in run] == list(range(int(run[0][0][0]), int(run[0][0][0]) + 4))
         assert [link.start for _, link in run] == [True, False, False, False]
     assert TrainOptions().run_windows == 8
+    # two lanes: a batch of 2 holds one window of each run, and each lane's windows follow in order
+    dealt = list(TrainWindows(source, split, buffer=64, seed=0, run=4, lanes=2))
+    assert [link.stream for _, link in dealt[:8]] == [0, 1024, 0, 1024, 0, 1024, 0, 1024]
+    lane0 = [int(w[0]) for w, link in dealt[:8] if link.stream == 0]
+    assert lane0 == list(range(lane0[0], lane0[0] + 4)) and [link.start for _, link in dealt[:4]] == [True, True,
+                                                                                                       False, False]
 
 
 def test_the_probe_ranks_memory_variants(tmp_path):

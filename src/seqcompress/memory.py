@@ -128,6 +128,23 @@ class Memory:
     def batch(self, links: list[Link], lengths: list[int]) -> "MemoryBatch":
         return MemoryBatch(self, list(links), list(lengths))
 
+    def state(self, prefix: str) -> tuple[dict[str, torch.Tensor], dict]:
+        """What is carried, as tensors named `prefix.stream.block` and the real rows per stream and level (a
+        training checkpoint keeps it, so a resumed run continues every stream's memory)."""
+        tensors = {f"{prefix}.{s}.{block}": t.detach().cpu().contiguous()
+                   for s, carried in self.streams.items() for block, t in carried.states.items()}
+        return tensors, {str(s): {str(level): v for level, v in carried.valid.items()}
+                         for s, carried in self.streams.items()}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], valid: dict, prefix: str,
+                   device: torch.device | str = "cpu") -> None:
+        streams = {}
+        for s, levels in valid.items():
+            head = f"{prefix}.{int(s)}."
+            states = {int(k[len(head):]): t.to(device) for k, t in tensors.items() if k.startswith(head)}
+            streams[int(s)] = _Carried({int(level): int(v) for level, v in levels.items()}, states)
+        self.streams = streams
+
 
 class MemoryBatch:
     """The memory plan of one call: for every window, which rows of history it sees, at every level.

@@ -27,7 +27,7 @@ class TrainOptions:
     eval_every: int = 0  # also evaluate every N steps (0: once per epoch and at the end)
     eval_batches: int | None = None  # cap held-out batches per evaluation during training (None: all)
     shuffle_buffer: int = 4096  # windows shuffled together (fewer when they would pass SHUFFLE_BYTES)
-    run_windows: int = 8  # models with memory: consecutive windows kept in order (the unit of shuffle and split)
+    run_windows: int = 8  # models with memory: consecutive windows each batch lane trains on, one per step
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

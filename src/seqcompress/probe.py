@@ -55,7 +55,7 @@ from seqcompress.model import ModelConfig, build_model, option_defaults
 from seqcompress.positions import POSITIONS
 from seqcompress.reducers import REDUCERS
 from seqcompress.resize import RESIZES
-from seqcompress.train import TrainOptions, WindowSource, pick_device, run_length, scan, train
+from seqcompress.train import TrainOptions, WindowSource, pick_device, scan, train
 
 RESULTS, CSV_FILE, REPORT, PLOT, METHODS_PLOT = "results.json", "results.csv", "report.md", "metric_vs_ratio.png", \
     "methods_vs_ratio.png"
@@ -414,8 +414,8 @@ class Probe:
         return TrainOptions(**{"val_fraction": 0.02, **self.plan.training, **batch, "seed": seed})
 
     def _block(self, seq_len: int) -> int:
-        """Windows held out together: a training run when memory variants run (`train.run_length`), else 1."""
-        return run_length(self._options(seq_len)) if any(self.plan.memory) else 1
+        """Windows held out together: a training run when memory variants run (`run_windows`), else 1."""
+        return self._options(seq_len).run_windows if any(self.plan.memory) else 1
 
     def config(self, method: str, seq_len: int, ratio: float) -> ModelConfig:
         overrides = dict(self.plan.variants()[method])

@@ -39,7 +39,7 @@ from seqcompress.attention import length_mask
 from seqcompress.compress import collate
 from seqcompress.domain import Domain, Objective
 from seqcompress.errors import InputError, ModelFileError, SeqCompressError
-from seqcompress.memory import Link, held_links, run_links
+from seqcompress.memory import MAX_STREAMS, Link, held_links, run_links
 from seqcompress.model import SequenceAutoencoder
 from seqcompress.options import TrainOptions
 
@@ -226,11 +226,14 @@ class TrainWindows(IterableDataset):
     replays the epoch's order to where it stopped). For a DataLoader with num_workers=0.
 
     With `run` (models with memory), the unit of shuffling is a run of `run` consecutive training windows,
-    kept in order, and each window comes with its Link (the first window of each stream in a run starts):
-    a batch holds batch_size / run runs, and each window sees the windows before it in its run as memory."""
+    kept in order, and each window comes with its Link. Runs are dealt to `lanes` lanes (the batch size),
+    a group of `lanes` runs at a time, one window of each lane after another: a batch holds one window of
+    each lane, the lane's next window comes in the next batch, and memory carries from step to step within
+    a lane (Transformer-XL's B streams; `lanes` x MAX_STREAMS + the window's own stream names it)."""
 
-    def __init__(self, source: Iterable[torch.Tensor], split: Split, buffer: int, seed: int, run: int = 0) -> None:
-        self.source, self.split, self.buffer, self.seed, self.run = source, split, buffer, seed, run
+    def __init__(self, source: Iterable[torch.Tensor], split: Split, buffer: int, seed: int, run: int = 0,
+                 lanes: int = 1) -> None:
+        self.source, self.split, self.buffer, self.seed, self.run, self.lanes = source, split, buffer, seed, run, lanes
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -242,11 +245,23 @@ class TrainWindows(IterableDataset):
         if self.run:
             items = _side(self.source, self.split.trains_on)
             runs = iter(lambda: list(itertools.islice(items, self.run)), [])
-            flat = (pair for run in shuffled(runs, max(1, self.buffer // self.run), rng)
-                    for pair in zip([w for w, _ in run], run_links([link for _, link in run])))
-            return itertools.islice(flat, self.skip, None)
+            lanes = _lanes(shuffled(runs, max(1, self.buffer // self.run), rng), self.lanes)
+            return itertools.islice(lanes, self.skip, None)
         windows = (w for i, w in enumerate(self.source) if self.split.trains_on(i))
         return itertools.islice(shuffled(windows, self.buffer, rng), self.skip, None)
+
+
+def _lanes(runs: Iterable[list], lanes: int) -> Iterator[tuple[torch.Tensor, Link]]:
+    """Runs of (window, link) dealt to lanes, `lanes` runs at a time, interleaved window by window; each run's
+    first window of each stream starts. A shorter run (the epoch's last) lets later windows of the other
+    lanes move up into its batch, where the batch's own history serves them."""
+    while group := list(itertools.islice(runs, lanes)):
+        dealt = [list(zip([w for w, _ in run], run_links([link for _, link in run]))) for run in group]
+        for t in range(max(map(len, dealt))):
+            for lane, run in enumerate(dealt):
+                if t < len(run):
+                    window, link = run[t]
+                    yield window, Link(lane * MAX_STREAMS + link.stream, link.start)
 
 
 def shuffle_buffer_size(opts: TrainOptions, split: Split) -> int:
@@ -385,7 +400,8 @@ def train(
         source = WindowSource.of(source)
     device = pick_device(opts.device)
     model.to(device).train()
-    run = run_length(opts) if model.config.memory else 0  # memory: runs of consecutive windows
+    run = opts.run_windows if model.config.memory else 0  # memory: runs of consecutive windows, dealt to lanes
+    memory = (model.memory(), model.memory()) if run else None  # carried from step to step, per lane
     split = scan(source, opts.val_fraction, opts.seed, block=run or 1)
     steps_per_epoch = math.ceil(split.train_windows / opts.batch_size)
     limits = [s for s in (opts.max_steps, opts.epochs and math.ceil(opts.epochs * steps_per_epoch)) if s]
@@ -399,9 +415,10 @@ def train(
     if resume:
         if ckpt is None or not (ckpt / STATE_FILE).is_file():
             raise ModelFileError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
-        step, epoch, done, elapsed_before, history = _load_checkpoint(ckpt, model, optimizer, opts, split, device)
+        step, epoch, done, elapsed_before, history = _load_checkpoint(ckpt, model, optimizer, opts, split, device,
+                                                                      memory)
 
-    dataset = TrainWindows(source, split, shuffle_buffer_size(opts, split), opts.seed, run)
+    dataset = TrainWindows(source, split, shuffle_buffer_size(opts, split), opts.seed, run, opts.batch_size)
     # A DataLoader draws a base seed at every iter(); its own generator keeps that draw off the global one,
     # whose sequence (dropout) a resumed run must continue exactly.
     loader = DataLoader(dataset, batch_size=opts.batch_size, collate_fn=collate_linked if run else collate,
@@ -421,7 +438,7 @@ def train(
             group["lr"] = lr
         mask = length_mask(lengths, x.shape[1])  # (B, N)
         with autocast_for(device):
-            out, _, _ = model(x, lengths, links)
+            out, _, _ = model(x, lengths, links, memory)
             loss = objective.loss(out, x, mask)
             aux = model.aux_loss()  # what a kernel adds (routing's commitment or balance); None for most
         if not torch.isfinite(loss):
@@ -458,7 +475,7 @@ def train(
                 on_eval(progress)
             if ckpt is not None and end_of_epoch:
                 checkpoint_error = _try_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done,
-                                                   progress.elapsed_s, history, record)
+                                                   progress.elapsed_s, history, record, memory)
     stream.close()
 
     loop_s = time.perf_counter() - start
@@ -470,7 +487,7 @@ def train(
                         "train_loss": last_loss, **held_out_values})
     if ckpt is not None:
         checkpoint_error = _try_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done, seconds, history,
-                                           record)
+                                           record, memory)
     model.eval()
     return TrainResult(
         steps=step, epochs=step / steps_per_epoch, seconds=seconds, train_windows=split.train_windows,
@@ -478,12 +495,6 @@ def train(
         held_out=held_out_values, symbols_per_s=symbols_done / max(loop_s, 1e-9),
         history=history, split=split, checkpoint_error=checkpoint_error,
     )
-
-
-def run_length(opts: TrainOptions) -> int:
-    """Windows per training run with memory: the largest divisor of the batch size up to run_windows, so that
-    every batch holds whole runs."""
-    return max(k for k in range(1, min(opts.run_windows, opts.batch_size) + 1) if opts.batch_size % k == 0)
 
 
 def _held_out(source: WindowSource, split: Split, run: int) -> Iterator:
@@ -510,7 +521,7 @@ def _try_checkpoint(ckpt: Path, *args) -> str | None:
 
 
 def _save_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Split, step: int, epoch: int,
-                     done: int, elapsed: float, history, record: dict | None) -> None:
+                     done: int, elapsed: float, history, record: dict | None, memory=None) -> None:
     """The checkpoint folder is replaced as a whole (seqcompress.atomic): a kill leaves the previous checkpoint
     or this one, never weights of one step with the counters of another."""
     state = optimizer.state_dict()
@@ -525,6 +536,11 @@ def _save_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Sp
             tensors[f"rng.cuda.{i}"] = rng
     meta = {"step": step, "epoch": epoch, "batches": done, "elapsed_s": elapsed, "options": asdict(opts),
             "split": split.state(), "history": history, "param_groups": state["param_groups"]}
+    if memory is not None:  # what each lane's memory carries into the next step
+        meta["memory"] = {}
+        for name, stack in zip(("encoder", "decoder"), memory):
+            carried, meta["memory"][name] = stack.state(f"memory.{name}")
+            tensors.update(carried)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(ckpt) as stage:
         (stage / TENSORS_FILE).write_bytes(safetensors_bytes(tensors))
@@ -553,7 +569,7 @@ def read_checkpoint_record(ckpt: Path) -> tuple[dict, dict]:
     return record, state
 
 
-def _load_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Split, device):
+def _load_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Split, device, memory=None):
     """Restore model, optimizer and random state; returns (step, epoch, batches consumed, elapsed_s, history)."""
     try:
         meta = json.loads((ckpt / STATE_FILE).read_text())
@@ -561,12 +577,12 @@ def _load_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Sp
     except (OSError, ValueError, SafetensorError, RecursionError) as exc:
         raise ModelFileError(f"cannot read the checkpoint in {ckpt}: {' '.join(str(exc).split())}") from None
     try:
-        return _restore(meta, tensors, model, optimizer, opts, split, device)
+        return _restore(meta, tensors, model, optimizer, opts, split, device, memory)
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise ModelFileError(f"the checkpoint in {ckpt} does not fit this run: {' '.join(str(exc).split())}") from None
 
 
-def _restore(meta: dict, tensors: dict, model, optimizer, opts: TrainOptions, split: Split, device):
+def _restore(meta: dict, tensors: dict, model, optimizer, opts: TrainOptions, split: Split, device, memory=None):
     for key in _RESUME_MATCH:
         saved = meta["options"].get(key, getattr(TrainOptions, key))
         if saved != getattr(opts, key):
@@ -588,6 +604,9 @@ def _restore(meta: dict, tensors: dict, model, optimizer, opts: TrainOptions, sp
     cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
     if cuda_states and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
+    if memory is not None:
+        for name, stack in zip(("encoder", "decoder"), memory):
+            stack.load_state(tensors, meta["memory"][name], f"memory.{name}", device)
     step = int(meta["step"])
     steps_per_epoch = math.ceil(split.train_windows / opts.batch_size)
     epoch, done = (int(meta["epoch"]), int(meta["batches"])) if "epoch" in meta else divmod(step, steps_per_epoch)

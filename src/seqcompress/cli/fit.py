@@ -44,8 +44,9 @@ def fit(
     memory: int = typer.Option(0, "--memory", help="Memory and recurrence: every block also attends to its inputs over "
                                "the last M symbols of the same record before the window (0: none; e.g. --memory "
                                "512 with --seq-len 512 keeps one window)."),
-    run_windows: int = typer.Option(8, "--run-windows", help="With --memory: consecutive windows trained together "
-                                    "in order (the unit of shuffling and of the held-out split)."),
+    run_windows: int = typer.Option(8, "--run-windows", help="With --memory: each lane of a batch trains on runs "
+                                    "of this many consecutive windows, one per step, memory carried from step to "
+                                    "step (the unit of shuffling and of the held-out split)."),
     option: list[str] = typer.Option([], "--option", "-O", help="Kernel, position or resize option KEY=VALUE, e.g. "
                                      "-O window=64 (local), -O rank=64 (lowrank), -O buckets=32 (t5), -O band=1 "
                                      "(relative)."),
