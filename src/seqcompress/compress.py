@@ -12,7 +12,8 @@ reads; pieces are grouped into chunks of about `chunk_windows` windows, encoded 
 time and written as they are done; decode reads a chunk, decodes it and hands its pieces to the codec's
 writer. Memory holds one chunk, never a file. A model with memory (`seqcompress.memory`) encodes and
 decodes the windows in file order, each stack carrying its streams' memory from batch to batch and chunk
-to chunk; each chunk stores its windows' links, so decode replays the same memory. Quantisation (float16, bfloat16, int8) is per chunk, and
+to chunk; each chunk stores its windows' links, so decode replays the same memory. Quantisation (float16,
+bfloat16, int8) is per chunk, and
 `evaluate_stream` groups and quantises exactly as `encode_file` does, so its metric is the metric of what
 `decode` writes.
 """
@@ -35,7 +36,7 @@ from seqcompress.domain import Domain, Objective, Piece, check_data_paths
 from seqcompress.errors import FormatError, InputError, ModelMismatchError
 from seqcompress.format import LatentReader, LatentWriter, bytes_per_value, check_model, dequantize, make_header, quantize
 from seqcompress.lengths import length_mask
-from seqcompress.memory import Link, Memory, file_links
+from seqcompress.memory import Link, Memory, file_links, own_links
 from seqcompress.model import FINGERPRINT_NEUTRAL, SequenceAutoencoder
 from seqcompress.streams import input_path, output_file, sha256_of
 
@@ -161,9 +162,7 @@ def _in_memory(model: SequenceAutoencoder, links: list[Link] | None, count: int)
     """(links, memory) for in-memory windows: without links each window is a record of its own."""
     if not model.config.memory:
         return None, None
-    if links is not None and len(links) != count:
-        raise InputError(f"{len(links)} links for {count} windows")
-    return (list(links) if links is not None else [Link(0, True)] * count), model.memory()
+    return own_links(links, count), model.memory()
 
 
 def encode(model: SequenceAutoencoder, windows: list[torch.Tensor], batch_size: int = DEFAULT_BATCH,
@@ -209,13 +208,8 @@ def group_chunks(pieces: Iterable[Piece], chunk_windows: int = CHUNK_WINDOWS) ->
 def as_pieces(windows: Iterable[torch.Tensor], links: Iterable[Link] | None = None) -> Iterator[Piece]:
     """Windows without side information (in-memory data), one piece each; without `links`, every window is
     a record of its own (a model with memory sees no memory)."""
-    if links is None:
-        yield from (Piece([window], {}, [Link(0, True)]) for window in windows)
-        return
-    windows, links = list(windows), list(links)
-    if len(links) != len(windows):
-        raise InputError(f"{len(links)} links for {len(windows)} windows")
-    yield from (Piece([window], {}, [link]) for window, link in zip(windows, links))
+    windows = list(windows)
+    yield from (Piece([window], {}, [link]) for window, link in zip(windows, own_links(links, len(windows))))
 
 
 @dataclass

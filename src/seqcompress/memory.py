@@ -33,11 +33,11 @@ from typing import NamedTuple
 import torch
 
 from seqcompress.errors import InputError
-from seqcompress.lengths import as_fraction, latent_positions
+from seqcompress.lengths import latent_positions, stage_lengths
 
 MAX_STREAMS = 1024  # streams carrying memory at once (an audio file's channels are capped at 1,024)
 
-__all__ = ["Link", "MemoryRows", "Memory", "MemoryBatch", "file_links", "run_links", "held_links"]
+__all__ = ["Link", "MemoryRows", "Memory", "MemoryBatch", "file_links", "run_links", "held_links", "own_links"]
 
 
 class Link(NamedTuple):
@@ -59,6 +59,15 @@ class MemoryRows(NamedTuple):
     all_real: bool = False
 
 
+def _first_starts(links: Iterable[Link], seen: set[int]) -> list[Link]:
+    """The links with each stream's first window (one not in `seen`, which is updated) marked as a start."""
+    out = []
+    for link in links:
+        out.append(Link(link.stream, link.start or link.stream not in seen))
+        seen.add(link.stream)
+    return out
+
+
 def file_links(pieces: Iterable) -> Iterator:
     """The pieces of one file with `links` filled in, one Link per window: the piece's own (codecs that know
     records or streams), else stream 0; the first window of every stream in the file starts."""
@@ -67,22 +76,22 @@ def file_links(pieces: Iterable) -> Iterator:
         links = list(piece.links) if piece.links is not None else [Link()] * len(piece.windows)
         if len(links) != len(piece.windows):
             raise ValueError(f"a piece has {len(piece.windows)} windows and {len(links)} links")
-        out = []
-        for link in links:
-            out.append(Link(link.stream, link.start or link.stream not in seen))
-            seen.add(link.stream)
-        yield piece._replace(links=out)
+        yield piece._replace(links=_first_starts(links, seen))
 
 
 def run_links(links: list[Link]) -> list[Link]:
     """Links of consecutive windows taken out of their file (a training run): the first window of each stream
     in the run starts."""
-    seen: set[int] = set()
-    out = []
-    for link in links:
-        out.append(Link(link.stream, link.start or link.stream not in seen))
-        seen.add(link.stream)
-    return out
+    return _first_starts(links, set())
+
+
+def own_links(links: Iterable[Link] | None, count: int) -> list[Link]:
+    """The links of `count` in-memory windows: the given ones, or, without them, each window a record of its
+    own (a model with memory then sees no memory)."""
+    links = list(links) if links is not None else [Link(0, True)] * count
+    if len(links) != count:
+        raise InputError(f"{len(links)} links for {count} windows")
+    return links
 
 
 def held_links(items: Iterable[tuple[object, Link, bool]]) -> Iterator[tuple[object, Link]]:
@@ -102,19 +111,15 @@ class _Carried(NamedTuple):
 
 class Memory:
     """What one stack (encoder or decoder) carries between calls, per stream: the last R rows of every block's
-    inputs. `batch(links, lengths)` plans one call; with `carry=False` nothing is kept between calls (training
-    runs, whose memory lives within the batch)."""
+    inputs. `batch(links, lengths)` plans one call; with `carry=False` nothing is kept between calls (a single
+    call whose windows' history lies within it)."""
 
     def __init__(self, span: int, n_max: int, ratios: list[float], carry: bool = True) -> None:
         if span < 1:
             raise InputError(f"memory must be at least 1 symbol, got {span}")
         self.span, self.n_max, self.carry = span, n_max, carry
-        self.full_rows = [n_max]  # r_s: rows of a full window at each level
-        cumulative, self.cumulative = 1.0, [1.0]
-        for r in ratios:
-            self.full_rows.append(max(1, math.ceil(self.full_rows[-1] * as_fraction(r))))
-            cumulative *= r
-            self.cumulative.append(cumulative)
+        self.full_rows = stage_lengths(n_max, ratios)  # r_s: rows of a full window at each level
+        self.cumulative = [math.prod(ratios[:s]) for s in range(len(ratios) + 1)]
         self.rows = [math.ceil(span * r / n_max) for r in self.full_rows]  # R_s
         self.streams: dict[int, _Carried] = {}
 
@@ -164,6 +169,7 @@ class MemoryBatch:
         continued = [s for s, start in first.items() if not start and s in memory.streams]
         self.slots = {s: i for i, s in enumerate(continued)}
         self._plans: dict[int, tuple[list, dict]] = {}
+        self._index: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # (level, P) -> index, mask
         self._pools: dict[int, tuple[int, torch.Tensor, int]] = {}  # block -> (level, pool, P), kept to carry
 
     def _plan(self, level: int) -> tuple[list, dict]:
@@ -189,12 +195,16 @@ class MemoryBatch:
         mem = self.memory
         rows = mem.rows[level]
         b, p, d = x.shape
+        per_window, _ = self._plan(level)
+        if not mem.carry and not any(per_window):  # no window has history and nothing is kept: no pool to build
+            return None
         carried = [mem.streams[s].states[block] for s in self.slots]
         pool = torch.cat([*(c.to(x.dtype) for c in carried), x.detach().reshape(b * p, d), x.new_zeros(1, d)])
         if mem.carry:
             self._pools[block] = (level, pool, p)
-        per_window, _ = self._plan(level)
-        index, mask = _gather_index(per_window, rows, len(carried) * rows, p, pool.shape[0] - 1)
+        if (level, p) not in self._index:  # the same for every block reading this level
+            self._index[level, p] = _gather_index(per_window, rows, len(carried) * rows, p, pool.shape[0] - 1)
+        index, mask = self._index[level, p]
         if not bool(mask.any()):  # no window has history: nothing to attend to
             return None
         # Positions stay float32 (as the layout's), whatever the dtype of the states under autocast.

@@ -39,7 +39,7 @@ from seqcompress.attention import length_mask
 from seqcompress.compress import collate
 from seqcompress.domain import Domain, Objective
 from seqcompress.errors import InputError, ModelFileError, SeqCompressError
-from seqcompress.memory import MAX_STREAMS, Link, held_links, run_links
+from seqcompress.memory import MAX_STREAMS, Link, held_links, own_links, run_links
 from seqcompress.model import SequenceAutoencoder
 from seqcompress.options import TrainOptions
 
@@ -86,9 +86,7 @@ class WindowSource:
     def of(cls, windows: Iterable[torch.Tensor], links: Iterable[Link] | None = None) -> "WindowSource":
         """Windows in memory; without `links` each window is a record of its own (no memory between them)."""
         windows = list(windows)
-        links = list(links) if links is not None else [Link(0, True)] * len(windows)
-        if len(links) != len(windows):
-            raise InputError(f"{len(links)} links for {len(windows)} windows")
+        links = own_links(links, len(windows))
         return cls(lambda: windows, lambda: zip(windows, links))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -503,7 +501,8 @@ def _held_out(source: WindowSource, split: Split, run: int) -> Iterator:
 
 
 # ---- checkpoints: weights, optimizer and random state in safetensors, counters in JSON -------------
-_RESUME_MATCH = ("seed", "batch_size", "val_fraction", "shuffle_buffer", "run_windows")  # options that fix the batch stream
+# Options that fix the batch stream.
+_RESUME_MATCH = ("seed", "batch_size", "val_fraction", "shuffle_buffer", "run_windows")
 
 
 RUN_FILE, STATE_FILE, TENSORS_FILE = "run.json", "state.json", "train.safetensors"  # one checkpoint
