@@ -466,3 +466,19 @@ def test_audio_codecs_keep_the_budget_and_improve_with_it(tmp_path):
         assert scores[0] < scores[1] and scores[1] > 15, name  # 4000 of 8000 samples keep a 300 Hz tone
     kept = baselines_for(domain)["dct"].reconstruct([], windows, [8000] * len(windows))
     torch.testing.assert_close(kept[0], windows[0], atol=1e-5, rtol=0)  # the full budget is lossless
+
+
+def test_cells_in_worker_processes_score_what_one_process_scores(tmp_path, text_file):
+    """--jobs 2: the same cells, the same numbers (each cell is seeded; workers rebuild the same splits), and the
+    results.json of the serial run plus nothing."""
+    runs = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"j{jobs}"
+        result = probe("--domain", "text", text_file, "--ratios", "0.5,0.25", "--seq-len", "16", "--seeds", "2",
+                       "--baselines", *TINY, "-o", out, "--jobs", jobs, "--json")
+        assert result.exit_code == 0, result.output + result.stderr
+        runs[jobs] = {c["key"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert runs[1].keys() == runs[2].keys() and len(runs[1]) == 16
+    for key, cell in runs[1].items():
+        assert runs[2][key]["value"] == pytest.approx(cell["value"], abs=1e-6), key
+        assert runs[2][key]["steps"] == cell["steps"]

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
+from seqcompress import distributed
 from seqcompress.defaults import CHUNK_WINDOWS, DEFAULT_BATCH, STORED_DTYPE
 from seqcompress.domain import Domain, check_data_paths
 from seqcompress.domains import get_domain
-from seqcompress.errors import InputError, ModelFileError, WriteError
+from seqcompress.errors import InputError, ModelFileError, SeqCompressError, WriteError
 from seqcompress.format import DTYPES
 from seqcompress.model import CONFIG_FILE, ModelConfig, build_model, check_config_against_weights, load_model
 from seqcompress.train import (
@@ -75,6 +76,79 @@ def fit(
     summary that `seqcompress fit --json` prints.
     """
     out_dir = Path(out_dir)
+    try:
+        run = _prepare(domain, paths, out_dir, seq_len, ratio, latent_len, model_options, options, resume, force, device)
+        error = None
+    except SeqCompressError as exc:
+        run, error = None, exc
+    # Under torchrun every rank checks; all go on or all stop (rank 0 would otherwise wait alone in a collective).
+    parallel = distributed.from_env().parallel
+    if parallel:
+        try:
+            chosen = pick_device(run[2].device if run else device or (options.device if options else "auto"))
+        except InputError:
+            chosen = torch.device("cpu")
+        distributed.start(chosen)
+    try:
+        distributed.agree(error)
+        return _train_and_save(*run, out_dir, resume, force, on_step, on_eval)
+    finally:
+        if parallel:
+            distributed.stop()
+
+
+def _train_and_save(domain: Domain, data: list[Path], options: TrainOptions, config: ModelConfig, out_dir: Path,
+                    resume: bool, force: bool, on_step, on_eval) -> dict:
+    world = distributed.current()
+    model = build_model(config, seed=options.seed)
+    # Absolute paths: a resume may start in another working directory (a cron job, a CI step).
+    record = {"model": asdict(config), "domain": domain.state(), "data": [str(p.resolve()) for p in data]}
+    with distributed.peers_checked():
+        result = train(model, domain.objective, WindowSource.files(domain, data, config.n_max), options,
+                       checkpoint_dir=out_dir, resume=resume, on_step=on_step, on_eval=on_eval, record=record)
+    summary = {
+        "domain": domain.name,
+        "metric": domain.metric_name,
+        "value": result.held_out[domain.metric_name],
+        "held_out": result.held_out,
+        "held_out_is_training_data": result.held_out_is_train,
+        "seq_len": config.n_max,
+        "latent_len": config.m_max,
+        "ratio": config.ratio,
+        "latent_floats_per_symbol": config.m_max * config.latent_dim / config.n_max,
+        "parameters": model.parameter_count(),
+        "steps": result.steps,
+        "epochs": round(result.epochs, 4),
+        "seconds": round(result.seconds, 1),
+        "symbols_per_s": round(result.symbols_per_s, 1),
+        "train_windows": result.train_windows,
+        "held_out_windows": result.held_out_windows,
+        "device": str(pick_device(options.device)),
+        "seed": options.seed,
+        "data": [str(p) for p in data],
+        "model_dir": str(out_dir),
+        "checkpoint_error": result.checkpoint_error,
+        "architecture": f"{config.attention} / {config.positions} / {config.resize}"
+                        + (f", stages {','.join(f'{x:g}' for x in config.stages)}" if config.stages else "")
+                        + "".join(f", {k}={v}" for k, v in config.options.items()),
+    }
+    training = {k: summary[k] for k in ("metric", "value", "steps", "epochs", "seconds", "seed", "data")}
+    training["val_fraction"] = options.val_fraction
+    training["held_out_split"] = result.split.state()
+    training["history"] = result.history
+    summary["processes"] = world.size
+    if not world.main:  # rank 0 alone writes
+        return summary
+    if not resume and not force and (out_dir / CONFIG_FILE).exists():
+        raise InputError(f"a model appeared in {out_dir} while this one trained (another fit?); it was kept, and "
+                         f"this run can be saved over it with: seqcompress fit -o {out_dir} --resume")
+    _save_model(model, out_dir, {**domain.state(), "training": training}, summary)
+    return summary
+
+
+def _prepare(domain, paths, out_dir: Path, seq_len, ratio, latent_len, model_options, options, resume, force,
+             device) -> tuple[Domain, list[Path], TrainOptions, ModelConfig]:
+    """`fit`'s checks and settings before anything is written: (learned domain, data, options, model config)."""
     ckpt = out_dir / CHECKPOINT_DIR
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir} exists and is not a directory")
@@ -125,47 +199,11 @@ def fit(
                 raise InputError(f"the data file {path} is inside the output directory {out_dir}; choose another")
         domain = domain.learn(data)  # before the config: a domain's model fields may depend on its data (channels)
         config = ModelConfig(n_max=seq_len, ratio=ratio, **{**extra, **domain.model_fields()})
-
-    model = build_model(config, seed=options.seed)
-    # Absolute paths: a resume may start in another working directory (a cron job, a CI step).
-    record = {"model": asdict(config), "domain": domain.state(), "data": [str(p.resolve()) for p in data]}
-    result = train(model, domain.objective, WindowSource.files(domain, data, config.n_max), options,
-                   checkpoint_dir=out_dir, resume=resume, on_step=on_step, on_eval=on_eval, record=record)
-    summary = {
-        "domain": domain.name,
-        "metric": domain.metric_name,
-        "value": result.held_out[domain.metric_name],
-        "held_out": result.held_out,
-        "held_out_is_training_data": result.held_out_is_train,
-        "seq_len": config.n_max,
-        "latent_len": config.m_max,
-        "ratio": config.ratio,
-        "latent_floats_per_symbol": config.m_max * config.latent_dim / config.n_max,
-        "parameters": model.parameter_count(),
-        "steps": result.steps,
-        "epochs": round(result.epochs, 4),
-        "seconds": round(result.seconds, 1),
-        "symbols_per_s": round(result.symbols_per_s, 1),
-        "train_windows": result.train_windows,
-        "held_out_windows": result.held_out_windows,
-        "device": str(pick_device(options.device)),
-        "seed": options.seed,
-        "data": [str(p) for p in data],
-        "model_dir": str(out_dir),
-        "checkpoint_error": result.checkpoint_error,
-        "architecture": f"{config.attention} / {config.positions} / {config.resize}"
-                        + (f", stages {','.join(f'{x:g}' for x in config.stages)}" if config.stages else "")
-                        + "".join(f", {k}={v}" for k, v in config.options.items()),
-    }
-    training = {k: summary[k] for k in ("metric", "value", "steps", "epochs", "seconds", "seed", "data")}
-    training["val_fraction"] = options.val_fraction
-    training["held_out_split"] = result.split.state()
-    training["history"] = result.history
-    if not resume and not force and (out_dir / CONFIG_FILE).exists():
-        raise InputError(f"a model appeared in {out_dir} while this one trained (another fit?); it was kept, and "
-                         f"this run can be saved over it with: seqcompress fit -o {out_dir} --resume")
-    _save_model(model, out_dir, {**domain.state(), "training": training}, summary)
-    return summary
+    processes = distributed.from_env().size
+    if options.batch_size < processes * options.grad_accum:
+        raise InputError(f"batch_size ({options.batch_size}) must be at least the number of processes "
+                         f"({processes}) times grad_accum ({options.grad_accum})")
+    return domain, data, options, config
 
 
 def _save_model(model, out_dir: Path, domain: dict, summary: dict) -> None:
@@ -193,7 +231,17 @@ _RECORDED = {
     "resize_init": ("model", "resize_init"), "attention": ("model", "attention"),
     "positions": ("model", "positions"), "resize": ("model", "resize"), "domain": ("domain", "name"),
     "memory": ("model", "memory"), "run_windows": ("options", "run_windows"),
+    "grad_accum": ("options", "grad_accum"), "log_every": ("options", "log_every"),
 }
+
+
+def resumed_metric(out_dir: str | os.PathLike) -> str:
+    """The metric of the run checkpointed in `out_dir` (its domain's)."""
+    record, _ = read_checkpoint_record(Path(out_dir) / CHECKPOINT_DIR)
+    try:
+        return get_domain(str(record["domain"].get("name", "")), record["domain"]).metric_name
+    except (InputError, KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"the checkpoint in {out_dir} records an invalid domain: {exc}") from None
 
 
 def resume_conflicts(out_dir: str | os.PathLike, given: dict) -> list[tuple[str, str]]:

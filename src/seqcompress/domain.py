@@ -201,6 +201,12 @@ class Objective(ABC):
         """Model output (B, N, ...) -> reconstructed windows in input form: token ids (B, N) or vectors."""
         return output
 
+    def loss_weight(self, target: torch.Tensor, mask: torch.Tensor) -> float:
+        """What `loss` averages over in this batch (its denominator): the real positions, unless the loss counts
+        something else (observed values). Training weights each part of a batch by it, so that a batch split
+        over processes or accumulation steps gives the gradient of the whole batch."""
+        return float(mask.sum())
+
     def accumulator(self) -> "Totals":
         return Totals(self)
 

@@ -27,3 +27,8 @@ class FormatError(SeqCompressError):
 
 class ModelMismatchError(SeqCompressError):
     """A latent file written by a different model than the one given."""
+
+
+class PeerLost(SeqCompressError):
+    """In data-parallel training, another process of the job stopped (a collective operation failed, or it
+    refused to start and says why itself): this one stops too."""

@@ -14,12 +14,14 @@ The model never touches files: domains turn files into tensors, `seqcompress.com
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import math
 import struct
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -379,6 +381,19 @@ class SequenceAutoencoder(nn.Module):
         for m in self.modules():
             if isinstance(m, Kernel):
                 m.after_step()
+
+    @contextlib.contextmanager
+    def statistics(self, collect: bool) -> Iterator[None]:
+        """Within the block, training forwards leave (or, with `collect` False, do not leave) the statistics
+        the kernels update their buffers from in `after_step`."""
+        kernels = [m for m in self.modules() if isinstance(m, Kernel)]
+        for m in kernels:
+            m.collect_statistics = collect
+        try:
+            yield
+        finally:
+            for m in kernels:
+                m.collect_statistics = True
 
     # ---- persistence ---------------------------------------------------------------------
     def parameter_count(self) -> int:

@@ -28,6 +28,9 @@ class TrainOptions:
     eval_batches: int | None = None  # cap held-out batches per evaluation during training (None: all)
     shuffle_buffer: int = 4096  # windows shuffled together (fewer when they would pass SHUFFLE_BYTES)
     run_windows: int = 8  # models with memory: consecutive windows each batch lane trains on, one per step
+    grad_accum: int = 1  # forward/backward passes per step and process (the batch is split among them)
+    compile: bool = False  # torch.compile the model for training (worth it on a GPU; minutes of compiling first)
+    log_every: int = 1  # report (progress, logs, the loss check) every N steps: each report syncs a GPU with the host
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -44,6 +47,10 @@ class TrainOptions:
             raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.run_windows < 1:
             raise InputError(f"run_windows must be at least 1, got {self.run_windows}")
+        if self.log_every < 1:
+            raise InputError(f"log_every must be at least 1, got {self.log_every}")
+        if self.grad_accum < 1:
+            raise InputError(f"grad_accum must be at least 1, got {self.grad_accum}")
         if self.shuffle_buffer < 1:
             raise InputError(f"shuffle_buffer must be at least 1, got {self.shuffle_buffer}")
         if self.eval_batches is not None and self.eval_batches < 1:

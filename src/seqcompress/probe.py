@@ -35,7 +35,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
@@ -138,6 +138,10 @@ class ProbePlan:
         TrainOptions(**self.training)  # validates budget and schedule
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise InputError(f"batch_tokens must be positive, got {self.batch_tokens}")
+
+    @classmethod
+    def from_json(cls, plan: dict) -> "ProbePlan":
+        return cls(**{**plan, "cells": [tuple(c) for c in plan["cells"]]})
 
     def as_json(self) -> dict:
         plan = asdict(self)
@@ -306,6 +310,7 @@ class Probe:
     def __init__(self, plan: ProbePlan, domain: Domain, out_dir: str | os.PathLike, force: bool = False) -> None:
         self.plan, self.domain, self.out = plan, domain, Path(out_dir)
         self.learned: Domain | None = None  # the domain with what it learned from the training files
+        self._splits: dict[int, Split] = {}  # per seq_len, made when a cell first needs it
         self.results = self._load_or_start(force)
 
     def _load_or_start(self, force: bool) -> dict:
@@ -336,28 +341,35 @@ class Probe:
     def done(self) -> set[str]:
         return {c["key"] for c in self.results["cells"]}
 
-    def run(self, on_cell: Callable[[int, int, dict | None], None] | None = None) -> dict:
-        """Run every unfinished cell; on_cell(finished, total, cell) after each one (cell None at the start)."""
+    def run(self, on_cell: Callable[[int, int, dict | None], None] | None = None, jobs: int = 1) -> dict:
+        """Run every unfinished cell; on_cell(finished, total, cell) after each one (cell None at the start).
+        With `jobs` > 1, cells run in that many worker processes (`_Workers`), each finished cell saved as it
+        arrives, in the order they finish."""
+        if jobs < 1:
+            raise InputError(f"jobs must be at least 1, got {jobs}")
         todo, done = self.todo(), self.done()
         if on_cell:
             on_cell(len(done), len(todo), None)
-        splits: dict[int, Split] = {}
-        for method, seq_len, ratio, seed in todo:
-            key = cell_key(method, seq_len, ratio, seed)
-            if key in done:
-                continue
-            if seq_len not in splits:
-                splits[seq_len] = self.split(seq_len)
-            split = splits[seq_len]
-            cell = (self.classical_cell(method, seq_len, ratio, split) if seed is None
-                    else self.model_cell(method, seq_len, ratio, seed, split))
-            cell["key"] = key
+        left = [cell for cell in todo if cell_key(*cell) not in done]
+        finished = _Workers(self, jobs).run(left) if jobs > 1 and len(left) > 1 else map(self.cell, left)
+        for cell in finished:
             self.results["cells"].append(cell)
             self.save()
-            done.add(key)
+            done.add(cell["key"])
             if on_cell:
                 on_cell(len(done), len(todo), cell)
         return self.results
+
+    def cell(self, todo: tuple[str, int, float, int | None]) -> dict:
+        """One cell of `todo()`, run: a classical codec (seed None) or a trained model."""
+        method, seq_len, ratio, seed = todo
+        if seq_len not in self._splits:
+            self._splits[seq_len] = self.split(seq_len)
+        split = self._splits[seq_len]
+        cell = (self.classical_cell(method, seq_len, ratio, split) if seed is None
+                else self.model_cell(method, seq_len, ratio, seed, split))
+        cell["key"] = cell_key(method, seq_len, ratio, seed)
+        return cell
 
     def training_files(self) -> list[Path]:
         return [Path(p) for p in self.plan.data] or self.domain.default_data()
@@ -490,6 +502,69 @@ class Probe:
         written = [self.out / RESULTS, self.out / CSV_FILE, self.out / REPORT]
         written += write_plots(self.results, rows, self.out)
         return written
+
+
+# ---- cells in worker processes ---------------------------------------------------------------------
+class _Workers:
+    """`probe --jobs N`: independent cells in N worker processes (spawned: each imports torch afresh). Each
+    worker rebuilds the probe from its plan (JSON) and the domain's state, makes the splits it needs (the same
+    as the parent's: they are seeded) and returns finished cells; the parent saves them. On CPU each worker
+    gets cores / N threads; with CUDA devices, worker i trains on GPU i mod count."""
+
+    def __init__(self, probe: Probe, jobs: int) -> None:
+        self.probe, self.jobs = probe, jobs
+
+    def run(self, todo: list) -> Iterator[dict]:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        context = multiprocessing.get_context("spawn")
+        device = self.probe.plan.training.get("device", "auto")
+        gpus = torch.cuda.device_count() if device != "cpu" and torch.cuda.is_available() else 0
+        threads = max(1, (os.cpu_count() or 1) // self.jobs)
+        counter = context.Value("i", 0)
+        plan, out = self.probe.plan.as_json(), str(self.probe.out)
+        pool = ProcessPoolExecutor(self.jobs, mp_context=context, initializer=_worker_start,
+                                   initargs=(plan, out, threads, gpus, counter))
+        try:
+            running = {pool.submit(_worker_cell, cell) for cell in todo}
+            while running:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()  # a worker's error is raised here
+        except BrokenProcessPool:
+            raise InputError("a probe worker process died (out of memory?); the finished cells are saved: run "
+                             "the probe again to resume, with fewer --jobs") from None
+        finally:  # on an error or a stop, the cells still running are abandoned with their workers
+            processes = list(getattr(pool, "_processes", {}).values())  # no public way to stop running tasks
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.terminate()
+
+
+_WORKER: Probe | None = None  # the probe a worker process runs cells of
+
+
+def _worker_start(plan: dict, out: str, threads: int, gpus: int, counter) -> None:
+    global _WORKER
+    import signal
+
+    from seqcompress.domains import get_domain
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
+    torch.set_num_threads(threads)
+    with counter.get_lock():
+        index, counter.value = counter.value, counter.value + 1
+    if gpus:
+        torch.cuda.set_device(index % gpus)
+    plan = ProbePlan.from_json(plan)
+    # force: the worker keeps its results in memory only; the parent saves what it returns
+    _WORKER = Probe(plan, get_domain(plan.domain, plan.domain_state), out, force=True)
+
+
+def _worker_cell(todo: tuple) -> dict:
+    return _WORKER.cell(tuple(todo))
 
 
 # ---- summaries -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ a resumed run replays the stream to that point and continues bit for bit as if n
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -30,13 +31,15 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save as safetensors_bytes
+from safetensors.torch import load as safetensors_load, load_file, save as safetensors_bytes
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, IterableDataset
 
-from seqcompress import faults
+from seqcompress import distributed, faults
 from seqcompress.atomic import atomic_directory
 from seqcompress.attention import length_mask
 from seqcompress.compress import collate
+from seqcompress.distributed import World
 from seqcompress.domain import Domain, Objective
 from seqcompress.errors import InputError, ModelFileError, SeqCompressError
 from seqcompress.memory import MAX_STREAMS, Link, held_links, own_links, run_links
@@ -273,6 +276,84 @@ def collate_linked(items: list[tuple[torch.Tensor, Link]]) -> tuple[torch.Tensor
     return x, lengths, [link for _, link in items]
 
 
+@dataclass
+class Part:
+    """One forward and backward of a step: padded windows (B, N, ...), lengths (B,), links (models with memory)
+    and the weight of its loss (what the objective averages over, `Objective.loss_weight`). A placeholder
+    (weight 0) is one window of a single symbol, for a rank whose share of a batch is empty: every rank must
+    join every gradient all-reduce, with a gradient for every parameter (a window of length 0 would skip some)."""
+
+    x: torch.Tensor
+    lengths: torch.Tensor
+    links: list[Link] | None
+    weight: float
+    placeholder: bool = False
+
+
+@dataclass
+class Share:
+    """This rank's share of a global batch, as `grad_accum` parts, with the whole batch's symbols and loss
+    weight."""
+
+    parts: list[Part]
+    symbols: int
+    weight: float
+
+
+class ShareOf:
+    """collate_fn: a global batch of windows (or (window, link) pairs) -> this rank's Share.
+
+    Item i belongs to shard i mod (ranks x grad_accum), or, with memory, to the shard of its lane (lane mod
+    (ranks x grad_accum)), so a lane stays on one rank and its memory with it; rank r takes shards r,
+    r + ranks, ... as its parts. Every rank sees the global batch, so it knows the whole batch's loss weight,
+    which weights its parts: the gradients DDP averages are then one process's over the whole batch."""
+
+    def __init__(self, world: World, accum: int, linked: bool, objective: Objective) -> None:
+        self.world, self.accum, self.linked, self.objective = world, accum, linked, objective
+
+    def _shard(self, index: int, item) -> int:
+        key = item[1].stream // MAX_STREAMS if self.linked else index
+        return key % (self.world.size * self.accum)
+
+    def __call__(self, items: list) -> Share:
+        windows = [item[0] for item in items] if self.linked else items
+        weights = [self.objective.loss_weight(w[None], torch.ones(1, len(w), dtype=torch.bool)) for w in windows]
+        parts = []
+        for a in range(self.accum):
+            shard = a * self.world.size + self.world.rank
+            mine = [i for i, item in enumerate(items) if self._shard(i, item) == shard]
+            if not mine:
+                parts.append(placeholder(windows[0]))
+                continue
+            x, lengths = collate([windows[i] for i in mine])
+            links = [items[i][1] for i in mine] if self.linked else None
+            parts.append(Part(x, lengths, links, sum(weights[i] for i in mine)))
+        return Share(parts, sum(len(w) for w in windows), sum(weights))
+
+
+def placeholder(like: torch.Tensor) -> Part:
+    """A window of one symbol shaped as `like`, with weight 0 (see Part)."""
+    return Part(like[:1].clone()[None], torch.ones(1, dtype=torch.long), None, 0.0, placeholder=True)
+
+
+def share_of(items: Iterable, world: World, linked: bool = False) -> Iterator:
+    """This rank's items of a stream (held-out windows): every ranks-th window, or, with memory, whole chains
+    (a chain runs from a window that starts its stream to the next start), so memory carries within a rank."""
+    if not world.parallel:
+        yield from items
+        return
+    chain: dict[int, int] = {}
+    chains = 0
+    for index, item in enumerate(items):
+        if linked:
+            link = item[1]
+            if link.start or link.stream not in chain:
+                chain[link.stream], chains = chains, chains + 1
+            index = chain[link.stream]
+        if index % world.size == world.rank:
+            yield item
+
+
 def batches(windows: Iterable, batch_size: int, linked: bool = False) -> Iterator[tuple]:
     """Consecutive windows collated batch_size at a time, as they arrive (the last batch may be smaller); with
     `linked`, (window, link) pairs collated with their links."""
@@ -324,16 +405,23 @@ def evaluate(
     device: torch.device | str = "cpu",
     max_batches: int | None = None,
     linked: bool = False,
+    world: World | None = None,
 ) -> dict[str, float]:
     """The objective's metrics and mean loss per symbol over `windows` (streamed), in eval mode. With `linked`
-    (a model with memory), `windows` are (window, link) pairs in stream order and memory carries across batches."""
-    device = torch.device(device)
+    (a model with memory), `windows` are (window, link) pairs in stream order and memory carries across batches.
+    `max_batches` caps the windows at that many batches. In a parallel `world` each rank scores its share
+    (`share_of`) and the totals are summed over ranks, so every rank returns the metrics of all the windows."""
+    device, world = torch.device(device), world or World()
     was_training = model.training
     model.eval()
     totals = objective.accumulator()
     loss_sum, count = 0.0, 0
     memory = (model.memory(), model.memory()) if linked else None
-    for batch in itertools.islice(batches(windows, batch_size, linked), max_batches):
+    if max_batches is not None:
+        windows = itertools.islice(windows, max_batches * batch_size)
+    first: list = []  # the stream's first window: the shape of a placeholder, for a rank whose share is empty
+    stream = (first.append(item) or item if not first else item for item in windows)
+    for batch in batches(share_of(stream, world, linked), batch_size, linked):
         x, lengths = batch[0].to(device), batch[1].to(device)
         with autocast_for(device):
             out, _, _ = model(x, lengths, batch[2] if linked else None, memory)
@@ -342,6 +430,15 @@ def evaluate(
         loss_sum += float(objective.loss(out, x, mask)) * symbols
         count += symbols
         totals.add(out.float(), x, mask)
+    if world.parallel:
+        if not totals.sums and first:  # the same totals' names on every rank, as zero sums
+            empty = placeholder(first[0][0] if linked else first[0])
+            x, lengths = empty.x.to(device), empty.lengths.to(device)
+            with autocast_for(device):
+                out, _, _ = model(x, lengths)
+            totals.add(out.float(), x, torch.zeros_like(length_mask(lengths, x.shape[1])))
+        totals.sums = distributed.sum_dict(totals.sums)
+        loss_sum, count = distributed.sum_values([loss_sum, count])
     model.train(was_training)
     values = totals.values()
     values["loss"] = loss_sum / max(count, 1)
@@ -396,8 +493,17 @@ def train(
     goes on, so the model itself can still be saved."""
     if not isinstance(source, WindowSource):
         source = WindowSource.of(source)
-    device = pick_device(opts.device)
+    world, device = distributed.start(pick_device(opts.device))
+    if opts.batch_size < world.size * opts.grad_accum:
+        raise InputError(f"batch_size ({opts.batch_size}) must be at least the number of processes ({world.size}) "
+                         f"times grad_accum ({opts.grad_accum})")
     model.to(device).train()
+    if world.rank:  # dropout: a stream of its own per rank (rank 0 draws what one process would)
+        torch.manual_seed(opts.seed + world.rank)
+    net = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if world.parallel else model)
+    if opts.compile:  # the training forward only; evaluation, checkpoints and saving use the module itself
+        net = torch.compile(net)
     run = opts.run_windows if model.config.memory else 0  # memory: runs of consecutive windows, dealt to lanes
     memory = (model.memory(), model.memory()) if run else None  # carried from step to step, per lane
     split = scan(source, opts.val_fraction, opts.seed, block=run or 1)
@@ -405,7 +511,8 @@ def train(
     limits = [s for s in (opts.max_steps, opts.epochs and math.ceil(opts.epochs * steps_per_epoch)) if s]
     total_steps = min(limits) if limits else None
     schedule = _Schedule(opts, steps_per_epoch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    fused = device.type == "cuda"  # one kernel for the whole update on a GPU
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay, fused=fused)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
 
     step, epoch, done, elapsed_before, history = 0, 0, 0, 0.0, []
@@ -414,58 +521,61 @@ def train(
         if ckpt is None or not (ckpt / STATE_FILE).is_file():
             raise ModelFileError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
         step, epoch, done, elapsed_before, history = _load_checkpoint(ckpt, model, optimizer, opts, split, device,
-                                                                      memory)
+                                                                      memory, world)
 
     dataset = TrainWindows(source, split, shuffle_buffer_size(opts, split), opts.seed, run, opts.batch_size)
     # A DataLoader draws a base seed at every iter(); its own generator keeps that draw off the global one,
     # whose sequence (dropout) a resumed run must continue exactly.
-    loader = DataLoader(dataset, batch_size=opts.batch_size, collate_fn=collate_linked if run else collate,
+    loader = DataLoader(dataset, batch_size=opts.batch_size, collate_fn=ShareOf(world, opts.grad_accum, bool(run), objective),
                         generator=torch.Generator())
     stream = _epoch_batches(loader, dataset, steps_per_epoch, epoch, done)
+    held_out = lambda: _held_out(source, split, run)  # noqa: E731
+    evaluating = dict(batch_size=opts.batch_size * 4, device=device, linked=bool(run), world=world)
 
     start, symbols_done, last_loss, checkpoint_error = time.perf_counter(), 0, float("nan"), None
     while total_steps is None or step < total_steps:
         elapsed = elapsed_before + time.perf_counter() - start
-        if opts.max_minutes is not None and elapsed >= opts.max_minutes * 60:
+        # A time budget is rank 0's clock, broadcast (in a parallel job, at the report cadence).
+        checks = opts.max_minutes is not None and (not world.parallel or step % opts.log_every == 0)
+        if checks and distributed.rank0_says(elapsed >= opts.max_minutes * 60):
             break
-        epoch, done, batch = next(stream)
-        x, lengths, links = batch[0], batch[1], (batch[2] if run else None)
-        x, lengths = x.to(device), lengths.to(device)
+        epoch, done, share = next(stream)
         lr = schedule(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        mask = length_mask(lengths, x.shape[1])  # (B, N)
-        with autocast_for(device):
-            out, _, _ = model(x, lengths, links, memory)
-            loss = objective.loss(out, x, mask)
-            aux = model.aux_loss()  # what a kernel adds (routing's commitment or balance); None for most
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower lr or check the data")
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss if aux is None else loss + aux).backward()
+        end_of_epoch = done == steps_per_epoch
+        evaluates = end_of_epoch or bool(opts.eval_every and (step + 1) % opts.eval_every == 0)
+        # A report reads the step's loss and totals off the device: the only host synchronisation of a step.
+        report = evaluates or (step + 1) % opts.log_every == 0 or step + 1 == total_steps
+        loss_sum, totals = _step(net, model, objective, share, memory, scaler, device, world, report)
+        if report:
+            keys = sorted(totals)
+            loss_value, *values = distributed.sum_values([float(loss_sum), *(totals[k] for k in keys)])
+            totals = dict(zip(keys, values))  # the whole batch's (every rank stops together on a bad loss)
+            last_loss = loss_value / share.weight if share.weight > 0 else 0.0
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"loss became {last_loss} at step {step}; lower lr or check the data")
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         model.after_step()
         step += 1
-        symbols_done += int(lengths.sum())
-        last_loss = float(loss.detach())
+        faults.point(f"train:step{step}:rank{world.rank}")
+        symbols_done += share.symbols
         run_s = time.perf_counter() - start
-        with torch.no_grad():
-            batch_metric = objective.values(objective.totals(out.detach().float(), x, mask))[objective.metric_name]
         progress = Progress(
-            step, total_steps, step / steps_per_epoch, last_loss, batch_metric, lr,
-            symbols_done / max(run_s, 1e-9), elapsed_before + run_s,
+            step, total_steps, step / steps_per_epoch, last_loss,
+            objective.values(totals)[objective.metric_name] if report else math.nan,
+            lr, symbols_done / max(run_s, 1e-9), elapsed_before + run_s,
         )
-        if on_step:
+        if on_step and report:
             on_step(progress)
-        end_of_epoch = done == steps_per_epoch
         if end_of_epoch:
             epoch, done = epoch + 1, 0
-        if end_of_epoch or (opts.eval_every and step % opts.eval_every == 0):
-            progress.held_out = evaluate(model, objective, _held_out(source, split, run), opts.batch_size * 4,
-                                         device, opts.eval_batches, linked=bool(run))
+        if evaluates:
+            progress.held_out = evaluate(model, objective, held_out(), max_batches=opts.eval_batches, **evaluating)
             model.train()
             history.append({"step": step, "epoch": round(progress.epoch, 4), "elapsed_s": round(progress.elapsed_s, 1),
                             "train_loss": last_loss, **progress.held_out})
@@ -473,19 +583,21 @@ def train(
                 on_eval(progress)
             if ckpt is not None and end_of_epoch:
                 checkpoint_error = _try_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done,
-                                                   progress.elapsed_s, history, record, memory)
+                                                   progress.elapsed_s, history, record, memory, world)
     stream.close()
 
     loop_s = time.perf_counter() - start
     seconds = elapsed_before + loop_s
-    held_out_values = evaluate(model, objective, _held_out(source, split, run), opts.batch_size * 4, device,
-                               linked=bool(run))
+    held_out_values = evaluate(model, objective, held_out(), **evaluating)
     if not history or history[-1]["step"] != step:
         history.append({"step": step, "epoch": round(step / steps_per_epoch, 4), "elapsed_s": round(seconds, 1),
                         "train_loss": last_loss, **held_out_values})
+        if on_eval and step:  # the run's final figure, where no evaluation fell on its last step
+            on_eval(Progress(step, total_steps, step / steps_per_epoch, last_loss, math.nan, schedule(step - 1),
+                             symbols_done / max(loop_s, 1e-9), seconds, held_out_values))
     if ckpt is not None:
         checkpoint_error = _try_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done, seconds, history,
-                                           record, memory)
+                                           record, memory, world)
     model.eval()
     return TrainResult(
         steps=step, epochs=step / steps_per_epoch, seconds=seconds, train_windows=split.train_windows,
@@ -493,6 +605,38 @@ def train(
         held_out=held_out_values, symbols_per_s=symbols_done / max(loop_s, 1e-9),
         history=history, split=split, checkpoint_error=checkpoint_error,
     )
+
+
+def _step(net: torch.nn.Module, model: SequenceAutoencoder, objective: Objective, share: Share, memory,
+          scaler: torch.amp.GradScaler, device: torch.device, world: World,
+          report: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward and backward of this rank's parts of one batch; returns the loss summed over the parts (each
+    part's mean times its weight; a tensor on the device: nothing waits for it) and, to `report`, their totals.
+    Each part's mean loss is weighted by its share of the whole batch's loss weight (times the ranks, which
+    DDP's average divides out), so the gradients are one process's over the whole batch; DDP all-reduces them
+    once, in the backward of the last part."""
+    loss_sum, totals = torch.zeros((), dtype=torch.float64, device=device), objective.accumulator()
+    ddp = getattr(net, "_orig_mod", net)  # under torch.compile, the DistributedDataParallel module it wraps
+    for i, part in enumerate(share.parts):
+        x, lengths = part.x.to(device), part.lengths.to(device)
+        mask = length_mask(lengths, x.shape[1])  # (B, N)
+        last = i == len(share.parts) - 1
+        share_of_batch = part.weight * world.size / share.weight if share.weight > 0 else 0.0
+        with ddp.no_sync() if not last and isinstance(ddp, DistributedDataParallel) else contextlib.nullcontext(), \
+                model.statistics(not part.placeholder):
+            with autocast_for(device):
+                out, _, _ = net(x, lengths, part.links, memory if part.links is not None else None)
+                loss = objective.loss(out, x, mask)
+                aux = model.aux_loss()  # what a kernel adds (routing's commitment or balance); None for most
+            term = loss * share_of_batch
+            if aux is not None:
+                term = term + aux * share_of_batch
+            scaler.scale(term).backward()
+        loss_sum += loss.detach().double() * part.weight
+        if report:
+            with torch.no_grad():
+                totals.add(out.detach().float(), x, mask if not part.placeholder else torch.zeros_like(mask))
+    return loss_sum, totals.sums
 
 
 def _held_out(source: WindowSource, split: Split, run: int) -> Iterator:
@@ -509,37 +653,70 @@ RUN_FILE, STATE_FILE, TENSORS_FILE = "run.json", "state.json", "train.safetensor
 
 
 def _try_checkpoint(ckpt: Path, *args) -> str | None:
-    """Write a checkpoint; on a failure to write (disk full, read-only), say so and return why."""
+    """Write a checkpoint; on a failure to write (disk full, read-only), say so and return why. Every rank calls
+    it (the random and memory state of each is gathered); rank 0 writes."""
     try:
         _save_checkpoint(ckpt, *args)
     except (OSError, SeqCompressError) as exc:
         why = str(exc) if isinstance(exc, SeqCompressError) else f"{exc.strerror or exc}"
-        log.warning("no checkpoint written (%s); training goes on, but it cannot be resumed from here", why)
+        if distributed.current().main:
+            log.warning("no checkpoint written (%s); training goes on, but it cannot be resumed from here", why)
         return why
     return None
 
 
-def _save_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Split, step: int, epoch: int,
-                     done: int, elapsed: float, history, record: dict | None, memory=None) -> None:
-    """The checkpoint folder is replaced as a whole (seqcompress.atomic): a kill leaves the previous checkpoint
-    or this one, never weights of one step with the counters of another."""
-    state = optimizer.state_dict()
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for pid, pstate in state["state"].items():
-        for key, value in pstate.items():
-            tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    # Dropout draws from the global generators: a resumed run continues their sequence.
-    tensors["rng.cpu"] = torch.get_rng_state()
+def _rank_state(memory) -> tuple[dict[str, torch.Tensor], dict]:
+    """What one process carries besides the weights: its random state (dropout draws from the global
+    generators: a resumed run continues their sequence) and, with memory, each of its lanes' memory."""
+    tensors = {"rng.cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, rng in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = rng
-    meta = {"step": step, "epoch": epoch, "batches": done, "elapsed_s": elapsed, "options": asdict(opts),
-            "split": split.state(), "history": history, "param_groups": state["param_groups"]}
+    meta: dict = {}
     if memory is not None:  # what each lane's memory carries into the next step
         meta["memory"] = {}
         for name, stack in zip(("encoder", "decoder"), memory):
             carried, meta["memory"][name] = stack.state(f"memory.{name}")
             tensors.update(carried)
+    return tensors, meta
+
+
+def _gathered_state(memory, world: World) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every rank's `_rank_state` on rank 0 (safetensors and JSON bytes, never pickles): rank r's random state as
+    `rank{r}.rng...` (rank 0's unprefixed), the memory of all lanes merged (each lane lives on one rank)."""
+    tensors, meta = _rank_state(memory)
+    if not world.parallel:
+        return tensors, meta
+    pieces = distributed.gather_bytes(safetensors_bytes(tensors) + b"\n" + json.dumps(meta).encode())
+    if pieces is None:
+        return {}, {}
+    merged, merged_meta = {}, {"memory": {"encoder": {}, "decoder": {}}} if memory is not None else {}
+    for rank, piece in enumerate(pieces):
+        blob, text = piece.rsplit(b"\n", 1)  # the JSON has no newline
+        for key, value in safetensors_load(blob).items():
+            merged[key if rank == 0 or not key.startswith("rng.") else f"rank{rank}.{key}"] = value
+        for name, streams in json.loads(text).get("memory", {}).items():
+            merged_meta["memory"][name].update(streams)
+    return merged, merged_meta
+
+
+def _save_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Split, step: int, epoch: int,
+                     done: int, elapsed: float, history, record: dict | None, memory=None,
+                     world: World | None = None) -> None:
+    """The checkpoint folder is replaced as a whole (seqcompress.atomic): a kill leaves the previous checkpoint
+    or this one, never weights of one step with the counters of another."""
+    world = world or World()
+    extra, extra_meta = _gathered_state(memory, world)  # a collective: every rank takes part
+    if not world.main:
+        return
+    state = optimizer.state_dict()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for pid, pstate in state["state"].items():
+        for key, value in pstate.items():
+            tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors.update(extra)
+    meta = {"step": step, "epoch": epoch, "batches": done, "elapsed_s": elapsed, "options": asdict(opts),
+            "split": split.state(), "history": history, "param_groups": state["param_groups"], **extra_meta}
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(ckpt) as stage:
         (stage / TENSORS_FILE).write_bytes(safetensors_bytes(tensors))
@@ -568,7 +745,8 @@ def read_checkpoint_record(ckpt: Path) -> tuple[dict, dict]:
     return record, state
 
 
-def _load_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Split, device, memory=None):
+def _load_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Split, device, memory=None,
+                     world: World | None = None):
     """Restore model, optimizer and random state; returns (step, epoch, batches consumed, elapsed_s, history)."""
     try:
         meta = json.loads((ckpt / STATE_FILE).read_text())
@@ -576,12 +754,13 @@ def _load_checkpoint(ckpt: Path, model, optimizer, opts: TrainOptions, split: Sp
     except (OSError, ValueError, SafetensorError, RecursionError) as exc:
         raise ModelFileError(f"cannot read the checkpoint in {ckpt}: {' '.join(str(exc).split())}") from None
     try:
-        return _restore(meta, tensors, model, optimizer, opts, split, device, memory)
+        return _restore(meta, tensors, model, optimizer, opts, split, device, memory, world or World())
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise ModelFileError(f"the checkpoint in {ckpt} does not fit this run: {' '.join(str(exc).split())}") from None
 
 
-def _restore(meta: dict, tensors: dict, model, optimizer, opts: TrainOptions, split: Split, device, memory=None):
+def _restore(meta: dict, tensors: dict, model, optimizer, opts: TrainOptions, split: Split, device, memory=None,
+             world: World = World()):
     for key in _RESUME_MATCH:
         saved = meta["options"].get(key, getattr(TrainOptions, key))
         if saved != getattr(opts, key):
@@ -598,14 +777,19 @@ def _restore(meta: dict, tensors: dict, model, optimizer, opts: TrainOptions, sp
             _, pid, name = key.split(".", 2)
             optim_state.setdefault(int(pid), {})[name] = value.to(device) if name != "step" else value
     optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
-    if "rng.cpu" in tensors:
-        torch.set_rng_state(tensors["rng.cpu"])
-    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
+    rng = f"rank{world.rank}.rng" if world.rank else "rng"  # each rank's own random state (saved by as many)
+    if f"{rng}.cpu" in tensors:
+        torch.set_rng_state(tensors[f"{rng}.cpu"])
+    cuda_states = [tensors[f"{rng}.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"{rng}.cuda.{i}" in tensors]
     if cuda_states and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
     if memory is not None:
+        shards = world.size * opts.grad_accum
         for name, stack in zip(("encoder", "decoder"), memory):
             stack.load_state(tensors, meta["memory"][name], f"memory.{name}", device)
+            # this rank's lanes only (ShareOf deals lane l to shard l mod shards, shard s to rank s mod ranks)
+            stack.streams = {s: c for s, c in stack.streams.items()
+                             if (s // MAX_STREAMS) % shards % world.size == world.rank}
     step = int(meta["step"])
     steps_per_epoch = math.ceil(split.train_windows / opts.batch_size)
     epoch, done = (int(meta["epoch"]), int(meta["batches"])) if "epoch" in meta else divmod(step, steps_per_epoch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -54,6 +55,17 @@ def fit(
     eval_every: int = typer.Option(0, "--eval-every", help="Also evaluate every N steps (0: each epoch)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (model, split, batch order)."),
     device: str = DEVICE,
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Forward/backward passes per step and process: the batch "
+                                   "is split among them (same result, less memory)."),
+    nproc: int = typer.Option(1, "--nproc", help="Train data-parallel in this many processes on this machine (the "
+                              "workers torchrun would start; on GPUs one per device; docs/scaling.md)."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model for training (faster "
+                                       "steps on a GPU after minutes of compiling)."),
+    log_every: int = typer.Option(1, "--log-every", help="Report progress and log scalars every N steps (on a GPU "
+                                  "each report waits for the device)."),
+    log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Write the run's scalars there: scalars.csv, "
+                                           "and TensorBoard event files when tensorboard is installed "
+                                           "(`seqcompress plot DIR` draws the curve)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run checkpointed in the output directory, with "
                                 "the domain, data, settings and budget it recorded."),
     force: bool = typer.Option(False, "--force", help="Replace a model already in the output directory."),
@@ -73,10 +85,28 @@ def fit(
     from seqcompress.cli.options import parse_key_values, split_key_values
     from seqcompress.cli.options import ratio_list
     from seqcompress.domains import make_domain
+    from seqcompress import distributed
+    from seqcompress.errors import InputError
     from seqcompress.train import TrainOptions
 
+    if nproc > 1:
+        if distributed.from_env().parallel:
+            raise InputError("--nproc starts the workers itself; under torchrun leave it out")
+        from seqcompress.cli.main import Terminated
+
+        try:
+            distributed.launch(nproc, _without_nproc(sys.argv[1:]))
+        except distributed.Stopped as stop:
+            raise Terminated(stop.signum) from None  # reported as any stopped command is
+        except distributed.WorkerFailed as failed:
+            if failed.exitcode == 1:  # an expected error, which that worker reported in one line
+                raise typer.Exit(1) from None
+            raise
+        return
+    if not distributed.from_env().main:  # under torchrun, rank 0 alone reports and logs
+        quiet, json_out, log_dir = True, False, None
     if resume:
-        _resume(ctx, output, device, quiet or json_out, json_out)
+        _resume(ctx, output, device, quiet or json_out, json_out, log_dir)
         return
     dom = make_domain(domain, split_key_values(domain_option, "--domain-option"))
     if epochs is None and max_steps is None and minutes is None:
@@ -84,27 +114,68 @@ def fit(
     options = TrainOptions(
         epochs=epochs, max_steps=max_steps, max_minutes=minutes, batch_size=batch_size, lr=lr, lr_end=lr_end,
         decay_epochs=decay_epochs, warmup_steps=warmup_steps, seed=seed, device=device,
-        val_fraction=val_fraction, eval_every=eval_every, run_windows=run_windows,
+        val_fraction=val_fraction, eval_every=eval_every, run_windows=run_windows, grad_accum=grad_accum,
+        log_every=log_every, compile=compile_model,
     )
     model_options = {"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
                      "latent_dim": latent_dim or d_model, "resize_init": resize_init, "attention": attention,
                      "positions": positions, "resize": resize, "options": parse_key_values(option, "--option"),
                      "stages": ratio_list(stages, "--stages") if stages else None, "memory": memory}
     bar = TrainingProgress(dom.metric_name, minutes * 60 if minutes else None, quiet=quiet or json_out)
-    with bar:
+    with bar, _Callbacks(bar, log_dir, dom.metric_name) as calls:
         summary = fit_model(
             dom, data, output, seq_len=seq_len, ratio=ratio, latent_len=latent_len, model_options=model_options,
-            options=options, resume=resume, force=force, on_step=bar.on_step, on_eval=bar.on_eval,
+            options=options, resume=resume, force=force, on_step=calls.on_step, on_eval=calls.on_eval,
         )
     _report(summary, json_out)
 
 
-_NOT_RECORDED = {"output", "resume", "force", "json_out", "quiet", "device"}  # may differ on --resume
+class _Callbacks:
+    """The progress bar's callbacks, and the training log's with --log-dir."""
+
+    def __init__(self, bar, log_dir: Optional[Path], metric: str) -> None:
+        from seqcompress.logs import TrainingLog
+
+        self.bar, self.log = bar, TrainingLog(log_dir, metric) if log_dir else None
+
+    def on_step(self, progress) -> None:
+        self.bar.on_step(progress)
+        if self.log:
+            self.log.on_step(progress)
+
+    def on_eval(self, progress) -> None:
+        self.bar.on_eval(progress)
+        if self.log:
+            self.log.on_eval(progress)
+
+    def __enter__(self) -> "_Callbacks":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.log:
+            self.log.close()
 
 
-def _resume(ctx: typer.Context, output: Path, device: str, quiet: bool, json_out: bool) -> None:
+_NOT_RECORDED = {"output", "resume", "force", "json_out", "quiet", "device", "nproc", "log_dir", "compile_model"}  # may differ on --resume
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line a worker runs: this one without --nproc (each worker is one process of the job)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def _resume(ctx: typer.Context, output: Path, device: str, quiet: bool, json_out: bool,
+            log_dir: Optional[Path]) -> None:
     """`fit -o DIR --resume`: the run's record supplies everything; an option that contradicts it is refused."""
-    from seqcompress.api import fit as fit_model, resume_conflicts
+    from seqcompress.api import fit as fit_model, resume_conflicts, resumed_metric
     from seqcompress.cli.output import TrainingProgress
     from seqcompress.errors import InputError
 
@@ -117,9 +188,9 @@ def _resume(ctx: typer.Context, output: Path, device: str, quiet: bool, json_out
                          + "; ".join(f"{flags.get(name, name)} ({why})" for name, why in conflicts))
     explicit_device = _given(ctx, "device")
     bar = TrainingProgress("", None, quiet=quiet)
-    with bar:
+    with bar, _Callbacks(bar, log_dir, resumed_metric(output)) as calls:
         summary = fit_model(None, None, output, resume=True, device=device if explicit_device else None,
-                            on_step=bar.on_step, on_eval=bar.on_eval)
+                            on_step=calls.on_step, on_eval=calls.on_eval)
     _report(summary, json_out)
 
 
@@ -130,9 +201,12 @@ def _given(ctx: typer.Context, name: str) -> bool:
 
 
 def _report(summary: dict, json_out: bool) -> None:
+    from seqcompress import distributed
     from seqcompress.cli.output import console, key_value_table, print_json
     from seqcompress.cli.text import plain
 
+    if not distributed.from_env().main:  # under torchrun, rank 0 alone reports
+        return
     if json_out:
         print_json(summary)
         return
@@ -148,7 +222,9 @@ def _report(summary: dict, json_out: bool) -> None:
         ("parameters", f"{summary['parameters']:,}"),
         ("steps / epochs", f"{summary['steps']} / {summary['epochs']:.2f}"),
         ("windows (train / held out)", f"{summary['train_windows']} / {summary['held_out_windows']}"),
-        ("time", f"{summary['seconds']:.0f} s on {summary['device']} ({summary['symbols_per_s']:,.0f} symbols/s)"),
+        ("time", f"{summary['seconds']:.0f} s on {summary['device']}"
+                 + (f" x {summary['processes']} processes" if summary.get("processes", 1) > 1 else "")
+                 + f" ({summary['symbols_per_s']:,.0f} symbols/s)"),
     ]))
 
 

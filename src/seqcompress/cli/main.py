@@ -20,7 +20,8 @@ from typer._click import exceptions as click_exceptions
 from typer.core import TyperGroup
 
 from seqcompress.cli.text import printable
-from seqcompress.errors import SeqCompressError
+from seqcompress.defaults import LAUNCHED_ENV, PEER_LOST_EXIT
+from seqcompress.errors import PeerLost, SeqCompressError
 
 
 class Terminated(BaseException):
@@ -30,6 +31,11 @@ class Terminated(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+def launched() -> bool:
+    """A worker of `fit --nproc`: its launcher reports why the job stopped, in one line for all workers."""
+    return os.environ.get(LAUNCHED_ENV) == "1"
 
 
 def _terminate(signum, frame) -> None:
@@ -66,6 +72,8 @@ class _Group(TyperGroup):
         except Exception as exc:  # noqa: BLE001 - every failure reaches the user as one line
             if (ctx.obj or {}).get("debug"):
                 raise
+            if isinstance(exc, PeerLost) and launched():
+                ctx.exit(PEER_LOST_EXIT)  # a worker whose peer stopped: the launcher names the one that failed
             if isinstance(exc, SeqCompressError):
                 message = f"error: {_as_flag(ctx, str(exc))}"
             elif isinstance(exc, MemoryError):
@@ -109,9 +117,9 @@ def _options(
 
 
 def _register() -> None:
-    from seqcompress.cli import decode, demo, domains, encode, evaluate, fit, info, probe
+    from seqcompress.cli import decode, demo, domains, encode, evaluate, fit, info, plot, probe
 
-    for module in (fit, encode, decode, evaluate, info, probe, demo, domains):
+    for module in (fit, encode, decode, evaluate, info, probe, plot, demo, domains):
         module.register(app)
 
 
@@ -136,11 +144,16 @@ def main() -> None:
     """Console-script entry point."""
     _steady_heap()
     _log_notes()
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    # A launched worker also takes Ctrl-C as a stop: its launcher reports it, once.
+    for signum in (signal.SIGTERM, signal.SIGHUP, *((signal.SIGINT,) if launched() else ())):
         signal.signal(signum, _terminate)
     try:
         app(prog_name="seqcompress")
     except Terminated as stop:
+        if launched():  # a worker stopped by its launcher, which says why; no teardown of the backend's threads
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + stop.signum)
         name = signal.Signals(stop.signum).name
         sys.stderr.write(f"error: stopped by {name}; unfinished outputs were removed\n")
         sys.exit(128 + stop.signum)
@@ -148,6 +161,9 @@ def main() -> None:
         # Output piped into e.g. `head` that stopped reading: no traceback, and none at exit either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)  # 128 + SIGPIPE, as a shell reports it
+    finally:  # a signal while Python shuts down ends the process as signals do, without a trace
+        for signum in (signal.SIGTERM, signal.SIGHUP, *((signal.SIGINT,) if launched() else ())):
+            signal.signal(signum, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

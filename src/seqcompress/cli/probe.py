@@ -93,6 +93,8 @@ def probe(
     dtype: str = typer.Option(STORED_DTYPE, "--dtype", help="Score latents stored as float32, float16, bfloat16 or int8."),
     device: str = DEVICE,
     output: Path = typer.Option(..., "--output", "-o", help="Report directory (resumes the probe already there)."),
+    jobs: int = typer.Option(1, "--jobs", help="Run independent cells in this many worker processes (CPU: the "
+                             "cores shared among them; CUDA: one GPU each, round robin)."),
     force: bool = typer.Option(False, "--force", help="Discard a probe with other settings in the report directory."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary rows as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -155,7 +157,7 @@ def probe(
         bar.update(state_["task"], completed=finished, description=note)
 
     with bar:
-        runner.run(on_cell)
+        runner.run(on_cell, jobs=jobs)
     written = runner.write_reports()
     rows = summarise(runner.results)
     if json_out:

@@ -686,6 +686,11 @@ class AudioObjective(Objective):
         return (output[..., :s].float().reshape(b, n * s), target[..., :s].float().reshape(b, n * s),
                 sample_mask.reshape(b, n * s))
 
+    def loss_weight(self, target: torch.Tensor, mask: torch.Tensor) -> float:
+        """The real samples: exact for the L1 term; the STFT term is a mean over frames of the spectrogram, so a
+        batch split over processes weights it by samples, close to but not exactly as the whole batch does."""
+        return float(self._waveforms(target, target, mask)[2].sum())
+
     def loss(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """l1_weight x mean |error| over real samples + stft_weight x multi-resolution STFT loss; the last
         feature (the real share) of the output is not trained."""

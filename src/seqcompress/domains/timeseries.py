@@ -591,6 +591,9 @@ class TimeSeriesObjective(Objective):
         observed = (target[..., w:] > 0.5) & mask[..., None]
         return output[..., :w].float() - target[..., :w].float(), observed
 
+    def loss_weight(self, target: torch.Tensor, mask: torch.Tensor) -> float:
+        return float(self._split(target, target, mask)[1].sum())  # the observed values
+
     def loss(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean MSE (or Huber) over observed values, in normalised units; the mask half of the output is not
         trained (the model's output width must equal its input width, so the head predicts it anyway)."""

@@ -57,11 +57,14 @@ class Kernel(nn.Module):
     """A kernel may also keep learned state that is not a parameter (k-means centroids): it then sets
     `aux_loss` in a training forward (a term the training loop adds to the domain's loss) and updates its
     buffers in `after_step`, which the training loop calls after each optimizer step, so that a forward
-    pass itself stays a function of parameters and buffers."""
+    pass itself stays a function of parameters and buffers. The statistics for `after_step` add up over the
+    forwards of a step (gradient accumulation) and are summed over the processes of a data-parallel job;
+    a forward with `collect_statistics` False (an empty share's placeholder) leaves none."""
 
     name: ClassVar[str] = ""
     capabilities: ClassVar[Capabilities]
     aux_loss: torch.Tensor | None = None
+    collect_statistics: bool = True
 
     def __init__(self, geometry: Geometry, heads: int, head_dim: int, dropout: float, options: dict) -> None:
         super().__init__()
@@ -72,7 +75,7 @@ class Kernel(nn.Module):
         return self.dropout if self.training else 0.0
 
     def after_step(self) -> None:
-        """Update buffers from what the last training forward saw (nothing by default)."""
+        """Update buffers from what the step's training forwards saw (nothing by default)."""
 
 
 def make_kernel(name: str, geometry: Geometry, heads: int, head_dim: int, dropout: float, options: dict) -> Kernel:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -100,16 +101,25 @@ class RoutingAttention(Kernel):
         with torch.no_grad():
             onehot = F.one_hot(k_cluster, self.clusters).float() * weight[..., None]  # (B, H, N, K)
             sums = torch.einsum("bhnk,bhnd->hkd", onehot, F.normalize(k_real.float(), dim=-1))
-            self._pending = (sums, onehot.sum(dim=(0, 2)))  # (H, K, Dh), (H, K)
+            counts = onehot.sum(dim=(0, 2))  # (H, K)
+            if self.collect_statistics:
+                pending = self._pending
+                self._pending = (sums, counts) if pending is None else (pending[0] + sums, pending[1] + counts)
         return commitment
 
     @torch.no_grad()
     def after_step(self) -> None:
         """Move each centroid that received keys toward their mean direction (EMA); empty clusters stay."""
-        if self._pending is None:
+        parallel = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if self._pending is None and not parallel:
             return
-        sums, counts = self._pending
+        sums, counts = self._pending if self._pending is not None else (
+            torch.zeros_like(self.centroids, dtype=torch.float32), self.centroids.new_zeros(self.centroids.shape[:2]))
         self._pending = None
+        if parallel:  # every process's keys move the centroids, as one process's would (each rank calls this)
+            packed = torch.cat([sums.float().flatten(), counts.float().flatten()])
+            dist.all_reduce(packed)
+            sums, counts = packed[: sums.numel()].view_as(sums), packed[sums.numel():].view_as(counts)
         seen = counts > 0
         mean = sums / counts.clamp(min=1.0)[..., None]
         moved = F.normalize(self.decay * self.centroids + (1 - self.decay) * mean, dim=-1)
