@@ -10,7 +10,10 @@
 3. The reducing-attention layer (W_S slicing + attention with n/2 queries) against plain SDPA
    self-attention (n queries) on the same input, forward and forward+backward, at n = 512, 1024, 2048.
 
-Usage: python benchmarks/bench_train.py [--steps 20] [--quick]
+On a GPU (`--device cuda`) the matmul rate is bf16 (the rate autocast training can reach), training runs
+under autocast with fused AdamW, and every timing waits for the device.
+
+Usage: python benchmarks/bench_train.py [--steps 20] [--quick] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -30,23 +33,36 @@ from seqcompress.kernels import make_kernel
 from seqcompress.lengths import Geometry, latent_positions
 from seqcompress.domains.text import TextDomain
 from seqcompress.model import ModelConfig, build_model
-from seqcompress.train import TrainOptions, WindowSource, collate, scan, train
+from seqcompress.train import TrainOptions, WindowSource, autocast_for, collate, scan, train
+
+
+DEVICE = torch.device("cpu")  # set by --device
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def timed(fn, repeats: int, warmup: int = 2) -> float:
-    """Median seconds of fn() over `repeats` runs."""
+    """Median seconds of fn() over `repeats` runs (waiting for the device)."""
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    """fp32 FLOP/s on a CPU; bf16 on a GPU (8192 x 8192: large enough to fill it)."""
+    dtype = torch.bfloat16 if DEVICE.type == "cuda" else torch.float32
+    size = 8192 if DEVICE.type == "cuda" else size
+    a, b = torch.randn(size, size, device=DEVICE, dtype=dtype), torch.randn(size, size, device=DEVICE, dtype=dtype)
     return 2 * size**3 / timed(lambda: a @ b, repeats)
 
 
@@ -55,15 +71,17 @@ def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8) -> 
     objective = domain.objective
     windows = [w for w in domain.load_windows(domain.default_data(), seq_len) if len(w) == seq_len]
     config = ModelConfig(n_max=seq_len, ratio=0.5, **domain.model_fields())
-    model = build_model(config, seed=0).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batches = [collate(windows[i : i + batch_size]) for i in range(0, len(windows) - batch_size + 1, batch_size)]
-    full = torch.ones(batch_size, seq_len, dtype=torch.bool)
+    model = build_model(config, seed=0).to(DEVICE).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=DEVICE.type == "cuda")
+    batches = [tuple(t.to(DEVICE) for t in collate(windows[i : i + batch_size]))
+               for i in range(0, len(windows) - batch_size + 1, batch_size)]
+    full = torch.ones(batch_size, seq_len, dtype=torch.bool, device=DEVICE)
 
     def step(i: int) -> None:
         x, lengths = batches[i % len(batches)]
-        out, _, _ = model(x, lengths)
-        loss = objective.loss(out, x, full)
+        with autocast_for(DEVICE):
+            out, _, _ = model(x, lengths)
+            loss = objective.loss(out, x, full)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -74,9 +92,11 @@ def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8) -> 
     flops_per_step = counter.get_total_flops()
     for i in range(3):  # warm-up
         step(i)
+    sync()
     start = time.perf_counter()
     for i in range(steps):
         step(i)
+    sync()
     seconds = (time.perf_counter() - start) / steps
     return {
         "seq_len": seq_len, "ratio": 0.5, "batch_size": batch_size, "parameters": model.parameter_count(),
@@ -89,7 +109,7 @@ def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8) -> 
 def streamed_training(domain: TextDomain, config: ModelConfig, steps: int, batch_size: int) -> dict:
     """The same model trained through train() on the sample streamed from its file."""
     source = WindowSource.files(domain, domain.default_data(), config.n_max)
-    options = TrainOptions(epochs=None, max_steps=steps, batch_size=batch_size, device="cpu", eval_batches=1)
+    options = TrainOptions(epochs=None, max_steps=steps, batch_size=batch_size, device=DEVICE.type, eval_batches=1)
     start = time.perf_counter()
     split = scan(source, options.val_fraction, options.seed)
     scan_s = time.perf_counter() - start
@@ -104,12 +124,13 @@ def attention_ratio(n: int, repeats: int, d_model: int = 256, heads: int = 4, ba
     m = latent_length(n, 0.5)
     attn = Attention(d_model, heads, make_kernel("full", Geometry("reduce", m, n, 0.5), heads, d_model // heads, 0.0, {}))
     resize = ResizeMatrix(m, n, 0.5)
-    x = torch.randn(batch, n, d_model, requires_grad=True)
-    lengths = torch.full((batch,), n)
+    attn, resize = attn.to(DEVICE), resize.to(DEVICE)
+    x = torch.randn(batch, n, d_model, device=DEVICE, requires_grad=True)
+    lengths = torch.full((batch,), n, device=DEVICE)
     in_mask, out_mask = length_mask(lengths, n), length_mask(lengths.new_full((batch,), m), m)
-    pos_in, pos_out = latent_positions(n, 1.0), latent_positions(m, 0.5)
-    reduce = Layout(in_mask, out_mask, True, pos_in, pos_out, Geometry("reduce", m, n, 0.5).key_spans(m))
-    self_layout = Layout(in_mask, in_mask, True, pos_in, pos_in, Geometry("self", n, n).key_spans(n))
+    pos_in, pos_out = latent_positions(n, 1.0, device=DEVICE), latent_positions(m, 0.5, device=DEVICE)
+    reduce = Layout(in_mask, out_mask, True, pos_in, pos_out, Geometry("reduce", m, n, 0.5).key_spans(m, DEVICE))
+    self_layout = Layout(in_mask, in_mask, True, pos_in, pos_in, Geometry("self", n, n).key_spans(n, DEVICE))
 
     def reducing():
         return attn(resize.apply(x, reduce), x, reduce)  # (B, n/2, D)
@@ -134,7 +155,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--quick", action="store_true", help="few repeats, for a smoke run")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     repeats = 2 if args.quick else 10
     rate = matmul_rate(repeats=2 if args.quick else 5)
     train = training_throughput(2 if args.quick else args.steps)
@@ -142,7 +166,9 @@ def main() -> None:
     result = {
         "benchmark": "train_throughput_and_attention",
         "machine": {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+                    "torch": torch.__version__, "python": platform.python_version(), "device": str(DEVICE),
+                    "gpu": torch.cuda.get_device_name() if DEVICE.type == "cuda" else None},
+        "matmul_dtype": "bfloat16" if DEVICE.type == "cuda" else "float32",
         "matmul_flops_per_s": rate,
         "training": train,
         "attention": [attention_ratio(n, repeats) for n in (512, 1024, 2048)],
