@@ -244,24 +244,27 @@ class SequenceAutoencoder(nn.Module):
         if longest > padded or (lengths.numel() and int(lengths.min()) < 0):
             raise InputError(f"lengths must lie in 0..{padded} (the padded length)")
 
-    def _levels(self, lengths: torch.Tensor, padded: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per level (input, then after each stage): (lengths (B,), positions (L_pad,)) of the batch; the input
-        level is `padded` rows long (callers may pad past the longest sample)."""
+    def _levels(self, lengths: torch.Tensor, padded: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
+        """Per level (input, then after each stage): (lengths (B,), positions (L_pad,), whether no row is padding)
+        of the batch on `device`;
+        the input level is `padded` rows long (callers may pad past the longest sample). Computed from the
+        lengths on the host: lengths given on the CPU (as training gives them) cost a GPU no wait."""
         per_sample = [self.config.stage_lengths(int(n)) for n in lengths.tolist()]
         levels, cumulative = [], 1.0
         for s in range(len(self.config.stage_ratios) + 1):
             if s:
                 cumulative *= self.config.stage_ratios[s - 1]
-            ls = torch.tensor([p[s] for p in per_sample], dtype=torch.long, device=lengths.device)
-            pad = padded if s == 0 else (int(ls.max()) if ls.numel() else 0)
-            levels.append((ls, latent_positions(pad, cumulative, lengths.device)))
+            column = [p[s] for p in per_sample]
+            ls = torch.tensor(column, dtype=torch.long).to(device, non_blocking=True)
+            pad = padded if s == 0 else max(column, default=0)
+            levels.append((ls, latent_positions(pad, cumulative, device), all(c == pad for c in column)))
         return levels
 
     def _layouts(self, levels, scheme, order: str) -> tuple[list[Layout], Layout]:
         """The resizing blocks' layouts (in stack order) and the layout of the self-attention blocks after them."""
         ratios = self.config.stage_ratios
-        masks = [length_mask(ls, len(pos)) for ls, pos in levels]
-        full = all(bool(m.all()) for m in masks)
+        masks = [length_mask(ls, len(pos)) for ls, pos, _ in levels]
+        full = all(no_padding for _, _, no_padding in levels)
         steps = range(len(ratios)) if order == "encode" else reversed(range(len(ratios)))
         layouts = []
         for s in steps:
@@ -290,9 +293,9 @@ class SequenceAutoencoder(nn.Module):
         """
         n = inputs.shape[1]
         self._check_lengths(lengths, n)
-        levels = self._levels(lengths, n)
+        levels = self._levels(lengths, n, inputs.device)
         resizes, plain = self._layouts(levels, self.encoder_positions, "encode")
-        inputs = self._zero_padding(inputs, length_mask(lengths, n))
+        inputs = self._zero_padding(inputs, length_mask(levels[0][0], n))
         x = self.embed(inputs)  # (B, N, D)
         if self.in_positions is not None:
             x = x + self.in_positions[:n]  # (B, N, D)
@@ -305,24 +308,26 @@ class SequenceAutoencoder(nn.Module):
         return z * plain.out_mask[:, :, None], levels[-1][0]
 
     def decode(self, latents: torch.Tensor, latent_lengths: torch.Tensor, lengths: torch.Tensor, *,
-               hidden: bool = False, memory: MemoryBatch | None = None) -> torch.Tensor:
+               hidden: bool = False, memory: MemoryBatch | None = None, checked: bool = False) -> torch.Tensor:
         """latents (B, M, latent_dim) -> logits (B, N, V) or vectors (B, N, F), N = max(lengths); with `hidden`,
         the final states (B, N, D) before the output layer (`output` applies it, e.g. a few positions at a time,
         so that B x N x V logits of a large vocabulary never exist at once).
 
         `lengths` are the original lengths: several lengths share one latent length. `memory`: the decoder's
-        memory plan (`memory_plan`), the windows in the order they were encoded.
+        memory plan (`memory_plan`), the windows in the order they were encoded. `checked`: the latent lengths
+        are those `encode` returned for these lengths (`forward`), so they need no check (on a GPU, a wait).
         """
         n = int(lengths.max()) if lengths.numel() else 0
         self._check_lengths(lengths, n)
-        levels = self._levels(lengths, n)
-        if not torch.equal(levels[-1][0].cpu(), latent_lengths.cpu()):
-            raise InputError("latent lengths do not match the original lengths for this model's ratio")
+        levels = self._levels(lengths, n, latents.device)
         m = latents.shape[1]
-        if latent_lengths.numel() and m < int(latent_lengths.max()):
-            raise InputError(f"latents have {m} rows, fewer than the latent length {int(latent_lengths.max())}")
+        if not checked:
+            if not torch.equal(levels[-1][0].cpu(), latent_lengths.cpu()):
+                raise InputError("latent lengths do not match the original lengths for this model's ratio")
+            if latent_lengths.numel() and m < int(latent_lengths.max()):
+                raise InputError(f"latents have {m} rows, fewer than the latent length {int(latent_lengths.max())}")
         if m != len(levels[-1][1]):
-            levels[-1] = (levels[-1][0], latent_positions(m, self.config.ratio, latents.device))
+            levels[-1] = (levels[-1][0], latent_positions(m, self.config.ratio, latents.device), False)
         resizes, plain = self._layouts(levels, self.decoder_positions, "decode")
         x = self.from_latent(self._zero_padding(latents, resizes[0].in_mask))  # (B, M, D)
         stages = len(resizes)
@@ -347,13 +352,14 @@ class SequenceAutoencoder(nn.Module):
                 memory: tuple[Memory, Memory] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstruction (B, N, V|F), latents (B, M, latent_dim), latent lengths (B,). With memory and `links`
         (windows in stream order), each window also attends to the windows before it in the batch, and to what
-        `memory` (the encoder's and the decoder's, `self.memory()`) carried from earlier calls."""
+        `memory` (the encoder's and the decoder's, `self.memory()`) carried from earlier calls. `lengths` (B,)
+        may stay on the CPU when the inputs are on a GPU (training passes them so: no wait for the device)."""
         plans = (None, None)
         if self.config.memory and links is not None:
             stacks = memory or (self.memory(carry=False), self.memory(carry=False))
             plans = tuple(stack.batch(links, lengths.tolist()) for stack in stacks)
         z, latent_lengths = self.encode(inputs, lengths, plans[0])
-        return self.decode(z, latent_lengths, lengths, memory=plans[1]), z, latent_lengths
+        return self.decode(z, latent_lengths, lengths, memory=plans[1], checked=True), z, latent_lengths
 
     # ---- memory across windows (seqcompress/memory.py) -------------------------------------------
     def memory(self, carry: bool = True) -> Memory:

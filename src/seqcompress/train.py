@@ -422,10 +422,10 @@ def evaluate(
     first: list = []  # the stream's first window: the shape of a placeholder, for a rank whose share is empty
     stream = (first.append(item) or item if not first else item for item in windows)
     for batch in batches(share_of(stream, world, linked), batch_size, linked):
-        x, lengths = batch[0].to(device), batch[1].to(device)
+        x, lengths = batch[0].to(device), batch[1]  # lengths stay on the host, where the model reads them
         with autocast_for(device):
             out, _, _ = model(x, lengths, batch[2] if linked else None, memory)
-        mask = length_mask(lengths, x.shape[1])  # (B, N)
+        mask = length_mask(lengths.to(device), x.shape[1])  # (B, N)
         symbols = int(mask.sum())
         loss_sum += float(objective.loss(out, x, mask)) * symbols
         count += symbols
@@ -500,8 +500,9 @@ def train(
     model.to(device).train()
     if world.rank:  # dropout: a stream of its own per rank (rank 0 draws what one process would)
         torch.manual_seed(opts.seed + world.rank)
-    net = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-           if world.parallel else model)
+    # No device_ids: DDP would move every tensor argument to the GPU, the window lengths too, which the model
+    # reads on the host (the loop moves the windows itself).
+    net = DistributedDataParallel(model) if world.parallel else model
     if opts.compile:  # the training forward only; evaluation, checkpoints and saving use the module itself
         net = torch.compile(net)
     run = opts.run_windows if model.config.memory else 0  # memory: runs of consecutive windows, dealt to lanes
@@ -618,8 +619,8 @@ def _step(net: torch.nn.Module, model: SequenceAutoencoder, objective: Objective
     loss_sum, totals = torch.zeros((), dtype=torch.float64, device=device), objective.accumulator()
     ddp = getattr(net, "_orig_mod", net)  # under torch.compile, the DistributedDataParallel module it wraps
     for i, part in enumerate(share.parts):
-        x, lengths = part.x.to(device), part.lengths.to(device)
-        mask = length_mask(lengths, x.shape[1])  # (B, N)
+        x, lengths = part.x.to(device, non_blocking=True), part.lengths  # lengths stay on the host (see forward)
+        mask = length_mask(lengths.to(device, non_blocking=True), x.shape[1])  # (B, N)
         last = i == len(share.parts) - 1
         share_of_batch = part.weight * world.size / share.weight if share.weight > 0 else 0.0
         with ddp.no_sync() if not last and isinstance(ddp, DistributedDataParallel) else contextlib.nullcontext(), \
