@@ -33,6 +33,16 @@ TIMEOUT_ENV = "SEQCOMPRESS_DIST_TIMEOUT"  # seconds a collective waits for a ran
 DEFAULT_TIMEOUT_S = 300
 
 
+_PEER_SIGNS = ("gloo", "nccl", "connection closed", "connection reset", "broken pipe", "timed out", "timeout")
+
+
+def _from_a_peer(exc: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (the backends raise plain RuntimeErrors)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return False
+    return isinstance(exc, dist.DistError) or any(sign in str(exc).lower() for sign in _PEER_SIGNS)
+
+
 class Stopped(SeqCompressError):
     """The launcher received a signal (SIGTERM, SIGINT, SIGHUP) and stopped its workers."""
 
@@ -59,8 +69,8 @@ def peers_checked() -> Iterator[None]:
     try:
         yield
     except (RuntimeError, dist.DistError) as exc:
-        if not (dist.is_available() and dist.is_initialized()) or isinstance(exc, FloatingPointError):
-            raise
+        if not (dist.is_available() and dist.is_initialized()) or not _from_a_peer(exc):
+            raise  # this rank's own failure (out of memory, a CUDA error): it says so itself
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PeerLost(f"rank {dist.get_rank()}: a collective operation failed, another process of the job stopped "
                        f"or lost its connection ({first[:200]})") from exc
@@ -217,9 +227,13 @@ def launch(nproc: int, argv: Sequence[str], nnodes: int = 1, node_rank: int = 0,
     except ChildFailedError as exc:
         # The first failure that is not a worker stopping because another one did (PEER_LOST_EXIT) or because the
         # launcher stopped it (SIGTERM); the launcher's own order goes by whole seconds, then rank.
-        after = {PEER_LOST_EXIT, -signal.SIGTERM, 128 + signal.SIGTERM}
+        stops = {-signal.SIGTERM, 128 + signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGINT}
+        after = {PEER_LOST_EXIT, *stops}
         failures = sorted(exc.failures.items(), key=lambda f: (f[1].exitcode in after, f[1].timestamp, f[0]))
         rank, failure = failures[0]
+        if failure.exitcode in stops:  # every worker was stopped by a signal: Ctrl-C or a stop sent to them
+            interrupted = any(f.exitcode in (-signal.SIGINT, 128 + signal.SIGINT) for f in exc.failures.values())
+            raise Stopped(signal.SIGINT if interrupted else signal.SIGTERM) from None
         raise WorkerFailed(rank, failure.exitcode) from None
     finally:
         del os.environ[LAUNCHED_ENV]  # for the workers only: this process reports

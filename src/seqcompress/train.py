@@ -323,7 +323,8 @@ class ShareOf:
             shard = a * self.world.size + self.world.rank
             mine = [i for i, item in enumerate(items) if self._shard(i, item) == shard]
             if not mine:
-                parts.append(placeholder(windows[0]))
+                if self.world.parallel:  # one process simply has fewer parts in a short last batch
+                    parts.append(placeholder(windows[0]))
                 continue
             x, lengths = collate([windows[i] for i in mine])
             links = [items[i][1] for i in mine] if self.linked else None
@@ -426,9 +427,9 @@ def evaluate(
         with autocast_for(device):
             out, _, _ = model(x, lengths, batch[2] if linked else None, memory)
         mask = length_mask(lengths.to(device), x.shape[1])  # (B, N)
-        symbols = int(mask.sum())
-        loss_sum += float(objective.loss(out, x, mask)) * symbols
-        count += symbols
+        weight = objective.loss_weight(x, mask)  # what the batch's mean loss is over: the mean of the whole
+        loss_sum += float(objective.loss(out, x, mask)) * weight
+        count += weight
         totals.add(out.float(), x, mask)
     if world.parallel:
         if not totals.sums and first:  # the same totals' names on every rank, as zero sums
@@ -441,7 +442,7 @@ def evaluate(
         loss_sum, count = distributed.sum_values([loss_sum, count])
     model.train(was_training)
     values = totals.values()
-    values["loss"] = loss_sum / max(count, 1)
+    values["loss"] = loss_sum / count if count > 0 else 0.0
     return values
 
 
@@ -534,6 +535,7 @@ def train(
     evaluating = dict(batch_size=opts.batch_size * 4, device=device, linked=bool(run), world=world)
 
     start, symbols_done, last_loss, checkpoint_error = time.perf_counter(), 0, float("nan"), None
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)  # a bad loss between reports, read at the end
     while total_steps is None or step < total_steps:
         elapsed = elapsed_before + time.perf_counter() - start
         # A time budget is rank 0's clock, broadcast (in a parallel job, at the report cadence).
@@ -550,6 +552,7 @@ def train(
         # A report reads the step's loss and totals off the device: the only host synchronisation of a step.
         report = evaluates or (step + 1) % opts.log_every == 0 or step + 1 == total_steps
         loss_sum, totals = _step(net, model, objective, share, memory, scaler, device, world, report)
+        nonfinite |= ~torch.isfinite(loss_sum)
         if report:
             keys = sorted(totals)
             loss_value, *values = distributed.sum_values([float(loss_sum), *(totals[k] for k in keys)])
@@ -586,6 +589,9 @@ def train(
                 checkpoint_error = _try_checkpoint(ckpt, model, optimizer, opts, split, step, epoch, done,
                                                    progress.elapsed_s, history, record, memory, world)
     stream.close()
+    if distributed.sum_values([float(nonfinite)])[0]:  # never evaluate or save weights a bad step has reached
+        raise FloatingPointError(f"the loss became NaN or infinite between reports (--log-every {opts.log_every}, "
+                                 f"last report at step {step}); lower lr or check the data")
 
     loop_s = time.perf_counter() - start
     seconds = elapsed_before + loop_s
@@ -778,6 +784,8 @@ def _restore(meta: dict, tensors: dict, model, optimizer, opts: TrainOptions, sp
             _, pid, name = key.split(".", 2)
             optim_state.setdefault(int(pid), {})[name] = value.to(device) if name != "step" else value
     optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+    for group in optimizer.param_groups:  # fused as this device allows, whichever device saved the checkpoint
+        group["fused"] = torch.device(device).type == "cuda"
     rng = f"rank{world.rank}.rng" if world.rank else "rng"  # each rank's own random state (saved by as many)
     if f"{rng}.cpu" in tensors:
         torch.set_rng_state(tensors[f"{rng}.cpu"])

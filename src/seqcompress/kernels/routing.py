@@ -111,8 +111,8 @@ class RoutingAttention(Kernel):
     def after_step(self) -> None:
         """Move each centroid that received keys toward their mean direction (EMA); empty clusters stay."""
         parallel = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if self._pending is None and not parallel:
-            return
+        if self.route is not None or (self._pending is None and not parallel):
+            return  # a learned router keeps no centroids
         sums, counts = self._pending if self._pending is not None else (
             torch.zeros_like(self.centroids, dtype=torch.float32), self.centroids.new_zeros(self.centroids.shape[:2]))
         self._pending = None
