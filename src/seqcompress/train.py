@@ -312,8 +312,7 @@ class ShareOf:
         self.world, self.accum, self.linked, self.objective = world, accum, linked, objective
 
     def _shard(self, index: int, item) -> int:
-        key = item[1].stream // MAX_STREAMS if self.linked else index
-        return key % (self.world.size * self.accum)
+        return shard_of(item[1].stream // MAX_STREAMS if self.linked else index, self.world, self.accum)
 
     def __call__(self, items: list) -> Share:
         windows = [item[0] for item in items] if self.linked else items
@@ -330,6 +329,12 @@ class ShareOf:
             links = [items[i][1] for i in mine] if self.linked else None
             parts.append(Part(x, lengths, links, sum(weights[i] for i in mine)))
         return Share(parts, sum(len(w) for w in windows), sum(weights))
+
+
+def shard_of(key: int, world: World, accum: int) -> int:
+    """The shard of a batch item (its index, or its lane with memory); shard s is part s // ranks of rank
+    s mod ranks."""
+    return key % (world.size * accum)
 
 
 def placeholder(like: torch.Tensor) -> Part:
@@ -528,8 +533,8 @@ def train(
     dataset = TrainWindows(source, split, shuffle_buffer_size(opts, split), opts.seed, run, opts.batch_size)
     # A DataLoader draws a base seed at every iter(); its own generator keeps that draw off the global one,
     # whose sequence (dropout) a resumed run must continue exactly.
-    loader = DataLoader(dataset, batch_size=opts.batch_size, collate_fn=ShareOf(world, opts.grad_accum, bool(run), objective),
-                        generator=torch.Generator())
+    loader = DataLoader(dataset, batch_size=opts.batch_size, generator=torch.Generator(),
+                        collate_fn=ShareOf(world, opts.grad_accum, bool(run), objective))
     stream = _epoch_batches(loader, dataset, steps_per_epoch, epoch, done)
     held_out = lambda: _held_out(source, split, run)  # noqa: E731
     evaluating = dict(batch_size=opts.batch_size * 4, device=device, linked=bool(run), world=world)
@@ -793,12 +798,11 @@ def _restore(meta: dict, tensors: dict, model, optimizer, opts: TrainOptions, sp
     if cuda_states and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
     if memory is not None:
-        shards = world.size * opts.grad_accum
         for name, stack in zip(("encoder", "decoder"), memory):
             stack.load_state(tensors, meta["memory"][name], f"memory.{name}", device)
-            # this rank's lanes only (ShareOf deals lane l to shard l mod shards, shard s to rank s mod ranks)
+            # this rank's lanes only: a lane's memory lives where ShareOf deals the lane
             stack.streams = {s: c for s, c in stack.streams.items()
-                             if (s // MAX_STREAMS) % shards % world.size == world.rank}
+                             if shard_of(s // MAX_STREAMS, world, opts.grad_accum) % world.size == world.rank}
     step = int(meta["step"])
     steps_per_epoch = math.ceil(split.train_windows / opts.batch_size)
     epoch, done = (int(meta["epoch"]), int(meta["batches"])) if "epoch" in meta else divmod(step, steps_per_epoch)
