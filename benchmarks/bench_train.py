@@ -7,13 +7,19 @@
    which streams the sample from its file (counting pass, held-out split, shuffle buffer): the
    seconds of the counting pass and the loop's symbols/s, so the cost of streaming shows next to the bare
    step (the streamed batches also hold a file's shorter last window).
-3. The reducing-attention layer (W_S slicing + attention with n/2 queries) against plain SDPA
+3. The vocabulary head (`--head-steps N`): the default text model trained N steps through `train()` on the
+   same windows twice, with the full 30,522-way softmax and with a sampled one (`--sampled-softmax`: the
+   batch's own tokens and `--drawn` more), each then scored on the same held-out windows over the whole
+   vocabulary: tokens/s of each, their ratio, and held-out token accuracy after the same number of tokens.
+   Data: `--data FILE` (e.g. .cache/data/wiki.txt from scripts/get_data.sh), else the bundled sample.
+4. The reducing-attention layer (W_S slicing + attention with n/2 queries) against plain SDPA
    self-attention (n queries) on the same input, forward and forward+backward, at n = 512, 1024, 2048.
 
 On a GPU (`--device cuda`) the matmul rate is bf16 (the rate autocast training can reach), training runs
 under autocast with fused AdamW, and every timing waits for the device.
 
-Usage: python benchmarks/bench_train.py [--steps 20] [--quick] [--device cpu|cuda]
+Usage: python benchmarks/bench_train.py [--steps 20] [--quick] [--device cpu|cuda] [--head-steps 0]
+       [--drawn 2048] [--data FILE]
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from seqcompress.kernels import make_kernel
 from seqcompress.lengths import Geometry, latent_positions
 from seqcompress.domains.text import TextDomain
 from seqcompress.model import ModelConfig, build_model
-from seqcompress.train import TrainOptions, WindowSource, autocast_for, collate, scan, train
+from seqcompress.train import TrainOptions, WindowSource, autocast_for, candidates, collate, scan, train
 
 
 DEVICE = torch.device("cpu")  # set by --device
@@ -66,7 +72,7 @@ def matmul_rate(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / timed(lambda: a @ b, repeats)
 
 
-def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8) -> dict:
+def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8, drawn: int = 2048) -> dict:
     domain = TextDomain()
     objective = domain.objective
     windows = [w for w in domain.load_windows(domain.default_data(), seq_len) if len(w) == seq_len]
@@ -77,11 +83,16 @@ def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8) -> 
                for i in range(0, len(windows) - batch_size + 1, batch_size)]
     full = torch.ones(batch_size, seq_len, dtype=torch.bool, device=DEVICE)
 
-    def step(i: int) -> None:
+    def step(i: int, sampled: bool = False) -> None:
         x, lengths = batches[i % len(batches)]
         with autocast_for(DEVICE):
-            out, _, _ = model(x, lengths)
-            loss = objective.loss(out, x, full)
+            if sampled:  # what `--sampled-softmax` trains: logits over the batch's tokens and `drawn` more
+                chosen = candidates(torch.unique(x.cpu()), drawn, config.vocab_size, 0, i).to(DEVICE)
+                hidden, _, _ = model(x, lengths, hidden=True)
+                loss, _ = objective.sampled_loss(hidden, model.embed.weight, x, full, chosen)
+            else:
+                out, _, _ = model(x, lengths)
+                loss = objective.loss(out, x, full)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -98,10 +109,20 @@ def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8) -> 
         step(i)
     sync()
     seconds = (time.perf_counter() - start) / steps
+    for i in range(3):
+        step(i, sampled=True)
+    sync()
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i, sampled=True)
+    sync()
+    sampled_s = (time.perf_counter() - start) / steps
     return {
         "seq_len": seq_len, "ratio": 0.5, "batch_size": batch_size, "parameters": model.parameter_count(),
         "steps_timed": steps, "seconds_per_step": seconds, "symbols_per_s": batch_size * seq_len / seconds,
         "flops_per_step": flops_per_step, "achieved_flops_per_s": flops_per_step / seconds,
+        "sampled_softmax": {"drawn": drawn, "seconds_per_step": sampled_s, "symbols_per_s": batch_size * seq_len / sampled_s,
+                            "speedup": seconds / sampled_s},
         "streamed": streamed_training(domain, config, steps, batch_size),
     }
 
@@ -116,6 +137,28 @@ def streamed_training(domain: TextDomain, config: ModelConfig, steps: int, batch
     result = train(build_model(config, seed=0), domain.objective, source, options)
     return {"windows": split.windows, "held_out_windows": split.held_out_windows, "scan_s": scan_s,
             "steps": result.steps, "loop_s": result.seconds, "symbols_per_s": result.symbols_per_s}
+
+
+def head_comparison(steps: int, drawn: int, data: list[str] | None, seq_len: int = 512, batch_size: int = 8) -> dict:
+    """Full against sampled softmax: the same model, windows, batches and steps; held-out accuracy after them."""
+    domain = TextDomain()
+    paths = data or [str(p) for p in domain.default_data()]
+    source = WindowSource.files(domain, paths, seq_len)
+    config = ModelConfig(n_max=seq_len, ratio=0.5, **domain.model_fields())
+    runs = {}
+    for name, sampled in (("full", 0), ("sampled", drawn)):
+        options = TrainOptions(epochs=None, max_steps=steps, batch_size=batch_size, device=DEVICE.type,
+                               val_fraction=0.1, sampled_softmax=sampled, log_every=steps)
+        result = train(build_model(config, seed=0), domain.objective, source, options)
+        runs[name] = {"steps": result.steps, "tokens": round(result.symbols_per_s * result.seconds),
+                      "loop_s": result.seconds, "tokens_per_s": result.symbols_per_s,
+                      "held_out_windows": result.held_out_windows,
+                      "held_out_token_accuracy": result.held_out["token_accuracy"],
+                      "held_out_loss": result.held_out["loss"]}
+    return {"data": paths, "seq_len": seq_len, "ratio": 0.5, "batch_size": batch_size, "drawn": drawn, **runs,
+            "speedup": runs["sampled"]["tokens_per_s"] / runs["full"]["tokens_per_s"],
+            "accuracy_difference": (runs["sampled"]["held_out_token_accuracy"]
+                                    - runs["full"]["held_out_token_accuracy"])}
 
 
 def attention_ratio(n: int, repeats: int, d_model: int = 256, heads: int = 4, batch: int = 4) -> dict:
@@ -156,12 +199,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed training steps")
     parser.add_argument("--quick", action="store_true", help="few repeats, for a smoke run")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--head-steps", type=int, default=0, help="steps of the full vs sampled softmax runs (0: skip)")
+    parser.add_argument("--drawn", type=int, default=2048, help="tokens the sampled softmax draws per step")
+    parser.add_argument("--data", nargs="*", help="text files for the head comparison (default: the bundled sample)")
+    parser.add_argument("--skip-attention", action="store_true", help="leave out the attention comparison")
     args = parser.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
     repeats = 2 if args.quick else 10
     rate = matmul_rate(repeats=2 if args.quick else 5)
-    train = training_throughput(2 if args.quick else args.steps)
+    train = training_throughput(2 if args.quick else args.steps, drawn=args.drawn)
     train["fraction_of_matmul_rate"] = train["achieved_flops_per_s"] / rate
     result = {
         "benchmark": "train_throughput_and_attention",
@@ -171,8 +218,11 @@ def main() -> None:
         "matmul_dtype": "bfloat16" if DEVICE.type == "cuda" else "float32",
         "matmul_flops_per_s": rate,
         "training": train,
-        "attention": [attention_ratio(n, repeats) for n in (512, 1024, 2048)],
     }
+    if args.head_steps:
+        result["head"] = head_comparison(args.head_steps, args.drawn, args.data)
+    if not args.skip_attention:
+        result["attention"] = [attention_ratio(n, repeats) for n in (512, 1024, 2048)]
     print(json.dumps(result, indent=2))
 
 

@@ -94,8 +94,9 @@ def test_one_process_collectives_are_the_identity_and_nproc_leaves_the_worker_co
 # ---- real processes -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra", [[], ["--grad-accum", "2"], ["--positions", "t5", "--memory", "64",
                                                                   "--run-windows", "3"],
-                                   ["--positions", "t5", "--attention", "local", "--grad-accum", "2"]],
-                         ids=["plain", "grad-accum", "memory", "empty-shares"])
+                                   ["--positions", "t5", "--attention", "local", "--grad-accum", "2"],
+                                   ["--sampled-softmax", "2", "--grad-accum", "2"]],
+                         ids=["plain", "grad-accum", "memory", "empty-shares", "sampled-softmax"])
 def test_two_processes_take_the_steps_of_one_with_the_same_global_batch(tmp_path, extra):
     """(empty-shares: 42 training windows in batches of 4 over 2 ranks x 2 parts: the last batch of each epoch
     leaves two parts empty, whose placeholders must give every parameter of t5 and local attention a gradient.)"""

@@ -17,8 +17,8 @@ from seqcompress.domain import Codec, Domain, Piece, Settings, TokenObjective, W
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress.model import build_model
 from seqcompress.train import (
-    SHUFFLE_BYTES, Split, TrainOptions, TrainWindows, WindowSource, evaluate, held_out_draw, held_out_windows, scan,
-    shuffle_buffer_size, split_held_out, train,
+    SHUFFLE_BYTES, Split, TrainOptions, TrainWindows, WindowSource, candidates, evaluate, held_out_draw,
+    held_out_windows, scan, shuffle_buffer_size, split_held_out, train,
 )
 from tests.conftest import tiny_config
 
@@ -121,6 +121,54 @@ def test_training_learns_to_reconstruct():
     assert (result.train_windows, result.held_out_windows) == (113, 15)
     assert result.held_out["token_accuracy"] > 0.5, result.held_out
     assert result.history[-1]["loss"] < 0.5 * result.history[0]["loss"]
+
+
+# ---- the sampled softmax (--sampled-softmax) --------------------------------------------------------------
+def test_a_sampled_softmax_over_every_token_is_the_full_softmax():
+    model = build_model(tiny_config(), seed=0)
+    x = torch.randint(1, 50, (3, 16))
+    lengths = torch.tensor([16, 9, 4])
+    mask = torch.arange(16)[None] < lengths[:, None]
+    with torch.no_grad():
+        hidden, _, _ = model(x, lengths, hidden=True)
+        full = OBJECTIVE.loss(model.output(hidden), x, mask)
+        loss, prediction = OBJECTIVE.sampled_loss(hidden, model.embed.weight, x, mask, torch.arange(50))
+        fewer, _ = OBJECTIVE.sampled_loss(hidden, model.embed.weight, x, mask, torch.unique(x))
+        assert OBJECTIVE.scored(prediction, x, mask) == OBJECTIVE.totals(model.output(hidden), x, mask)
+        assert torch.equal(prediction[mask], OBJECTIVE.prediction(model.output(hidden))[mask])
+    assert float(loss) == pytest.approx(float(full), rel=1e-5)
+    assert float(fewer) < float(full)  # fewer tokens to tell apart
+
+
+def test_candidates_hold_the_batch_and_a_draw_fixed_by_seed_and_step():
+    tokens = torch.tensor([3, 9, 41])
+    chosen = candidates(tokens, 20, 50, seed=0, step=7)
+    assert torch.equal(chosen, torch.unique(chosen)) and set(tokens.tolist()) <= set(chosen.tolist())
+    assert 3 < len(chosen) <= 23 and int(chosen.max()) < 50
+    assert torch.equal(chosen, candidates(tokens, 20, 50, seed=0, step=7))  # every rank and a resumed run
+    assert not torch.equal(chosen, candidates(tokens, 20, 50, seed=0, step=8))
+    assert not torch.equal(chosen, candidates(tokens, 20, 50, seed=1, step=7))
+
+
+def test_training_with_a_sampled_softmax_learns_and_is_scored_over_the_whole_vocabulary():
+    config = tiny_config(d_model=64, ffn_dim=128, latent_dim=64)
+    options = dict(epochs=None, max_steps=150, batch_size=8, lr=3e-3, lr_end=1e-3, val_fraction=0.1)
+    sampled = build_model(config, seed=0)
+    result = train(sampled, OBJECTIVE, _windows(128), TrainOptions(**options, sampled_softmax=4))
+    assert result.held_out["token_accuracy"] > 0.5, result.held_out
+    again = evaluate(sampled, OBJECTIVE, held_out_windows(_windows(128), result.split))
+    assert again == pytest.approx(result.held_out)  # the full-vocabulary score, as for any model
+    full = build_model(config, seed=0)
+    train(full, OBJECTIVE, _windows(128), TrainOptions(**options))
+    assert sampled.fingerprint() != full.fingerprint()
+
+
+def test_a_sampled_softmax_is_refused_for_vector_outputs():
+    model = build_model(tiny_config(vocab_size=0, feature_dim=3), seed=0)
+    with pytest.raises(InputError, match="sampled softmax"):
+        train(model, OBJECTIVE, [torch.randn(8, 3)] * 4, TrainOptions(epochs=1, sampled_softmax=8))
+    with pytest.raises(InputError, match="sampled_softmax"):
+        TrainOptions(sampled_softmax=-1)
 
 
 def test_training_is_reproducible():

@@ -232,6 +232,7 @@ _RECORDED = {
     "positions": ("model", "positions"), "resize": ("model", "resize"), "domain": ("domain", "name"),
     "memory": ("model", "memory"), "run_windows": ("options", "run_windows"),
     "grad_accum": ("options", "grad_accum"), "log_every": ("options", "log_every"),
+    "sampled_softmax": ("options", "sampled_softmax"),
 }
 
 

@@ -210,6 +210,15 @@ class Objective(ABC):
     def accumulator(self) -> "Totals":
         return Totals(self)
 
+    def sampled_loss(self, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                     candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A token domain's loss over `candidates` instead of the whole vocabulary (see `TokenObjective`)."""
+        raise InputError(f"a sampled softmax needs token outputs; {type(self).__name__} has none")
+
+    def scored(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """Totals of a prediction already made (token ids (B, N)), as `totals` gives them for model output."""
+        raise InputError(f"{type(self).__name__} scores model output only")
+
 
 class Totals:
     """Sums an objective's totals over batches; `values()` gives the metrics."""
@@ -252,11 +261,33 @@ class TokenObjective(Objective):
         return logits.argmax(dim=-1)
 
     def totals(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-        correct = (self.prediction(output) == target) & mask  # (B, N)
+        return self.scored(self.prediction(output), target, mask)
+
+    def scored(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        correct = (prediction == target) & mask  # (B, N)
         return {"correct_tokens": float(correct.sum()), "tokens": float(mask.sum())}
 
     def values(self, totals: dict[str, float]) -> dict[str, float]:
         return {"token_accuracy": totals["correct_tokens"] / max(totals["tokens"], 1.0)}
+
+    def sampled_loss(self, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                     candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy over a few candidate tokens instead of the whole vocabulary: training's cheap head.
+
+        hidden (B, N, D) final states, weight (V, D) the output embedding, target (B, N), mask (B, N),
+        candidates (C,) sorted token ids holding every target (training gives the batch's own tokens and some
+        drawn from the whole vocabulary, `seqcompress.train.candidates`). Only the real positions' logits over
+        the candidates are computed: T x C instead of B x N x V. Returns the mean loss over real tokens (the
+        denominator of `loss`) and the prediction among the candidates (B, N), for `scored` (the target at
+        padding; its accuracy is an upper bound of the full vocabulary's, which evaluation measures)."""
+        h, t = hidden[mask], target[mask]  # (T, D), (T,)
+        logits = h @ weight[candidates].T  # (T, C)
+        loss = F.cross_entropy(logits.float(), torch.searchsorted(candidates, t))
+        with torch.no_grad():
+            never = (candidates == self.never) if self.never is not None else None
+            chosen = logits.masked_fill(never, float("-inf")) if never is not None else logits
+            prediction = target.masked_scatter(mask, candidates[chosen.argmax(dim=-1)])
+        return loss, prediction
 
 
 # ---- the domain ----------------------------------------------------------------------------------------

@@ -349,8 +349,10 @@ class SequenceAutoencoder(nn.Module):
         return torch.matmul(x, self.head.weight.T, out=out).add_(self.head.bias)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor, links: list[Link] | None = None,
-                memory: tuple[Memory, Memory] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Reconstruction (B, N, V|F), latents (B, M, latent_dim), latent lengths (B,). With memory and `links`
+                memory: tuple[Memory, Memory] | None = None, hidden: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstruction (B, N, V|F) (with `hidden`, the final states (B, N, D) before the output layer: a
+        sampled softmax computes only some of the logits), latents (B, M, latent_dim), latent lengths (B,). With memory and `links`
         (windows in stream order), each window also attends to the windows before it in the batch, and to what
         `memory` (the encoder's and the decoder's, `self.memory()`) carried from earlier calls. `lengths` (B,)
         may stay on the CPU when the inputs are on a GPU (training passes them so: no wait for the device)."""
@@ -359,7 +361,7 @@ class SequenceAutoencoder(nn.Module):
             stacks = memory or (self.memory(carry=False), self.memory(carry=False))
             plans = tuple(stack.batch(links, lengths.tolist()) for stack in stacks)
         z, latent_lengths = self.encode(inputs, lengths, plans[0])
-        return self.decode(z, latent_lengths, lengths, memory=plans[1], checked=True), z, latent_lengths
+        return self.decode(z, latent_lengths, lengths, hidden=hidden, memory=plans[1], checked=True), z, latent_lengths
 
     # ---- memory across windows (seqcompress/memory.py) -------------------------------------------
     def memory(self, carry: bool = True) -> Memory:

@@ -31,6 +31,8 @@ class TrainOptions:
     grad_accum: int = 1  # forward/backward passes per step and process (the batch is split among them)
     compile: bool = False  # torch.compile the model for training (worth it on a GPU; minutes of compiling first)
     log_every: int = 1  # report (progress, logs, the loss check) every N steps: each report syncs a GPU with the host
+    sampled_softmax: int = 0  # token domains: train on the batch's own tokens and this many drawn from the
+    # vocabulary instead of all of it (0: the full softmax); evaluation always scores the full vocabulary
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -49,6 +51,8 @@ class TrainOptions:
             raise InputError(f"run_windows must be at least 1, got {self.run_windows}")
         if self.log_every < 1:
             raise InputError(f"log_every must be at least 1, got {self.log_every}")
+        if self.sampled_softmax < 0:
+            raise InputError(f"sampled_softmax must be 0 (off) or a number of drawn tokens, got {self.sampled_softmax}")
         if self.grad_accum < 1:
             raise InputError(f"grad_accum must be at least 1, got {self.grad_accum}")
         if self.shuffle_buffer < 1:

@@ -298,6 +298,7 @@ class Share:
     parts: list[Part]
     symbols: int
     weight: float
+    tokens: torch.Tensor | None = None  # a sampled softmax: the sorted token ids of the whole batch
 
 
 class ShareOf:
@@ -308,8 +309,9 @@ class ShareOf:
     r + ranks, ... as its parts. Every rank sees the global batch, so it knows the whole batch's loss weight,
     which weights its parts: the gradients DDP averages are then one process's over the whole batch."""
 
-    def __init__(self, world: World, accum: int, linked: bool, objective: Objective) -> None:
+    def __init__(self, world: World, accum: int, linked: bool, objective: Objective, sampled: bool = False) -> None:
         self.world, self.accum, self.linked, self.objective = world, accum, linked, objective
+        self.sampled = sampled  # name the whole batch's tokens: every part's candidates (`candidates`)
 
     def _shard(self, index: int, item) -> int:
         return shard_of(item[1].stream // MAX_STREAMS if self.linked else index, self.world, self.accum)
@@ -328,7 +330,17 @@ class ShareOf:
             x, lengths = collate([windows[i] for i in mine])
             links = [items[i][1] for i in mine] if self.linked else None
             parts.append(Part(x, lengths, links, sum(weights[i] for i in mine)))
-        return Share(parts, sum(len(w) for w in windows), sum(weights))
+        tokens = torch.unique(torch.cat(windows)) if self.sampled else None
+        return Share(parts, sum(len(w) for w in windows), sum(weights), tokens)
+
+
+def candidates(tokens: torch.Tensor, drawn: int, vocab: int, seed: int, step: int) -> torch.Tensor:
+    """The tokens a sampled softmax scores at one step: the batch's own (every target, and the tokens the
+    batch makes most likely to be confused) and `drawn` more drawn uniformly from the vocabulary, so that every
+    token is pushed down now and then; sorted, without repeats. The draw depends on (seed, step) only: every
+    rank and every part of a step, and a resumed run, draw the same."""
+    generator = torch.Generator().manual_seed(_splitmix64((seed << 32) ^ step) & (2**63 - 1))
+    return torch.unique(torch.cat([tokens, torch.randint(vocab, (drawn,), generator=generator)]))
 
 
 def shard_of(key: int, world: World, accum: int) -> int:
@@ -500,6 +512,9 @@ def train(
     if not isinstance(source, WindowSource):
         source = WindowSource.of(source)
     world, device = distributed.start(pick_device(opts.device))
+    if opts.sampled_softmax and (not model.config.vocab_size or model.head is not None):
+        raise InputError("a sampled softmax (sampled_softmax) is for token domains (text, DNA); this model "
+                         "outputs vectors")
     if opts.batch_size < world.size * opts.grad_accum:
         raise InputError(f"batch_size ({opts.batch_size}) must be at least the number of processes ({world.size}) "
                          f"times grad_accum ({opts.grad_accum})")
@@ -534,7 +549,7 @@ def train(
     # A DataLoader draws a base seed at every iter(); its own generator keeps that draw off the global one,
     # whose sequence (dropout) a resumed run must continue exactly.
     loader = DataLoader(dataset, batch_size=opts.batch_size, generator=torch.Generator(),
-                        collate_fn=ShareOf(world, opts.grad_accum, bool(run), objective))
+                        collate_fn=ShareOf(world, opts.grad_accum, bool(run), objective, opts.sampled_softmax > 0))
     stream = _epoch_batches(loader, dataset, steps_per_epoch, epoch, done)
     held_out = lambda: _held_out(source, split, run)  # noqa: E731
     evaluating = dict(batch_size=opts.batch_size * 4, device=device, linked=bool(run), world=world)
@@ -556,7 +571,9 @@ def train(
         evaluates = end_of_epoch or bool(opts.eval_every and (step + 1) % opts.eval_every == 0)
         # A report reads the step's loss and totals off the device: the only host synchronisation of a step.
         report = evaluates or (step + 1) % opts.log_every == 0 or step + 1 == total_steps
-        loss_sum, totals = _step(net, model, objective, share, memory, scaler, device, world, report)
+        chosen = (candidates(share.tokens, opts.sampled_softmax, model.config.vocab_size, opts.seed, step)
+                  if share.tokens is not None else None)
+        loss_sum, totals = _step(net, model, objective, share, memory, scaler, device, world, report, chosen)
         nonfinite |= ~torch.isfinite(loss_sum)
         if report:
             keys = sorted(totals)
@@ -621,14 +638,16 @@ def train(
 
 def _step(net: torch.nn.Module, model: SequenceAutoencoder, objective: Objective, share: Share, memory,
           scaler: torch.amp.GradScaler, device: torch.device, world: World,
-          report: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+          report: bool = True, chosen: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward and backward of this rank's parts of one batch; returns the loss summed over the parts (each
     part's mean times its weight; a tensor on the device: nothing waits for it) and, to `report`, their totals.
+    With `chosen` (a sampled softmax's candidates), the loss and totals are over those tokens only.
     Each part's mean loss is weighted by its share of the whole batch's loss weight (times the ranks, which
     DDP's average divides out), so the gradients are one process's over the whole batch; DDP all-reduces them
     once, in the backward of the last part."""
     loss_sum, totals = torch.zeros((), dtype=torch.float64, device=device), objective.accumulator()
     ddp = getattr(net, "_orig_mod", net)  # under torch.compile, the DistributedDataParallel module it wraps
+    chosen = chosen.to(device, non_blocking=True) if chosen is not None else None
     for i, part in enumerate(share.parts):
         x, lengths = part.x.to(device, non_blocking=True), part.lengths  # lengths stay on the host (see forward)
         mask = length_mask(lengths.to(device, non_blocking=True), x.shape[1])  # (B, N)
@@ -637,15 +656,21 @@ def _step(net: torch.nn.Module, model: SequenceAutoencoder, objective: Objective
         with ddp.no_sync() if not last and isinstance(ddp, DistributedDataParallel) else contextlib.nullcontext(), \
                 model.statistics(not part.placeholder):
             with autocast_for(device):
-                out, _, _ = net(x, lengths, part.links, memory if part.links is not None else None)
-                loss = objective.loss(out, x, mask)
+                out, _, _ = net(x, lengths, part.links, memory if part.links is not None else None,
+                                hidden=chosen is not None)
+                if chosen is None:
+                    loss = objective.loss(out, x, mask)
+                else:
+                    loss, sampled = objective.sampled_loss(out, model.embed.weight, x, mask, chosen)
                 aux = model.aux_loss()  # what a kernel adds (routing's commitment or balance); None for most
             term = loss * share_of_batch
             if aux is not None:
                 term = term + aux * share_of_batch
             scaler.scale(term).backward()
         loss_sum += loss.detach().double() * part.weight
-        if report:
+        if report and chosen is not None:  # a placeholder's as zeros: the same names on every rank
+            totals.add_sums(objective.scored(sampled, x, mask if not part.placeholder else torch.zeros_like(mask)))
+        elif report:
             with torch.no_grad():
                 totals.add(out.detach().float(), x, mask if not part.placeholder else torch.zeros_like(mask))
     return loss_sum, totals.sums

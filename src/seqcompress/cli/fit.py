@@ -63,6 +63,9 @@ def fit(
                                        "steps on a GPU after minutes of compiling)."),
     log_every: int = typer.Option(1, "--log-every", help="Report progress and log scalars every N steps (on a GPU "
                                   "each report waits for the device)."),
+    sampled_softmax: int = typer.Option(0, "--sampled-softmax", help="Token domains: train the output layer on the "
+                                        "batch's own tokens and N drawn from the vocabulary instead of all of it "
+                                        "(0: the full softmax); held-out scores always use the whole vocabulary."),
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Write the run's scalars there: scalars.csv, "
                                            "and TensorBoard event files when tensorboard is installed "
                                            "(`seqcompress plot DIR` draws the curve)."),
@@ -115,7 +118,7 @@ def fit(
         epochs=epochs, max_steps=max_steps, max_minutes=minutes, batch_size=batch_size, lr=lr, lr_end=lr_end,
         decay_epochs=decay_epochs, warmup_steps=warmup_steps, seed=seed, device=device,
         val_fraction=val_fraction, eval_every=eval_every, run_windows=run_windows, grad_accum=grad_accum,
-        log_every=log_every, compile=compile_model,
+        log_every=log_every, compile=compile_model, sampled_softmax=sampled_softmax,
     )
     model_options = {"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
                      "latent_dim": latent_dim or d_model, "resize_init": resize_init, "attention": attention,

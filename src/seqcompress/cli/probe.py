@@ -90,6 +90,9 @@ def probe(
     heads: int = HEADS,
     layers: int = LAYERS,
     latent_dim: Optional[int] = LATENT_DIM,
+    sampled_softmax: int = typer.Option(0, "--sampled-softmax", help="Token domains: train on the batch's own "
+                                        "tokens and N drawn from the vocabulary instead of all of it (0: the full "
+                                        "softmax); scores always use the whole vocabulary."),
     dtype: str = typer.Option(STORED_DTYPE, "--dtype", help="Score latents stored as float32, float16, bfloat16 or int8."),
     device: str = DEVICE,
     output: Path = typer.Option(..., "--output", "-o", help="Report directory (resumes the probe already there)."),
@@ -122,6 +125,8 @@ def probe(
         preset = PAPER_PROTOCOLS[paper]
         cells, baselines, model, batch_tokens = PAPER_CELLS, True, dict(preset["model"]), preset["batch_tokens"]
         training = {**training, "epochs": None, "max_minutes": None, **preset["training"]}
+    if sampled_softmax:  # only when asked: a probe begun before this option keeps its settings
+        training["sampled_softmax"] = sampled_softmax
     dom = make_domain(domain, split_key_values(domain_option, "--domain-option"))
     if cells:
         plan_cells = parse_cells(cells)

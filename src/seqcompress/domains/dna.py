@@ -952,12 +952,11 @@ class DnaObjective(TokenObjective):
         self.tokens = Tokens(k)
         self.codes = torch.from_numpy(self.tokens.codes)  # (V, k) base code per token position, -1: none
 
-    def totals(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-        """Sums over real positions. A base counts as correct when the written file gets it right: rare
-        IUPAC codes (k = 1) and MIXED chunks (k > 1) are restored from side information whatever the
-        model predicts there."""
+    def scored(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+        """Sums over real positions of the predicted tokens (B, N). A base counts as correct when the written
+        file gets it right: rare IUPAC codes (k = 1) and MIXED chunks (k > 1) are restored from side
+        information whatever the model predicts there."""
         k = self.tokens.k
-        pred = self.prediction(output)  # (B, N)
         token_ok = (pred == target) & mask
         codes = self.codes.to(target.device)
         true_codes, pred_codes = codes[target], codes[pred]  # (B, N, k), -1 where a token spells no A/C/G/T
