@@ -1,4 +1,13 @@
-"""Text domain: UTF-8 text files, BERT uncased WordPiece tokens, token accuracy.
+"""Text domain: text files as tokens, token accuracy; the setting `tokenizer` chooses which tokens.
+
+    bert    (the default, and what every model saved before the setting used) BERT uncased WordPiece over the
+            vocabulary shipped in the package: documents, lower-cased and normalised. This module.
+    bpe     a byte-level BPE that `learn` trains on the training files (at most `bpe_vocab` tokens), saved in
+            the model as its merges (`seqcompress.domains.text_bpe`).
+    bytes   the file's bytes, 256 tokens.
+
+bpe and bytes read a file as one stream of bytes and decode byte for byte when every token is right, whatever
+the bytes (`seqcompress.domains.text_bytes`: codec, writer, objective). The rest of this docstring is bert.
 
 A text file is a sequence of documents separated by blank lines. Each document is tokenized with the BERT
 uncased WordPiece vocabulary shipped in the package (no hub download) and followed by [SEP]; the file's token
@@ -27,13 +36,16 @@ from collections import deque
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from seqcompress.domain import (Codec, Domain, Objective, Piece, Settings, TokenObjective, Writer, bundled,
                                 check_data_paths, option, shorten, split_windows)
+from seqcompress.domains.text_bpe import MAX_BPE_VOCAB, MIN_BPE_VOCAB, vocabulary
+from seqcompress.domains.text_bpe import train as train_bpe
+from seqcompress.domains.text_bytes import BYTES_VOCAB, ExactCodec, ExactObjective, training_texts
 from seqcompress.errors import FormatError, InputError
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID = 0, 100, 101, 102
@@ -79,19 +91,77 @@ def detokenize(ids: list[int]) -> str:
 
 
 # ---- settings ------------------------------------------------------------------------------------------
+TOKENIZERS = ("bert", "bpe", "bytes")
+BPE_VOCAB = 8192  # the default size of a learned bpe vocabulary
+
+
 @dataclasses.dataclass(frozen=True)
 class TextSettings(Settings):
-    """Text has no user options; the tokenizer and its size are kept so that a saved model names them (models
-    saved before these settings have the same keys: "tokenizer", "vocab_size")."""
+    """The tokenizer (a user option) and what it learned. bert is what models saved before this option used:
+    their keys ("tokenizer": "bert-base-uncased-wordpiece", "vocab_size") load as tokenizer bert, and a bert
+    model saves exactly those keys again (`state`); bpe adds its size option and learned merges."""
 
-    tokenizer: str = option(TOKENIZER, "the WordPiece vocabulary (the one shipped with seqcompress)", learned=True)
-    vocab_size: int = option(VOCAB_SIZE, "the number of tokens in that vocabulary", learned=True)
+    tokenizer: str = option("bert", "bert (lowercased WordPiece, the vocabulary shipped; the default), bpe (a "
+                            "byte-level BPE that fit learns from the training files) or bytes (raw bytes, 256 "
+                            "tokens); bpe and bytes decode byte for byte when every token is right")
+    bpe_vocab: int = option(BPE_VOCAB, f"tokenizer bpe: the most tokens its vocabulary may hold ({MIN_BPE_VOCAB} to "
+                            f"{MAX_BPE_VOCAB})")
+    vocab_size: int | None = option(None, "the number of tokens of the tokenizer", learned=True)
+    bpe_merges: str | None = option(None, "tokenizer bpe: the learned merges (base64 uint16 id pairs)", learned=True)
+
+    def __post_init__(self) -> None:
+        if self.tokenizer == TOKENIZER:  # the spelling of models saved before the option
+            object.__setattr__(self, "tokenizer", "bert")
+        super().__post_init__()
+        if self.vocab_size is None:
+            object.__setattr__(self, "vocab_size", self.tokenizer_size())
 
     def validate(self) -> None:
-        if self.tokenizer != TOKENIZER:
-            raise InputError(f"tokenizer must be {TOKENIZER!r} (the vocabulary shipped), got {self.tokenizer!r}")
-        if self.vocab_size != VOCAB_SIZE:
-            raise InputError(f"vocab_size must be {VOCAB_SIZE} (the size of {TOKENIZER}), got {self.vocab_size!r}")
+        if not isinstance(self.tokenizer, str) or self.tokenizer not in TOKENIZERS:
+            raise InputError(f"tokenizer must be one of {', '.join(TOKENIZERS)}, got {self.tokenizer!r}")
+        vocab = self.bpe_vocab
+        if isinstance(vocab, bool) or not isinstance(vocab, int) or not MIN_BPE_VOCAB <= vocab <= MAX_BPE_VOCAB:
+            raise InputError(f"bpe_vocab must be a whole number from {MIN_BPE_VOCAB} to {MAX_BPE_VOCAB}, got {vocab!r}")
+        if self.tokenizer != "bpe" and vocab != BPE_VOCAB:
+            raise InputError(f"bpe_vocab is an option of tokenizer bpe, not {self.tokenizer}; set tokenizer=bpe too")
+        if self.tokenizer != "bpe" and self.bpe_merges is not None:
+            raise InputError(f"bpe_merges belong to tokenizer bpe, not {self.tokenizer}")
+        if self.bpe_merges is not None and not isinstance(self.bpe_merges, str):
+            raise InputError(f"bpe_merges must be base64 text, got {type(self.bpe_merges).__name__}")
+        size = self.tokenizer_size()  # checks the merges (an InputError naming bpe_merges)
+        if self.tokenizer == "bpe" and size is not None and size > vocab:
+            raise InputError(f"bpe_merges make {size} tokens, more than bpe_vocab ({vocab})")
+        given = self.vocab_size
+        if given is not None and (type(given) is not int or given != size):
+            if size is None:
+                raise InputError("vocab_size is learned with the bpe merges; a state without bpe_merges has none")
+            raise InputError(f"vocab_size must be {size} (the size of {self.tokenizer_name}), got {given!r}")
+
+    @property
+    def tokenizer_name(self) -> str:
+        return {"bert": TOKENIZER, "bpe": "the learned bpe vocabulary", "bytes": "bytes"}[self.tokenizer]
+
+    def tokenizer_size(self) -> int | None:
+        """Tokens of the chosen tokenizer; None for bpe before it is learned."""
+        if self.tokenizer == "bert":
+            return VOCAB_SIZE
+        if self.tokenizer == "bytes":
+            return BYTES_VOCAB
+        return None if self.bpe_merges is None else vocabulary(self.bpe_merges).size
+
+    def state(self) -> dict:
+        """bert: exactly the keys of models saved before the tokenizer option (so their config.json, .sqz headers
+        and fingerprints stay the same); bytes: the tokenizer and size; bpe: also its option and merges."""
+        name = TOKENIZER if self.tokenizer == "bert" else self.tokenizer
+        out = {"tokenizer": name, "vocab_size": self.vocab_size}
+        if self.tokenizer == "bpe":
+            out.update(bpe_vocab=self.bpe_vocab, bpe_merges=self.bpe_merges)
+        return out
+
+    def replace(self, **changes: Any) -> "TextSettings":
+        if "vocab_size" not in changes and {"tokenizer", "bpe_merges"} & set(changes):
+            changes["vocab_size"] = None  # derived again from the new tokenizer
+        return dataclasses.replace(self, **changes)
 
 
 # ---- reading -------------------------------------------------------------------------------------------
@@ -377,20 +447,43 @@ class TextDomain(Domain):
     settings_class = TextSettings
     default_seq_len = 512
 
+    settings: TextSettings
+
     def make_codec(self) -> Codec:
-        return TextCodec(self.settings)
+        return TextCodec(self.settings) if self.settings.tokenizer == "bert" else ExactCodec(self.settings)
 
     def make_objective(self) -> Objective:
-        return TokenObjective(never=None)
+        return TokenObjective(never=None) if self.settings.tokenizer == "bert" else ExactObjective()
 
     def model_fields(self) -> dict:
-        return {"vocab_size": VOCAB_SIZE}
+        if self.settings.vocab_size is None:
+            raise InputError("the bpe tokenizer is learned from the training files: call learn(paths) (fit does) "
+                             "or load a trained model")
+        return {"vocab_size": self.settings.vocab_size}
 
     def default_data(self) -> list[Path]:
         return [bundled("wiki_sample.txt")]
 
+    def learn(self, paths: list[Path], share: float = 1.0) -> "TextDomain":
+        """tokenizer bpe: a vocabulary of at most bpe_vocab tokens trained on the first round(B * share) of each
+        training file's B bytes. The probe's chronological cut falls at a share of the learned tokens instead; a
+        vocabulary packs the text it learned from more tightly than text it did not see, so that cut usually lies
+        at or after this one, and the held-out tail holds nothing learned from. bert and bytes learn nothing."""
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise InputError(f"share must be in (0, 1], got {share!r}")
+        if self.settings.tokenizer != "bpe":
+            return self
+        paths = check_data_paths([Path(p) for p in paths])
+        if not paths:
+            raise InputError("no data files to learn from")
+        merges = train_bpe(training_texts(paths, float(share)), self.settings.bpe_vocab)
+        return type(self)(self.settings.replace(bpe_merges=merges))
+
     def render(self, window: torch.Tensor, limit: int = 160) -> str:
-        """The window's documents (split at [SEP], [PAD] dropped), detokenized and joined by " | "."""
+        """bert: the window's documents (split at [SEP], [PAD] dropped), detokenized and joined by " | "; bpe and
+        bytes: the window's bytes as text."""
+        if isinstance(self.codec, ExactCodec):
+            return self.codec.render(window, limit)
         docs: list[list[int]] = []
         current: list[int] = []
         for token in window.tolist():
