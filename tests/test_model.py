@@ -151,3 +151,56 @@ def test_parameter_estimate_is_within_a_factor_of_two(changes):
     model = build_model(tiny_config(**changes))
     saved = sum(t.numel() for t in model.state_dict().values())  # what the weights file holds, buffers included
     assert 0.5 <= parameter_estimate(model.config) / saved <= 2.0
+
+
+# ---- resize_init "dct": the model starts as the truncated DCT ----------------------------------------------
+def _truncated_dct(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """(L, F) -> (L, F): each feature's `keep` lowest orthonormal DCT-II coefficients, inverted (float64)."""
+    n = len(x)
+    j = torch.arange(n, dtype=torch.float64)
+    basis = torch.stack([torch.cos(torch.pi * k * (j + 0.5) / n) for k in range(n)]) * (2.0 / n) ** 0.5
+    basis[0] /= 2**0.5
+    coefficients = basis @ x.double()
+    coefficients[keep:] = 0
+    return basis.T @ coefficients
+
+
+def test_a_fresh_dct_model_is_the_truncated_dct_of_every_window_length():
+    config = tiny_config(vocab_size=0, feature_dim=4, latent_dim=2, n_max=32, ratio=0.25, resize_init="dct")
+    model = build_model(config, seed=0).eval()
+    x = torch.randn(3, 32, 4)
+    lengths = torch.tensor([32, 19, 5])  # a full window, and the shorter last windows of files
+    with torch.no_grad():
+        out, latents, latent_lengths = model(x, lengths)
+    assert latent_lengths.tolist() == [8, 5, 2]
+    for b, n in enumerate(lengths.tolist()):
+        expected = _truncated_dct(x[b, :n], latent_lengths[b].item())
+        # the first latent_dim features are stored and rebuilt; the others are not kept
+        assert torch.allclose(out[b, :n, :2].double(), expected[:, :2], atol=1e-5), n
+        assert torch.equal(out[b, :n, 2:], torch.zeros(n, 2))
+
+
+def test_a_dct_model_trains_from_the_dct_and_saves_and_loads(tmp_path):
+    config = tiny_config(vocab_size=0, feature_dim=2, latent_dim=1, n_max=16, ratio=0.5, resize_init="dct")
+    model = build_model(config, seed=0)
+    start = model.fingerprint()
+    x, lengths = torch.randn(4, 16, 2), torch.full((4,), 16)
+    loss = model(x, lengths)[0].square().mean()
+    loss.backward()
+    assert model.decoder[0].ffn[2].weight.grad.abs().sum() > 0  # the zeroed branches get gradients
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert model.fingerprint() != start
+    model.save(tmp_path / "m")
+    loaded, _ = load_model(tmp_path / "m")
+    assert torch.equal(loaded(x, lengths)[0], model.eval()(x, lengths)[0])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"vocab_size": 50}, "token inputs"),
+    ({"feature_dim": 2, "vocab_size": 0, "resize": "relative"}, "absolute"),
+    ({"feature_dim": 2, "vocab_size": 0, "stages": [0.5, 1.0]}, "one stage"),
+    ({"feature_dim": 64, "vocab_size": 0}, "d_model"),
+])
+def test_dct_start_is_refused_where_no_truncated_dct_can_be_built(changes, message):
+    with pytest.raises(InputError, match=message):
+        tiny_config(**{"resize_init": "dct", **changes})

@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import torch
 
-__all__ = ["as_fraction", "latent_length", "length_mask", "pooling_matrix", "Geometry", "latent_positions"]
+__all__ = ["as_fraction", "dct_matrix", "latent_length", "length_mask", "pooling_matrix", "Geometry", "latent_positions"]
 
 
 def as_fraction(ratio: float) -> Fraction:
@@ -41,6 +41,19 @@ def stage_lengths(length: int, ratios: list[float]) -> list[int]:
 def length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     """(B,) lengths -> (B, size) bool mask, True where the position is real (not padding)."""
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]  # (B, size)
+
+
+def dct_matrix(out_max: int, in_max: int) -> torch.Tensor:
+    """Reducing (out_max <= in_max): the first out_max rows of the orthonormal DCT-II of in_max points, so W x keeps
+    a sequence's out_max lowest-frequency coefficients (a truncated DCT). Expanding: the transpose of the reducing
+    matrix, the inverse transform of those coefficients. Exact for sequences of the full length."""
+    m, n = (out_max, in_max) if out_max <= in_max else (in_max, out_max)
+    k = torch.arange(m, dtype=torch.float64)[:, None]
+    j = torch.arange(n, dtype=torch.float64)[None, :]
+    basis = torch.cos(math.pi * k * (j + 0.5) / n) * math.sqrt(2.0 / n)  # (m, n)
+    basis[0] /= math.sqrt(2.0)
+    basis = basis.float()
+    return basis if out_max <= in_max else basis.T.contiguous()
 
 
 def pooling_matrix(out_max: int, in_max: int, ratio: float) -> torch.Tensor:

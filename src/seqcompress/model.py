@@ -78,7 +78,8 @@ class ModelConfig:
     latent_dim: int = 256  # width of a stored latent vector (a projection when < d_model)
     dropout: float = 0.0  # dropout in attention and feed-forward layers
     positions: str = "learned"  # position scheme (seqcompress/positions/): learned, none, t5, alibi, rope
-    resize_init: str = "pool"  # W_S/W_E start as segment pooling ("pool") or N(0, 1/n) ("random")
+    resize_init: str = "pool"  # W_S/W_E start as segment pooling ("pool"), N(0, 1/n) ("random"), or the model as a
+    # truncated DCT ("dct": vector inputs, see SequenceAutoencoder.start_as_dct)
     reducer: str = "attention"  # the length-changing layer: this project's, or a baseline (seqcompress/reducers.py)
     vocab_size: int = 0  # token domains: size of the vocabulary (0 for vector inputs)
     feature_dim: int = 0  # vector domains: features per input position (0 for token inputs)
@@ -122,6 +123,17 @@ class ModelConfig:
                 raise InputError(f"every stage ratio must be in (0, 1], got {self.stages}")
             if abs(math.prod(self.stages) - self.ratio) > 1e-9:
                 raise InputError(f"the stages {self.stages} multiply to {math.prod(self.stages):.6g}, not the ratio {self.ratio}")
+        if self.resize_init == "dct":
+            if self.vocab_size:
+                raise InputError("resize_init 'dct' starts a model of vector inputs (time series, audio) as a "
+                                 "truncated DCT; token inputs have no DCT")
+            if self.reducer != "attention" or self.resize != "absolute" or len(self.stage_ratios) != 1:
+                raise InputError("resize_init 'dct' needs reducer 'attention', resize 'absolute' and one stage: "
+                                 "W_S and W_E are then one DCT and its inverse")
+            if not self.feature_dim <= self.d_model or not self.latent_dim <= self.d_model:
+                raise InputError(f"resize_init 'dct' carries the {self.feature_dim} input features and the "
+                                 f"{self.latent_dim} latent floats in the model's width: d_model ({self.d_model}) "
+                                 "must be at least both")
         if self.resize == "relative" and self.reducer != "attention":
             raise InputError(f"resize 'relative' shapes W_S of reducer 'attention'; reducer {self.reducer!r} has no W_S")
         if not isinstance(self.options, dict):
@@ -222,15 +234,50 @@ class SequenceAutoencoder(nn.Module):
         self.encoder = nn.ModuleList(
             [resizing(maxes[s + 1], maxes[s], r, "reduce") for s, r in enumerate(ratios)]
             + [plain(maxes[-1]) for _ in range(c.layers - 1)])
-        self.enc_norm = nn.LayerNorm(c.d_model)
+        # "dct" leaves out the two final norms: they would rescale every latent and every output row.
+        self.enc_norm = nn.LayerNorm(c.d_model) if c.resize_init != "dct" else nn.Identity()
         self.to_latent = nn.Linear(c.d_model, c.latent_dim) if c.latent_dim != c.d_model else nn.Identity()
         self.from_latent = nn.Linear(c.latent_dim, c.d_model) if c.latent_dim != c.d_model else nn.Identity()
         self.decoder = nn.ModuleList(
             [resizing(maxes[s], maxes[s + 1], ratios[s], "expand") for s in reversed(range(len(ratios)))]
             + [plain(c.n_max) for _ in range(c.layers - 1)])
-        self.dec_norm = nn.LayerNorm(c.d_model)
+        self.dec_norm = nn.LayerNorm(c.d_model) if c.resize_init != "dct" else nn.Identity()
         # Token domains: logits through the (tied) embedding matrix; vector domains: a linear map back.
         self.head = None if c.vocab_size else nn.Linear(c.d_model, c.feature_dim)
+        if c.resize_init == "dct":
+            self.start_as_dct()
+
+    @torch.no_grad()
+    def start_as_dct(self) -> None:
+        """Make this model compute the truncated DCT along the sequence: the classical codec it starts from.
+
+        Input feature f is carried in channel f of the width (the embedding, the head and the latent maps are
+        identities on their first channels), every block's attention and feed-forward branch starts at zero
+        (its output layer is zero: the residual passes unchanged, and training moves it from there), positions
+        start at zero, and W_S/W_E are the DCT and its inverse (`resize_init` "dct"). A window of n_max symbols
+        then keeps, per feature, its m lowest DCT coefficients, the first latent_dim features of each latent
+        row being stored: with one value per feature and latent_dim features stored, that is exactly the
+        truncated DCT at the same number of stored floats (tests/test_model.py); a shorter window gets the
+        leading rows of the same matrices, close to its own DCT but not equal."""
+        c = self.config
+        eye = lambda rows, cols: torch.eye(rows, cols)  # noqa: E731
+        self.embed.weight.copy_(eye(c.d_model, c.feature_dim))
+        self.embed.bias.zero_()
+        self.head.weight.copy_(eye(c.feature_dim, c.d_model))
+        self.head.bias.zero_()
+        for linear in (self.to_latent, self.from_latent):
+            if isinstance(linear, nn.Linear):
+                linear.weight.copy_(eye(*linear.weight.shape))
+                linear.bias.zero_()
+        if self.in_positions is not None:
+            self.in_positions.zero_()
+        for block in [*self.encoder, *self.decoder]:
+            outputs = [block.ffn[2]] + ([block.attn.out] if block.attn is not None else [])
+            for linear in outputs:
+                linear.weight.zero_()
+                linear.bias.zero_()
+            if block.positions is not None:
+                block.positions.zero_()
 
     # ---- lengths -------------------------------------------------------------------------
     def _check_lengths(self, lengths: torch.Tensor, padded: int) -> None:

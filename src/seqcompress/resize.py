@@ -14,26 +14,34 @@ W X + Attn(W LN(X), LN(X)).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 
-from seqcompress.lengths import as_fraction, latent_positions, pooling_matrix
+from seqcompress.lengths import as_fraction, dct_matrix, latent_positions, pooling_matrix
 
 __all__ = ["RESIZES", "ResizeMatrix", "RelativeResize"]
 
 RESIZES = ("absolute", "relative")
 
 
-RESIZE_INITS = ("pool", "random")  # how W_S/W_E start (ModelConfig.resize_init)
+# How W_S/W_E start (ModelConfig.resize_init). "dct": W_S keeps the lowest-frequency DCT coefficients and W_E
+# inverts them, and the whole model starts as that truncated DCT (`SequenceAutoencoder`, seqcompress/model.py).
+RESIZE_INITS = ("pool", "random", "dct")
 
 class ResizeMatrix(nn.Module):
     """The absolute table: (out_max, in_max), sliced and masked per sample.
 
     init="pool" starts as segment pooling, so a fresh model already passes each symbol's information
-    through the bottleneck; init="random" is N(0, 1/in_max).
+    through the bottleneck; init="random" is N(0, 1/in_max); init="dct" is the truncated DCT of in_max points
+    (reducing) or its inverse (expanding), and a sample shorter than in_max adds the fixed difference between
+    the DCT of its own length and that slice (`_length_offsets`): a fresh model is the truncated DCT of every
+    window, the last short one of a file too, and training moves the shared table from there.
     """
+
+    per_length = False  # "dct": each sample's own length is a DCT of that length (set in __init__)
 
     def __init__(self, out_max: int, in_max: int, ratio: float, init: str = "pool") -> None:
         super().__init__()
@@ -41,9 +49,12 @@ class ResizeMatrix(nn.Module):
         weight = torch.randn(out_max, in_max) / math.sqrt(in_max)  # (out_max, in_max)
         if init == "pool":
             weight = 0.01 * weight + pooling_matrix(out_max, in_max, ratio)
+        elif init == "dct":
+            weight = dct_matrix(out_max, in_max)
         elif init != "random":
-            raise ValueError(f"unknown resize init {init!r} (expected 'pool' or 'random')")
+            raise ValueError(f"unknown resize init {init!r} (expected one of {', '.join(RESIZE_INITS)})")
         self.weight = nn.Parameter(weight)
+        self.per_length = init == "dct"
 
     def forward(self, out_mask: torch.Tensor, in_mask: torch.Tensor) -> torch.Tensor:
         """Per-sample W[:out_len, :in_len], zero elsewhere: (B, M, N) from masks (B, M) and (B, N)."""
@@ -51,7 +62,21 @@ class ResizeMatrix(nn.Module):
         if m > self.out_max or n > self.in_max:
             raise ValueError(f"sequence of length {max(m, n)} exceeds this model's maximum ({self.in_max})")
         pair_mask = out_mask[:, :, None] & in_mask[:, None, :]  # (B, M, N)
-        return self.weight[:m, :n] * pair_mask  # (B, M, N)
+        w = self.weight[:m, :n] * pair_mask  # (B, M, N)
+        return w + self._length_offsets(out_mask, in_mask) if self.per_length else w
+
+    def _length_offsets(self, out_mask: torch.Tensor, in_mask: torch.Tensor) -> torch.Tensor:
+        """(B, M, N): per sample, DCT(own length) - the table's slice at init, zero for a full-length sample."""
+        reducing = self.out_max <= self.in_max
+        offsets = torch.zeros(out_mask.shape[0], out_mask.shape[1], in_mask.shape[1], device=out_mask.device)
+        pairs = torch.stack([out_mask.sum(1), in_mask.sum(1)], 1).tolist()  # (out_len, in_len) per sample
+        for out_len, in_len in {tuple(p) for p in pairs}:
+            length = in_len if reducing else out_len
+            if length in (0, self.in_max if reducing else self.out_max):
+                continue
+            rows = [b for b, p in enumerate(pairs) if tuple(p) == (out_len, in_len)]
+            offsets[rows, :out_len, :in_len] = _dct_offset(self.out_max, self.in_max, out_len, in_len).to(offsets.device)
+        return offsets
 
     def apply(self, values: torch.Tensor, layout) -> torch.Tensor:
         return self(layout.out_mask, layout.in_mask) @ values  # (B, M, D)
@@ -59,6 +84,13 @@ class ResizeMatrix(nn.Module):
     def mix(self, x, xn, attn, layout) -> torch.Tensor:
         w = self(layout.out_mask, layout.in_mask)  # (B, M, N)
         return w @ x + attn(w @ xn, xn, layout)  # (B, M, D)
+
+
+@functools.lru_cache(maxsize=256)
+def _dct_offset(out_max: int, in_max: int, out_len: int, in_len: int) -> torch.Tensor:
+    """The DCT of a sample's own length minus the (out_max, in_max) DCT table's slice, (out_len, in_len)."""
+    own = dct_matrix(out_len, in_len)  # reducing: out_len rows of the in_len-point DCT; expanding: the transpose
+    return own - dct_matrix(out_max, in_max)[:out_len, :in_len]
 
 
 class RelativeResize(nn.Module):
