@@ -34,7 +34,8 @@ def fit(
     heads: int = HEADS,
     layers: int = LAYERS,
     latent_dim: Optional[int] = LATENT_DIM,
-    resize_init: str = typer.Option("pool", "--resize-init", help="W_S/W_E initialisation: pool or random."),
+    resize_init: str = typer.Option("pool", "--resize-init", help="W_S/W_E initialisation: pool, random, or dct (vector "
+                                    "domains: the model starts as the truncated DCT of each window)."),
     attention: str = typer.Option("full", "--attention", help="Attention kernel: full, lowrank, local, lsh or routing "
                                   "(docs/attention.md)."),
     positions: str = typer.Option("learned", "--positions", help="Position scheme: learned, none, t5, alibi or rope."),

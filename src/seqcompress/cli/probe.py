@@ -90,6 +90,8 @@ def probe(
     heads: int = HEADS,
     layers: int = LAYERS,
     latent_dim: Optional[int] = LATENT_DIM,
+    resize_init: str = typer.Option("pool", "--resize-init", help="How W_S/W_E start: pool, random, or dct (vector "
+                                    "domains: the model starts as the truncated DCT, docs/timeseries.md)."),
     sampled_softmax: int = typer.Option(0, "--sampled-softmax", help="Token domains: train on the batch's own "
                                         "tokens and N drawn from the vocabulary instead of all of it (0: the full "
                                         "softmax); scores always use the whole vocabulary."),
@@ -125,7 +127,9 @@ def probe(
         preset = PAPER_PROTOCOLS[paper]
         cells, baselines, model, batch_tokens = PAPER_CELLS, True, dict(preset["model"]), preset["batch_tokens"]
         training = {**training, "epochs": None, "max_minutes": None, **preset["training"]}
-    if sampled_softmax:  # only when asked: a probe begun before this option keeps its settings
+    if resize_init != "pool":  # only when asked: a probe begun before this option keeps its settings
+        model["resize_init"] = resize_init
+    if sampled_softmax:
         training["sampled_softmax"] = sampled_softmax
     dom = make_domain(domain, split_key_values(domain_option, "--domain-option"))
     if cells:
