@@ -11,10 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from seqcompress.baselines import BASELINES, Baseline, baselines_for, register_baseline
+from seqcompress.baselines import BASELINES, Baseline, baselines_for, register_baseline, unavailable_baselines
 from seqcompress.cli.main import app
 from seqcompress.cli.options import ratio_list
 from seqcompress.domain import bundled
+from seqcompress.domains.audio_opus import opus_problem
 from seqcompress.errors import InputError
 from seqcompress.probe import DEFAULT_BUDGET, Probe, ProbePlan, parse_cells, shifted_windows, tail_split
 
@@ -386,7 +387,7 @@ def test_each_domain_registers_its_classical_codecs():
     from seqcompress.domains import get_domain
 
     assert {name: sorted(table) for name, table in BASELINES.items() if table} == {
-        "timeseries": ["dct", "pca"], "audio": ["dct", "mu_law_8bit"]}
+        "timeseries": ["dct", "pca"], "audio": ["dct", "mu_law_8bit", "opus"]}
     assert baselines_for(get_domain("text")) == {} and baselines_for(get_domain("dna")) == {}
     found = baselines_for(get_domain("timeseries"))
     assert list(found) == ["dct", "pca"] and [b.learns for b in found.values()] == [False, True]
@@ -482,3 +483,117 @@ def test_cells_in_worker_processes_score_what_one_process_scores(tmp_path, text_
     for key, cell in runs[1].items():
         assert runs[2][key]["value"] == pytest.approx(cell["value"], abs=1e-6), key
         assert runs[2][key]["steps"] == cell["steps"]
+
+
+# ---- Opus, the reference codec at the model's bit rate -------------------------------------------------------
+def _speech_windows(seconds: float = 2.0, seq_len: int = 25):
+    """The bundled speech's first `seconds` as windows of seq_len 20 ms frames (whole windows for 2 s at 25)."""
+    import soundfile as sf
+
+    from seqcompress.domains import get_domain
+
+    domain = get_domain("audio")
+    speech = bundled("speech_sample.flac")
+    domain = domain.learn([speech])
+    data, rate = sf.read(speech, frames=int(seconds * 16000))
+    return domain, data, rate, seq_len
+
+
+needs_opus = pytest.mark.skipif(opus_problem() is not None, reason=str(opus_problem()))
+
+
+@needs_opus
+def test_opus_reference_gives_finite_metrics_that_improve_with_the_bit_rate(tmp_path):
+    import soundfile as sf
+
+    from seqcompress.lengths import length_mask
+    from seqcompress.train import collate
+
+    domain, data, rate, seq_len = _speech_windows()
+    path = tmp_path / "speech.wav"
+    sf.write(path, data, rate, subtype="PCM_16")
+    windows = domain.load_windows([path], seq_len)
+    assert [len(w) for w in windows] == [25] * 4  # 2 s: four windows of 0.5 s
+    x, lengths = collate(windows)
+    mask = length_mask(lengths, x.shape[1])
+    opus = baselines_for(domain)["opus"]
+    scores, stored = [], []
+    for kbps in (8, 16, 32):
+        floats = [kbps * 1000 // 2 // 16] * 4  # float16 numbers per 0.5 s window at kbps
+        rec = opus.reconstruct([], windows, floats)
+        assert [r.shape for r in rec] == [w.shape for w in windows]
+        assert all(torch.equal(r[:, -1], w[:, -1]) for r, w in zip(rec, windows))  # real shares kept
+        metrics = domain.objective.values(domain.objective.totals(collate(rec)[0], x, mask))
+        assert all(np.isfinite(metrics[k]) for k in ("si_sdr", "snr", "log_mel_distance", "mae")), metrics
+        assert f"asked for {kbps:.2f} kbit/s" in opus.note
+        scores.append(metrics["si_sdr"])
+        stored.append(opus.stored_bits / 2.0 / 1000)  # kbit/s produced over the 2 s
+    # measured here: SI-SDR 4.0, 12.4, 19.3 dB; 8.04, 16.02, 29.49 kbit/s produced (VBR, packets only)
+    assert scores[0] < scores[1] < scores[2] and scores[2] > 12, scores
+    assert all(0.6 * k < s < 1.3 * k for k, s in zip((8, 16, 32), stored)), stored
+    # the budget is bits: the same floats stored as int8 ask for half the rate
+    half = baselines_for(domain, bits_per_float=8)["opus"]
+    half.reconstruct([], windows, [500] * 4)
+    assert "asked for 8.00 kbit/s" in half.note
+
+
+@needs_opus
+def test_opus_runs_at_any_rate_and_holds_the_rate_it_asks_for_to_libsndfiles_range():
+    from seqcompress.domains.audio_opus import opus_round_trip
+
+    t = torch.arange(11025) / 22050  # 0.5 s at 22.05 kHz: resampled to Opus's 24 kHz and back
+    x = 0.3 * torch.sin(2 * np.pi * 440 * t) + 0.1 * torch.sin(2 * np.pi * 1234 * t)
+    low, high = opus_round_trip(x, 22050, 1000), opus_round_trip(x, 22050, 10**6)
+    assert low.samples.shape == high.samples.shape == x.shape and (low.opus_rate, high.opus_rate) == (24000, 24000)
+    assert (low.asked_bps, high.asked_bps) == (6000, 256000) and "held to libsndfile's 6-256" in low.describe()
+    residual = float((high.samples - x).square().sum() / x.square().sum())
+    assert residual < 0.001  # 256 kbit/s, aligned with the input (measured 6.2e-5: 42 dB)
+    assert 0 < low.packet_bytes < high.packet_bytes
+
+
+def test_a_codec_this_machine_lacks_is_left_out_and_named(monkeypatch):
+    import soundfile as sf
+
+    from seqcompress.domains import get_domain
+
+    monkeypatch.setattr(sf, "available_subtypes", lambda fmt=None: {"VORBIS": "Vorbis"})
+    domain = get_domain("audio")
+    assert list(baselines_for(domain)) == ["dct", "mu_law_8bit"]
+    assert unavailable_baselines(domain) == {"opus": f"the libsndfile here ({sf.__libsndfile_version__}) was built "
+                                                      "without Ogg/Opus"}
+    assert unavailable_baselines(get_domain("timeseries")) == {}
+
+
+@pytest.mark.parametrize("lacks_opus", [False, True])
+def test_an_audio_probe_reports_opus_next_to_the_budget_or_why_it_did_not_run(tmp_path, monkeypatch, lacks_opus):
+    import soundfile as sf
+
+    from seqcompress.domains import get_domain
+
+    if not lacks_opus and opus_problem():
+        pytest.skip(opus_problem())
+    if lacks_opus:
+        monkeypatch.setattr(sf, "available_subtypes", lambda fmt=None: {"VORBIS": "Vorbis"})
+    plan = ProbePlan(domain="audio", domain_state={}, data=[], cells=[(25, 0.5)], seeds=1, classical=True,
+                     model={**TINY_MODEL, "latent_dim": 64}, training={"max_steps": 1, "epochs": None, "batch_size": 4})
+    probe_ = Probe(plan, get_domain("audio"), tmp_path)
+    results = probe_.run()
+    probe_.write_reports()
+    by = {c["method"]: c for c in results["cells"]}
+    report = (tmp_path / "report.md").read_text()
+    if lacks_opus:
+        assert set(by) == {"attention", "dct", "mu_law_8bit"}
+        assert results["skipped"] == {"opus": f"the libsndfile here ({sf.__libsndfile_version__}) was built without "
+                                               "Ogg/Opus"}
+        assert "- opus: not run, the libsndfile here" in report
+        return
+    assert set(by) == {"attention", "dct", "mu_law_8bit", "opus"} and "skipped" not in results
+    opus = by["opus"]
+    # 13 latents x 64 float16 numbers per 25 frames: 532.5 bits a frame, 26.6 kbit/s (less for a short window)
+    assert opus["bits_per_symbol"] == by["dct"]["bits_per_symbol"]
+    assert 0.6 < opus["actual_bits_per_symbol"] / opus["bits_per_symbol"] < 1.3
+    assert np.isfinite(opus["value"]) and opus["value"] > by["attention"]["value"]
+    assert opus["note"].startswith("Opus at 16 kHz asked for ")
+    assert f"({opus['actual_bits_per_symbol']:.2f} stored)" in report and "- opus at n = 25, ratio 1/2: Opus" in report
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert {r["method"]: r["actual_bits_per_symbol"] for r in rows}["dct"] == ""

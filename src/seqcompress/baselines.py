@@ -12,9 +12,15 @@ model's output form, so the domain's objective scores it exactly as it scores th
                  mu_law_8bit  the window resampled (FFT method) to `floats` samples, each 8-bit mu-law, resampled
                               back: 8-bit mu-law at a reduced sample rate (G.711's idea), so its bits equal the
                               model's latents stored as int8
+                 opus         every window's real samples joined and coded by Opus at the model's bit rate (its
+                              floats x `bits_per_float`, the stored dtype's width, per second of audio); Opus
+                              cannot be held to a rate exactly, so it reports the bits it produced
+                              (`stored_bits`) and a `note`
 
-The arithmetic of the time-series codecs is in `seqcompress.classical`; the audio ones use the signal helpers
-of `seqcompress.domains.audio_signal`.
+A codec that needs something this machine may lack says so in `unavailable()`; `baselines_for` leaves it out
+and `unavailable_baselines` gives the reason. The arithmetic of the time-series codecs is in
+`seqcompress.classical`; the audio ones use the signal helpers of `seqcompress.domains.audio_signal` and
+Opus `seqcompress.domains.audio_opus`.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from seqcompress.classical import WindowPCA, truncated_dct
 from seqcompress.domain import Domain
 from seqcompress.registry import registrar
 
-__all__ = ["BASELINES", "Baseline", "baselines_for", "register_baseline"]
+__all__ = ["BASELINES", "Baseline", "baselines_for", "register_baseline", "unavailable_baselines"]
 
 BASELINES: dict[str, dict[str, type["Baseline"]]] = {}  # domain name -> baseline name -> class
 
@@ -40,20 +46,40 @@ def register_baseline(domain_name: str, name: str) -> Callable[[type], type]:
     return registrar(BASELINES.setdefault(domain_name, {}))(name)
 
 
-def baselines_for(domain: Domain) -> dict[str, "Baseline"]:
-    """The baselines of a domain, by name in sorted order (none for a domain without any)."""
-    return {name: cls(domain) for name, cls in sorted(BASELINES.get(domain.name, {}).items())}
+def baselines_for(domain: Domain, bits_per_float: int = 16) -> dict[str, "Baseline"]:
+    """The baselines of a domain that can run here, by name in sorted order (none for a domain without any), for
+    latents stored at `bits_per_float` bits (16: float16, the probe's default)."""
+    return {name: cls(domain, bits_per_float) for name, cls in sorted(BASELINES.get(domain.name, {}).items())
+            if cls.unavailable() is None}
+
+
+def unavailable_baselines(domain: Domain) -> dict[str, str]:
+    """The baselines of a domain that cannot run here: name -> why."""
+    return {name: why for name, cls in sorted(BASELINES.get(domain.name, {}).items())
+            if (why := cls.unavailable()) is not None}
 
 
 class Baseline(ABC):
     """A classical codec for one domain's windows. `learns`: it fits on training windows (the probe then passes
-    every full training window it can cut; others get an empty list)."""
+    every full training window it can cut; others get an empty list). `bits_per_float`: the width of a stored
+    latent float, for a codec whose budget is bits rather than numbers.
+
+    After `reconstruct`, a codec that cannot be held to its budget exactly sets `stored_bits` (the bits it stored
+    for all the test windows; None: exactly the budget) and may leave a one-line `note`."""
 
     name: ClassVar[str] = ""
     learns: ClassVar[bool] = False
 
-    def __init__(self, domain: Domain) -> None:
+    def __init__(self, domain: Domain, bits_per_float: int = 16) -> None:
         self.domain = domain
+        self.bits_per_float = bits_per_float
+        self.stored_bits: float | None = None
+        self.note = ""
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this codec cannot run on this machine (a library built without it), or None."""
+        return None
 
     @abstractmethod
     def reconstruct(self, train: list[torch.Tensor], test: list[torch.Tensor], floats: list[int]) -> list[torch.Tensor]:
@@ -137,3 +163,34 @@ class AudioMuLaw(_AudioBaseline):
 
         low = mu_law_decode(mu_law_encode(fourier_resample(x, max(k, 1))))
         return fourier_resample(low, len(x))
+
+
+@register_baseline("audio", "opus")
+class AudioOpus(Baseline):
+    """Opus (Ogg/Opus through libsndfile) at the model's bit rate. The real samples of every test window, at the
+    file's level, are joined in the order given into one signal and encoded once, asked for the budget's rate:
+    sum(floats) x bits_per_float bits over the signal's duration at the model rate. Opus is a streaming codec
+    and this is how it is used; the model codes each window alone (consecutive windows of a mono file join
+    into the continuous audio, other joins are splices, which cost Opus a few bits). The decoded signal is cut
+    back into the windows. `stored_bits`: the Opus packets produced (its VBR does not hit the rate asked for
+    exactly; the Ogg container is not counted), `note`: asked and produced rates."""
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        from seqcompress.domains.audio_opus import opus_problem
+
+        return opus_problem()
+
+    def reconstruct(self, train, test, floats):
+        from seqcompress.domains.audio_opus import opus_round_trip
+
+        codec, rate = self.domain.codec, self.domain.settings.sample_rate
+        pieces = [codec.window_waveform(w) for w in test]  # real samples (k,) at the file's level
+        signal = torch.cat(pieces) if pieces else torch.zeros(0)
+        if not len(signal):
+            self.stored_bits, self.note = 0.0, ""
+            return [codec.waveform_window(p, w) for p, w in zip(pieces, test)]
+        result = opus_round_trip(signal, rate, sum(floats) * self.bits_per_float * rate / len(signal))
+        self.stored_bits, self.note = 8.0 * result.packet_bytes, result.describe()
+        decoded = torch.split(result.samples, [len(p) for p in pieces])
+        return [codec.waveform_window(y, w) for y, w in zip(decoded, test)]

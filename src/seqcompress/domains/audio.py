@@ -1,9 +1,9 @@
 """Audio domain: WAV/FLAC files <-> frames of the waveform at the model's sample rate, SI-SDR.
 
 Every channel of a file is its own sequence (one mono model serves any channel count). The file is read
-in blocks; each block is resampled to the model rate (default 16 kHz) by a streaming resampler, cut into
-non-overlapping frames of `frame_ms` (default 20 ms = 320 samples), and the frames into windows of
-seq_len frames (the last one shorter):
+in blocks; each block is resampled to the model rate (default 16 kHz) by a streaming resampler (libsoxr,
+`audio_signal.Resampler`), cut into non-overlapping frames of `frame_ms` (default 20 ms = 320 samples), and
+the frames into windows of seq_len frames (the last one shorter):
 
     file (T, C) at rate r, block by block -> (C, n) at the model rate, n = ceil(T * rate / r) in all
     -> time steps of seq_len frames: one window (seq_len, S + 1) per channel, channel 0 first
@@ -11,7 +11,8 @@ seq_len frames (the last one shorter):
 
 The last feature of a frame vector (1 for a full frame, k / S for a last frame of k real samples) tells
 the loss and the metrics which samples are padding. The writer takes the windows back to the file's own
-rate block by block and writes the exact length, channel count, format and subtype. docs/audio.md
+rate block by block (n model samples become ceil(n * r / rate) >= T samples, the same rule) and writes the
+first T of them, with the input's channel count, format and subtype. docs/audio.md
 describes the design, the bit-rate accounting and every edge case.
 
 Pieces (`AudioCodec.iter_windows`): the windows in time steps, channel after channel within a step (window
@@ -37,9 +38,7 @@ import torch
 from seqcompress.domain import (
     Codec, Domain, Objective, Piece, Settings, SideCheck, Writer, bundled, check_data_paths, option, shorten,
 )
-from seqcompress.domains.audio_signal import (
-    Resampler, fit_length, log_mel, multi_resolution_stft_loss, resample, resampler_reach,
-)
+from seqcompress.domains.audio_signal import Resampler, fit_length, log_mel, multi_resolution_stft_loss, resample
 from seqcompress.errors import FormatError, InputError
 from seqcompress.memory import Link
 
@@ -50,11 +49,12 @@ SISDR_CAP = 100.0  # dB: a window reconstructed exactly would be +inf
 # model sample (48 samples at 16 kHz), and so what a small .sqz can claim to expand to.
 MAX_FILE_RATE = 768_000
 MAX_CHANNELS = 1024  # libsndfile's own limit (a WAV header may claim up to 65,535)
-# Channels x the resampler's reach (`resampler_reach`, either way between the file's and the model's rate): the
-# floats a resampler holds. 16 MB: a stereo file may have any rate; 1,024 channels need 48 Hz or more.
-MAX_RESAMPLER_FLOATS = 1 << 22
+# Channels x the samples one sample becomes when resampled either way between the file's and the model's rate
+# (`resampling_stretch`): the least a block of resampled audio holds (a block is at least one sample per
+# channel). 4 MB: a stereo file may have any rate; 1,024 channels need a rate within 1,024 times the model's.
+MAX_STRETCHED_SAMPLES = 1 << 20
 MAX_RIFF_CHUNKS = 1024  # chunks of a WAV file walked to find its "fmt " and "data" chunks
-BLOCK_SAMPLES = 1 << 16  # samples read at once (all channels together), and per channel once resampled
+BLOCK_SAMPLES = 1 << 16  # samples (all channels together) in a block, before and after resampling
 PIECE_WINDOWS = 64  # windows per piece at most
 PIECE_BYTES = 4 << 20  # window floats (4 bytes each) per piece at most (a piece holds at least one window)
 # Subtypes whose samples are integers: values beyond [-1, 1] are clipped when written.
@@ -129,18 +129,25 @@ class AudioSettings(Settings):
 
 
 # ---- reading files in blocks -----------------------------------------------------------------------------
+def resampling_stretch(rate: int, model_rate: int) -> int:
+    """The most samples one sample per channel becomes when resampled between `rate` and `model_rate` Hz, either
+    way: ceil(max(rate / model_rate, model_rate / rate)); 1 for equal rates."""
+    return max(-(-rate // model_rate), -(-model_rate // rate))
+
+
 def layout_problem(rate: int, channels: int, model_rate: int) -> str | None:
     """What makes audio of `channels` channels at `rate` Hz too much for a model at `model_rate` Hz (a rate or a
-    channel count beyond the caps, or resampling state beyond MAX_RESAMPLER_FLOATS), or None. The reader and
-    the writer ask the same question, so whatever encodes also decodes."""
+    channel count beyond the caps, or a block that cannot stay below MAX_STRETCHED_SAMPLES once resampled), or
+    None. The reader and the writer ask the same question, so whatever encodes also decodes."""
     if not 1 <= rate <= MAX_FILE_RATE:
         return f"a sample rate of {rate:,} Hz; rates from 1 Hz to {MAX_FILE_RATE:,} Hz can be compressed"
     if not 1 <= channels <= MAX_CHANNELS:
         return f"{channels:,} channels; 1 to {MAX_CHANNELS:,} can be compressed"
-    reach = max(resampler_reach(rate, model_rate), resampler_reach(model_rate, rate))
-    if channels * reach > MAX_RESAMPLER_FLOATS:
+    stretched = channels * resampling_stretch(rate, model_rate)
+    if stretched > MAX_STRETCHED_SAMPLES:
         return (f"{channels:,} channels at {rate:,} Hz; resampling that many channels from and to {model_rate:,} Hz "
-                f"would hold {channels * reach * 4 / 1e6:,.0f} MB (use fewer channels or a rate nearer the model's)")
+                f"turns one sample of each into {stretched:,} samples, more than {MAX_STRETCHED_SAMPLES:,} (use fewer "
+                "channels or a rate nearer the model's)")
     return None
 
 
@@ -283,9 +290,10 @@ class AudioReader:
 
 
 def block_frames(channels: int, rate: int, model_rate: int) -> int:
-    """Input samples per channel read at once: BLOCK_SAMPLES samples in all at the file's rate, and no more than
-    BLOCK_SAMPLES per channel once resampled to the model rate (a 1 Hz file becomes 16,000 times longer)."""
-    return max(1, min(BLOCK_SAMPLES // channels, BLOCK_SAMPLES * rate // model_rate))
+    """Input samples per channel read (or resampled) at once: BLOCK_SAMPLES samples in all at `rate`, and no
+    more than BLOCK_SAMPLES in all once resampled to `model_rate` (a 1 Hz file becomes 16,000 times longer);
+    at least one. One sample per channel becomes at most MAX_STRETCHED_SAMPLES (`layout_problem`)."""
+    return max(1, min(BLOCK_SAMPLES // channels, BLOCK_SAMPLES * rate // (model_rate * channels)))
 
 
 class _CountingSink:
@@ -558,8 +566,8 @@ class AudioWriter(Writer):
         if note:
             self.notes.append(note)
         self.resampler = Resampler(settings.sample_rate, self.rate, self.channels)
-        # Model samples per channel resampled at once: at most BLOCK_SAMPLES in all, and at most BLOCK_SAMPLES
-        # per channel once at the file's rate (up to 48 times as many at 768 kHz).
+        # Model samples per channel resampled at once: at most BLOCK_SAMPLES in all, at the model's rate and once
+        # at the file's.
         self.block = block_frames(self.channels, settings.sample_rate, self.rate)
         target = _WavHeaderFix(self.file, mask) if fmt in ("WAV", "WAVEX") else self.file
         with self._libsndfile():
