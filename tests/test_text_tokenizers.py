@@ -292,3 +292,24 @@ def test_a_saved_bpe_model_loads_with_its_vocabulary(bpe, tmp_path):
     model, meta, domain = load(tmp_path / "model", device="cpu")
     assert domain.settings == bpe.settings and model.config.vocab_size == bpe.settings.vocab_size
     np.testing.assert_array_equal(domain.codec.spelling.lengths, bpe.codec.spelling.lengths)
+
+
+def test_a_sqz_of_a_bpe_model_keeps_a_digest_of_the_vocabulary_not_the_vocabulary(bpe, tmp_path):
+    from seqcompress.api import load
+    from seqcompress.compress import decode_file, encode_file
+    from seqcompress.format import LatentReader
+    from seqcompress.model import ModelConfig, build_model
+
+    config = ModelConfig(n_max=16, ratio=0.5, d_model=32, heads=2, layers=1, ffn_dim=64, latent_dim=32,
+                         **bpe.model_fields())
+    build_model(config).save(tmp_path / "model", domain=bpe.state())
+    model, meta, domain = load(tmp_path / "model", device="cpu")
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"a small file\n")
+    encode_file(model, meta, domain, path, tmp_path / "in.sqz")
+    assert (tmp_path / "in.sqz").stat().st_size < 4096  # the merges are tens of KB
+    settings = LatentReader(tmp_path / "in.sqz").header["settings"]
+    assert settings["bpe_merges"].startswith("sha256:") and settings["tokenizer"] == "bpe"
+    # the digest matches the model's (an untrained model: the bytes are not the input's, the decode works)
+    decode_file(model, meta, domain, tmp_path / "in.sqz", tmp_path / "out.txt")
+    assert (tmp_path / "out.txt").is_file()

@@ -21,6 +21,8 @@ bfloat16, int8) is per chunk, and
 from __future__ import annotations
 
 import bz2
+import hashlib
+import json
 import lzma
 import os
 import zlib
@@ -283,7 +285,7 @@ def encode_file(
     (`domain.with_settings(qualities="drop")`). Returns the size report."""
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    header = make_header(domain=domain.name, settings=domain.state(), model=_model_summary(model, meta),
+    header = make_header(domain=domain.name, settings=header_settings(domain.state()), model=_model_summary(model, meta),
                          dtype=dtype, codec=codec)
     with input_path(path, suffix=Path(str(path)).suffix) as source:
         check_data_paths([source])
@@ -315,6 +317,20 @@ def encode_file(
     }
 
 
+HEADER_SETTING_BYTES = 1024  # a domain setting longer than this (as JSON) is stored in a header as its digest
+
+
+def header_settings(state: dict) -> dict:
+    """The domain settings a .sqz header keeps: each one as it is, or, when its JSON is longer than
+    HEADER_SETTING_BYTES (a learned vocabulary), "sha256:" and the digest of its JSON. Decoding compares settings
+    only (the model's fingerprint already covers them), so a small file does not carry its model's vocabulary."""
+    out = {}
+    for key, value in state.items():
+        text = json.dumps(value, sort_keys=True)
+        out[key] = value if len(text) <= HEADER_SETTING_BYTES else "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return out
+
+
 def _writer_domain(domain: Domain, reader: LatentReader, force: bool) -> Domain:
     """The model's domain with the file's encode options; a file whose domain settings differ from the model's
     (a changed normalisation, another k-mer size) is refused unless forced."""
@@ -322,8 +338,9 @@ def _writer_domain(domain: Domain, reader: LatentReader, force: bool) -> Domain:
         return domain
     saved = reader.header["settings"]
     encode_names = set(domain.settings_class.encode_names())
-    ours = {k: v for k, v in domain.settings.state().items() if k not in encode_names}
-    theirs = {k: v for k, v in saved.items() if k in ours}
+    # Compared as headers keep them (a file written before digests were kept has the full values: digested too).
+    ours = {k: v for k, v in header_settings(domain.settings.state()).items() if k not in encode_names}
+    theirs = {k: v for k, v in header_settings(saved).items() if k in ours}
     if theirs != ours and not force:
         changed = sorted(k for k in ours if theirs.get(k) != ours[k])
         raise ModelMismatchError(f"this latent file was written with other {domain.name} settings than the model "
