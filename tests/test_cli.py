@@ -222,3 +222,17 @@ def test_domain_settings_use_one_vocabulary_in_every_command(tmp_path):
         bad = runner.invoke(app, ["encode", "-m", str(model), str(fastq), "-o", str(tmp_path / "x.sqz"), *args])
         assert expected in one_error_line(bad)
     assert not (tmp_path / "x.sqz").exists()
+
+
+def test_tokenizer_flag_chooses_the_text_tokens_and_is_refused_elsewhere(tmp_path):
+    data = tmp_path / "in.txt"
+    data.write_bytes("Ünïcode line\r\nsecond line\n".encode() * 20)
+    result = run("fit", data, "--tokenizer", "bytes", "--seq-len", 16, "--d-model", 32, "--heads", 2, "--layers", 1,
+                 "--max-steps", 2, "--device", "cpu", "-o", tmp_path / "m", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["domain"]["tokenizer"] == "bytes" and saved["model"]["vocab_size"] == 256
+    refused = run("fit", data, "--domain", "dna", "--tokenizer", "bpe", "-o", tmp_path / "d")
+    assert refused.exit_code != 0 and "--tokenizer chooses the text domain's tokens" in one_error_line(refused)
+    clash = run("fit", data, "--tokenizer", "bpe", "-D", "tokenizer=bytes", "-o", tmp_path / "c")
+    assert clash.exit_code != 0 and "disagree" in one_error_line(clash)

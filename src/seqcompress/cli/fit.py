@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from seqcompress.cli.options import TRAIN_BATCH, LR, LR_END, DECAY_EPOCHS, D_MODEL, HEADS, LAYERS, LATENT_DIM, DEVICE, DOMAIN_OPTION
+from seqcompress.cli.options import TRAIN_BATCH, LR, LR_END, DECAY_EPOCHS, D_MODEL, HEADS, LAYERS, LATENT_DIM, DEVICE, DOMAIN_OPTION, TOKENIZER
 
 from seqcompress.domains import DEFAULT_DOMAIN
 
@@ -18,6 +18,7 @@ def fit(
     data: Optional[list[Path]] = typer.Argument(None, help="Data files; the domain's bundled sample when omitted."),
     domain: str = typer.Option(DEFAULT_DOMAIN, "--domain", "-d", help="Data domain (`seqcompress domains` lists them)."),
     domain_option: list[str] = DOMAIN_OPTION,
+    tokenizer: Optional[str] = TOKENIZER,
     output: Path = typer.Option(..., "--output", "-o", help="Model directory to write."),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", help="Symbols per window (n_max); domain default when omitted."),
     ratio: Optional[float] = typer.Option(None, "--ratio", help="Latents per symbol, in (0, 1]; default 0.5."),
@@ -86,7 +87,7 @@ def fit(
     """
     from seqcompress.api import fit as fit_model
     from seqcompress.cli.output import TrainingProgress, console, key_value_table, print_json
-    from seqcompress.cli.options import parse_key_values, split_key_values
+    from seqcompress.cli.options import domain_options, parse_key_values, split_key_values
     from seqcompress.cli.options import ratio_list
     from seqcompress.domains import make_domain
     from seqcompress import distributed
@@ -112,7 +113,7 @@ def fit(
     if resume:
         _resume(ctx, output, device, quiet or json_out, json_out, log_dir)
         return
-    dom = make_domain(domain, split_key_values(domain_option, "--domain-option"))
+    dom = make_domain(domain, domain_options(domain_option, domain, tokenizer))
     if epochs is None and max_steps is None and minutes is None:
         epochs = 1.0
     options = TrainOptions(

@@ -24,6 +24,24 @@ DEVICE = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or
 DOMAIN_OPTION = typer.Option([], "--domain-option", "-D", metavar="KEY=VALUE",
                              help="A domain setting, repeatable (e.g. -D k=3); `seqcompress domains` lists each "
                                   "domain's settings and defaults.")
+TOKENIZER = typer.Option(None, "--tokenizer", help="Text: bert (the paper's WordPiece, lower-cased), bpe (a "
+                         "byte-level BPE learned from the training files; size: -D bpe_vocab=N) or bytes; bpe and "
+                         "bytes give the input back byte for byte when every token is right (docs/text.md). "
+                         "Short for -D tokenizer=NAME.")
+
+
+def domain_options(items: list[str], domain: str, tokenizer: str | None) -> dict:
+    """The -D settings, with --tokenizer added (text only)."""
+    from seqcompress.errors import InputError
+
+    options = split_key_values(items, "--domain-option")
+    if tokenizer is not None:
+        if domain != "text":
+            raise InputError(f"--tokenizer chooses the text domain's tokens; domain {domain!r} has none")
+        if options.get("tokenizer", tokenizer) != tokenizer:
+            raise InputError(f"--tokenizer {tokenizer} and -D tokenizer={options['tokenizer']} disagree")
+        options["tokenizer"] = tokenizer
+    return options
 
 
 def parse_key_values(items: list[str], flag: str) -> dict:

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from seqcompress.cli.options import TRAIN_BATCH, LR, LR_END, DECAY_EPOCHS, D_MODEL, HEADS, LAYERS, LATENT_DIM, DEVICE, DOMAIN_OPTION
+from seqcompress.cli.options import TRAIN_BATCH, LR, LR_END, DECAY_EPOCHS, D_MODEL, HEADS, LAYERS, LATENT_DIM, DEVICE, DOMAIN_OPTION, TOKENIZER
 
 from seqcompress.defaults import STORED_DTYPE
 from seqcompress.domains import DEFAULT_DOMAIN
@@ -40,6 +40,7 @@ def probe(
     domain: str = typer.Option(DEFAULT_DOMAIN, "--domain", "-d", help="Data domain (`seqcompress domains` lists "
                                "them)."),
     domain_option: list[str] = DOMAIN_OPTION,
+    tokenizer: Optional[str] = TOKENIZER,
     test: list[Path] = typer.Option([], "--test", help="Held-out files (default: hold out a share of the data)."),
     held_out: float = typer.Option(0.1, "--val-fraction", help="Share held out when no --test is given: of the windows, "
                                    "or with --split chronological of each file's end."),
@@ -105,7 +106,7 @@ def probe(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Measure how far sequences can be reduced: held-out metric per seq-len, ratio and seed."""
-    from seqcompress.cli.options import parse_key_values, ratio_list, split_key_values
+    from seqcompress.cli.options import domain_options, parse_key_values, ratio_list, split_key_values
     from seqcompress.cli.output import console, print_json, results
     from seqcompress.domain import check_data_paths
     from seqcompress.domains import make_domain
@@ -131,7 +132,7 @@ def probe(
         model["resize_init"] = resize_init
     if sampled_softmax:
         training["sampled_softmax"] = sampled_softmax
-    dom = make_domain(domain, split_key_values(domain_option, "--domain-option"))
+    dom = make_domain(domain, domain_options(domain_option, domain, tokenizer))
     if cells:
         plan_cells = parse_cells(cells)
     else:
