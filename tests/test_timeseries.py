@@ -744,3 +744,52 @@ def test_fit_encode_decode_round_trips_the_csv_shape(tmp_path):
     assert pd.to_numeric(back["load"]).notna().sum() == 296
     values = evaluate_files(tmp_path / "model", [path])
     assert values["metric"] == "nrmse" and values["metrics"]["observed_values"] == 595.0
+
+
+# ---- revin: each window normalised by its own mean and scale ---------------------------------------------
+def test_revin_windows_sit_at_level_zero_and_round_trip_byte_for_byte(tmp_path):
+    domain = learned([CO2], revin=True)
+    windows, sides = read(domain, CO2, 16)
+    c, w = 1, 8
+    assert domain.model_fields() == {"feature_dim": 2 * w + 2 * c}
+    for window, stats in zip(windows, sides[0]["window_stats"]):
+        values, observed = window[:, :w].double(), window[:, w : 2 * w] > 0.5
+        assert float(values[observed].mean()) == pytest.approx(0.0, abs=1e-5)
+        assert float(values[observed].std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+        assert window[:, 2 * w :].tolist() == [stats] * len(window)  # mean, scale on every patch
+    assert len(sides[0]["window_stats"]) == len(windows) and domain.side_floats(windows[0]) == 2
+    copy_through(domain.codec, CO2, 16, tmp_path / "back.csv")
+    assert (tmp_path / "back.csv").read_bytes() == CO2.read_bytes()
+    assert round_trip(domain, CO2, tmp_path / "json.csv", seq_len=16) == CO2.read_text(encoding="utf-8")
+
+
+def test_revin_errors_are_measured_in_the_learned_units_as_without_it(tmp_path):
+    plain, revin = learned([CO2]), learned([CO2], revin=True)
+    target_plain, target_revin = plain.load_windows([CO2], 16)[0], revin.load_windows([CO2], 16)[0]
+    noise = 0.1 * torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    guess_plain = target_plain.clone()
+    guess_plain[:, :8] += noise
+    scale = target_revin[0, 17]
+    guess_revin = target_revin.clone()
+    guess_revin[:, :8] += noise / scale  # the same values, in the window's units
+    mask = torch.ones(1, 16, dtype=torch.bool)
+    a = plain.objective.values(plain.objective.totals(guess_plain[None], target_plain[None], mask))
+    b = revin.objective.values(revin.objective.totals(guess_revin[None], target_revin[None], mask))
+    for key in ("nrmse", "nmae", "r2"):
+        assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    loss_a = plain.objective.loss(guess_plain[None], target_plain[None], mask)
+    assert float(revin.objective.loss(guess_revin[None], target_revin[None], mask)) == pytest.approx(float(loss_a), rel=1e-4)
+
+
+def test_revin_side_information_is_checked(tmp_path):
+    domain = learned([CO2], revin=True)
+    pieces = list(domain.codec.iter_windows(CO2, 16))
+    short = [(pieces[0].windows, {**pieces[0].side, "window_stats": pieces[0].side["window_stats"][:-1]})]
+    with pytest.raises(FormatError, match="window_stats"):
+        write_pieces(domain, short, tmp_path / "a.csv")
+    negative = [list(s) for s in pieces[0].side["window_stats"]]
+    negative[0][1] = -1.0
+    with pytest.raises(FormatError, match="scale must be positive"):
+        write_pieces(domain, [(pieces[0].windows, {**pieces[0].side, "window_stats": negative})], tmp_path / "b.csv")
+    with pytest.raises(InputError, match="revin"):
+        SequenceCompressor(settings={"revin": True}, max_steps=1).fit(np.random.default_rng(0).normal(size=(4, 64, 1)))

@@ -88,21 +88,20 @@ class Baseline(ABC):
 
 # ---- time series ---------------------------------------------------------------------------------------
 class _SeriesBaseline(Baseline):
-    """Time-series windows (L, 2 * P * C): per patch, P steps x C channels of normalised values, then their
-    observed mask (1 where a value was read)."""
+    """Time-series windows (L, 2 * P * C (+ 2C with revin)): per patch, P steps x C channels of normalised values,
+    then their observed mask (1 where a value was read), then with revin the window's mean and scale, which
+    every method keeps (the probe counts them for all)."""
 
     def values(self, window: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """A window (L, 2PC) -> normalised values (L*P, C) and the observed mask (L*P, C)."""
+        """A window -> normalised values (L*P, C) and the observed mask (L*P, C)."""
         x = window.double().numpy()
-        width = x.shape[1] // 2
-        channels = width // self.domain.settings.patch
-        return x[:, :width].reshape(-1, channels), x[:, width:].reshape(-1, channels) > 0.5
+        width, channels = self.domain.settings.values_width, self.domain.settings.channels
+        return x[:, :width].reshape(-1, channels), x[:, width : 2 * width].reshape(-1, channels) > 0.5
 
-    @staticmethod
-    def as_window(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-        """Normalised values (L*P, C) -> a window like `like` (L, 2PC), its mask half kept."""
+    def as_window(self, values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        """Normalised values (L*P, C) -> a window like `like`, the rest of it kept."""
         out = like.clone().float()
-        out[:, : like.shape[1] // 2] = torch.from_numpy(values.reshape(len(like), -1)).float()
+        out[:, : self.domain.settings.values_width] = torch.from_numpy(values.reshape(len(like), -1)).float()
         return out
 
 

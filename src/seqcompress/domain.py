@@ -340,6 +340,11 @@ class Domain(ABC):
     def default_data(self) -> list[Path]:
         """The small sample bundled in the package, used when no data file is given."""
 
+    def side_floats(self, window: torch.Tensor) -> int:
+        """Numbers a window stores beside its latents that decoding needs (the time-series window's own mean and
+        scale with `revin`): counted in the probe's stored floats. Default: none."""
+        return 0
+
     def learn(self, paths: list[Path], share: float = 1.0) -> "Domain":
         """A domain with the data-dependent settings (normalisation, channels) learned from the training files.
         Called once by `fit` (not on --resume: the settings are restored). Default: nothing to learn.

@@ -450,7 +450,9 @@ class Probe:
 
     def _budget(self, config: ModelConfig, windows: list[torch.Tensor]) -> dict:
         lengths = [len(w) for w in windows]
-        floats = sum(config.latent_length(n) for n in lengths) * config.latent_dim
+        # the side numbers a window keeps (RevIN's mean and scale) count too: every method stores them
+        floats = (sum(config.latent_length(n) for n in lengths) * config.latent_dim
+                  + sum(self.learned_domain().side_floats(w) for w in windows))
         per_symbol = floats / max(sum(lengths), 1)
         return {"latent_len": config.m_max, "latent_dim": config.latent_dim,
                 "latent_floats_per_symbol": per_symbol, "bits_per_symbol": per_symbol * BITS[self.plan.dtype],

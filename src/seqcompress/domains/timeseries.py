@@ -15,6 +15,13 @@ patches), a vector of 2 * patch * C floats: the patch's normalised values, then 
     values (T, C) -> normalised, NaN -> 0 (T, C) + observed (T, C) -> padded to T' = ceil(T / P) * P
     -> (T'/P, P*C) values | (T'/P, P*C) observed -> (T'/P, 2*P*C) -> windows of seq_len patches
 
+With `revin` (reversible instance normalisation), each window is normalised again by its own per-channel mean
+and scale (over its observed values, after the learned normalisation): the model sees every window at level 0
+and unit spread, whatever the series did before, and the two numbers per channel and window travel as side
+information (`window_stats`) that the writer uses to put the level back; they are appended to each patch
+vector (2 * C more floats: the mean, then the scale) so that the loss and the metrics measure errors in the
+learned units, as without it. The probe counts them in the stored floats (`Domain.side_floats`).
+
 The file is read with pandas in blocks of whole windows and streamed: each piece holds a bounded
 number of windows and the side information of exactly the rows they cover (time cells, kept cells,
 missing cells and how each number was spelled), and the writer writes each piece's rows as it
@@ -522,6 +529,8 @@ class TimeSeriesSettings(Settings):
                                        "exactly")
     loss: str = option("mse", "training loss: mse or huber")
     huber_delta: float = option(1.0, "huber loss: delta in channel standard deviations")
+    revin: bool = option(False, "normalise each window by its own per-channel mean and scale, kept as side "
+                                "information (2 floats per channel and window)")
     mean: list[float] | None = option(None, "per-channel mean of the training data", learned=True)
     scale: list[float] | None = option(None, "per-channel standard deviation of the training data (1 for a "
                                              "constant channel)", learned=True)
@@ -537,6 +546,8 @@ class TimeSeriesSettings(Settings):
             raise InputError(f"columns must name at least one channel, each once, got {self.columns!r}")
         if not isinstance(self.keep_columns, bool):
             raise InputError(f"keep_columns must be true or false, got {self.keep_columns!r}")
+        if not isinstance(self.revin, bool):
+            raise InputError(f"revin must be true or false, got {self.revin!r}")
         if self.loss not in LOSSES:
             raise InputError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if isinstance(self.huber_delta, bool) or not isinstance(self.huber_delta, (int, float)) \
@@ -574,6 +585,12 @@ class TimeSeriesSettings(Settings):
         """Floats of the values half of a patch vector: patch * C."""
         return self.patch * self.channels
 
+    @property
+    def feature_width(self) -> int:
+        """Floats of a patch vector: values and observed mask (patch * C each), then with `revin` the window's
+        per-channel mean and scale (C each)."""
+        return 2 * self.values_width + (2 * self.channels if self.revin else 0)
+
 
 # ---- objective -------------------------------------------------------------------------------------------
 class TimeSeriesObjective(Objective):
@@ -586,10 +603,20 @@ class TimeSeriesObjective(Objective):
         self.settings = settings  # used learned: the channels and their scale
 
     def _split(self, output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
-        """Normalised errors (B, N, P*C) and the observed cells (B, N, P*C) of real patches."""
+        """Normalised errors (B, N, P*C) and the observed cells (B, N, P*C) of real patches (with `revin`, in
+        the learned units: the window's scale put back)."""
         w = self.settings.values_width
-        observed = (target[..., w:] > 0.5) & mask[..., None]
-        return output[..., :w].float() - target[..., :w].float(), observed
+        observed = (target[..., w : 2 * w] > 0.5) & mask[..., None]
+        err = output[..., :w].float() - target[..., :w].float()
+        if self.settings.revin:
+            err = err * self._tiled(target, 1)
+        return err, observed
+
+    def _tiled(self, target: torch.Tensor, which: int) -> torch.Tensor:
+        """The window's per-channel mean (which 0) or scale (1) of `revin`, (B, N, P*C) like the values."""
+        w, c = self.settings.values_width, self.settings.channels
+        stats = target[..., 2 * w + which * c : 2 * w + (which + 1) * c].float()  # (B, N, C)
+        return stats.repeat(1, 1, self.settings.patch)  # a patch's values are P steps of C channels
 
     def loss_weight(self, target: torch.Tensor, mask: torch.Tensor) -> float:
         return float(self._split(target, target, mask)[1].sum())  # the observed values
@@ -612,7 +639,10 @@ class TimeSeriesObjective(Objective):
         b, c = err.shape[0], self.settings.channels
         err = err.reshape(b, -1, c)  # (B, N*P, C): time steps of each window
         observed = observed.reshape(b, -1, c)
-        x = target[..., : self.settings.values_width].float().reshape(b, -1, c)  # (B, N*P, C)
+        x = target[..., : self.settings.values_width].float()
+        if self.settings.revin:  # the learned units
+            x = x * self._tiled(target, 1) + self._tiled(target, 0)
+        x = x.reshape(b, -1, c)  # (B, N*P, C)
         n_w = observed.sum(1)  # (B, C)
         mean_w = (x * observed).sum(1) / n_w.clamp(min=1)  # (B, C)
         base = (((x - mean_w[:, None]) * observed).square()).sum((0, 1))  # (C,)
@@ -713,13 +743,48 @@ class TimeSeriesCodec(Codec):
         mask = np.zeros((padded, c), dtype=np.float32)
         mask[:t] = observed
         x = np.concatenate([vals.reshape(patches, patch * c), mask.reshape(patches, patch * c)], axis=1)
-        return split_windows(torch.from_numpy(x), seq_len)  # each (L, 2 * patch * C)
+        windows = split_windows(torch.from_numpy(x), seq_len)  # each (L, 2 * patch * C)
+        return [self._instance_normalised(w) for w in windows] if self.settings.revin else windows
 
-    def series_values(self, windows: list[torch.Tensor], rows: int, mean=None, scale=None) -> np.ndarray:
+    def _instance_normalised(self, window: torch.Tensor) -> torch.Tensor:
+        """`revin`: (L, 2PC) -> (L, 2PC + 2C), the values normalised by the window's per-channel mean and scale
+        (population standard deviation over observed values; 1 when it is below 1e-6 of the learned scale, or
+        nothing is observed), both float32, appended to every patch."""
+        c, w = self.settings.channels, self.settings.values_width
+        values, observed = window[:, :w].double().reshape(-1, c), window[:, w:].double().reshape(-1, c)
+        count = observed.sum(0)
+        mean = (values * observed).sum(0) / count.clamp(min=1)
+        spread = (((values - mean) * observed).square().sum(0) / count.clamp(min=1)).sqrt()
+        mean, scale = mean.float(), torch.where(spread > 1e-6, spread, torch.ones_like(spread)).float()
+        normalised = torch.where(observed > 0, (values - mean.double()) / scale.double(), 0.0).float()
+        stats = torch.cat([mean, scale]).expand(len(window), 2 * c)
+        return torch.cat([normalised.reshape(len(window), w), window[:, w:], stats], dim=1)
+
+    @staticmethod
+    def window_stats(windows: list[torch.Tensor], channels: int) -> list[list[float]]:
+        """`revin`: each window's [mean..., scale...] (2C floats, as the windows carry them)."""
+        return [w[0, -2 * channels :].tolist() for w in windows]
+
+    def series_values(self, windows: list[torch.Tensor], rows: int, mean=None, scale=None,
+                      stats: list | None = None) -> np.ndarray:
         """Windows (L, 2 * patch * C) in read order -> the series' first `rows` time steps (rows, C) float64,
-        denormalised (every step, including those that were missing)."""
+        denormalised (every step, including those that were missing). With `revin`, `stats` holds each window's
+        [mean..., scale...] (the side information `window_stats`), which puts its level back first."""
         c, patch = self.settings.channels, self.settings.patch
-        width = 2 * self.settings.values_width
+        width = self.settings.feature_width
+        if self.settings.revin:
+            if stats is None or len(stats) != len(windows):
+                raise FormatError(f"timeseries: {0 if stats is None else len(stats):,} window statistics for "
+                                  f"{len(windows):,} windows (the model normalises each window: revin)")
+            windows = [w.detach().cpu().double() for w in windows]
+            for i, numbers in enumerate(stats):
+                values = np.asarray(_finite_numbers(numbers, "a window's mean and scale", 2 * c), dtype=np.float64)
+                if not (values[c:] > 0).all():
+                    raise FormatError("timeseries side information: a window's scale must be positive")
+                level = torch.from_numpy(np.tile(values[:c], patch)), torch.from_numpy(np.tile(values[c:], patch))
+                w = windows[i].clone()
+                w[:, : self.settings.values_width] = w[:, : self.settings.values_width] * level[1] + level[0]
+                windows[i] = w
         x = torch.cat(list(windows)).detach().cpu().double().numpy() if windows else np.zeros((0, width))
         if x.ndim != 2 or x.shape[1] != width:
             raise FormatError(f"timeseries windows must have {width} features per patch, got shape {tuple(x.shape)}")
@@ -777,6 +842,8 @@ class TimeSeriesCodec(Codec):
             side["missing"] = [mask_runs(np.isnan(ch.values)) for ch in channels]
             side["missing_text"] = [ch.missing_text for ch in channels]
             side["decimals"] = [value_runs(ch.decimals) for ch in channels]
+            if s.revin:
+                side["window_stats"] = self.window_stats(windows, len(s.columns))
             stats.add(values)
             carry = [int(ch.decimals[-1]) for ch in channels]
             first_row += len(values)
@@ -893,7 +960,8 @@ class TimeSeriesWriter(Writer):
                 raise FormatError(f"timeseries: {len(windows)} windows for a piece of no rows")
             return
         # The row count is checked against the decoded patches first; every other count against the rows.
-        values = codec.series_values(windows, rows, layout["mean"], layout["scale"])  # (rows, C)
+        window_stats = _SIDE.array(side["window_stats"], "window_stats", len(windows)) if codec.settings.revin else None
+        values = codec.series_values(windows, rows, layout["mean"], layout["scale"], window_stats)  # (rows, C)
         per_channel = {key: _SIDE.array(side[key], key, len(channels))
                        for key in ("decimals", "missing", "missing_text")}
         decimals = [runs_values(spec, rows) for spec in per_channel["decimals"]]
@@ -945,7 +1013,11 @@ class TimeSeriesDomain(Domain):
         return TimeSeriesObjective(self.settings)
 
     def model_fields(self) -> dict:
-        return {"feature_dim": 2 * self.settings.values_width}
+        return {"feature_dim": self.settings.feature_width}
+
+    def side_floats(self, window: torch.Tensor) -> int:
+        """`revin`: the window's mean and scale per channel, stored beside its latents."""
+        return 2 * self.settings.channels if self.settings.revin else 0
 
     def default_data(self) -> list[Path]:
         """The bundled sample: weekly Mauna Loa CO2, 1958-2001 (2,284 rows, 59 missing; statsmodels' co2)."""
@@ -1029,7 +1101,9 @@ class TimeSeriesDomain(Domain):
         x = window.detach().cpu().double().numpy()
         c, w = s.channels, s.values_width
         z = x[:, :w].reshape(-1, c)[:, 0]
-        seen = x[:, w:].reshape(-1, c)[:, 0] != 0
+        if s.revin:  # the window's own level first (an input window's: a model output repeats its guess)
+            z = z * x[0, 2 * w + c] + x[0, 2 * w]
+        seen = x[:, w : 2 * w].reshape(-1, c)[:, 0] != 0
         values = z * s.scale[0] + s.mean[0]
         return shorten(f"{s.columns[0]}: " + " ".join(f"{v:.4g}" if o else "·" for v, o in zip(values, seen)), limit)
 

@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover - scikit-learn is an optional dependency
 from seqcompress.compress import decode, encode, evaluate_quantized
 from seqcompress.domain import Domain
 from seqcompress.domains import get_domain
+from seqcompress.errors import InputError
 from seqcompress.model import ModelConfig, build_model
 from seqcompress.train import TrainOptions, train
 
@@ -88,6 +89,9 @@ class TimeSeriesArrays(SeriesArrays):
     allow_nan = True
 
     def learn(self, series: list[np.ndarray]) -> "TimeSeriesArrays":
+        if self.domain.settings.revin:
+            raise InputError("revin keeps each window's mean and scale beside its latents, which the estimator's "
+                             "arrays have no place for; use it with files (fit, encode, decode)")
         return TimeSeriesArrays(self.domain.learn_arrays(series))
 
     def positions(self, length: int) -> int:
