@@ -82,6 +82,7 @@ def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8, dra
     batches = [tuple(t.to(DEVICE) for t in collate(windows[i : i + batch_size]))
                for i in range(0, len(windows) - batch_size + 1, batch_size)]
     full = torch.ones(batch_size, seq_len, dtype=torch.bool, device=DEVICE)
+    everywhere = torch.arange(batch_size * seq_len, device=DEVICE)  # every position is real
 
     def step(i: int, sampled: bool = False) -> None:
         x, lengths = batches[i % len(batches)]
@@ -89,7 +90,7 @@ def training_throughput(steps: int, seq_len: int = 512, batch_size: int = 8, dra
             if sampled:  # what `--sampled-softmax` trains: logits over the batch's tokens and `drawn` more
                 chosen = candidates(torch.unique(x.cpu()), drawn, config.vocab_size, 0, i).to(DEVICE)
                 hidden, _, _ = model(x, lengths, hidden=True)
-                loss, _ = objective.sampled_loss(hidden, model.embed.weight, x, full, chosen)
+                loss, _ = objective.sampled_loss(hidden, model.embed.weight, x, everywhere, chosen)
             else:
                 out, _, _ = model(x, lengths)
                 loss = objective.loss(out, x, full)

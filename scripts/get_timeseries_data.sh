@@ -36,4 +36,26 @@ if [ ! -s "$out/sunspots_monthly.csv" ] || [ ! -s "$out/msft.csv" ]; then
     > "$tmp/sunspots_monthly.csv"
   mv "$tmp/sunspots_monthly.csv" "$out/sunspots_monthly.csv"
 fi
+# and a multivariate set of many short series out of the sktime wheel (BSD-3-Clause; the UCR/UEA archive's
+# data, free for research: Bagnall et al., "The UEA multivariate time series classification archive", 2018):
+#   basicmotions/{train,test}/NN_<activity>.csv  6-axis smartwatch motion (accelerometer x, y, z and gyroscope
+#                 x, y, z at 10 Hz), 40 + 40 recordings of 100 steps: one CSV per recording, column t first
+if [ "$(ls "$out/basicmotions/train" "$out/basicmotions/test" 2>/dev/null | grep -c csv)" != 80 ]; then
+  pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "sktime==1.2.0"
+  whl=$(ls "$tmp"/sktime-1.2.0-*.whl | head -n 1)
+  for part in train test; do
+    upper=$(echo "$part" | tr a-z A-Z)
+    mkdir -p "$tmp/basicmotions/$part"
+    unzip -p "$whl" "sktime/datasets/data/BasicMotions/BasicMotions_$upper.ts" | tr -d '\r' \
+      | awk -v dir="$tmp/basicmotions/$part" '
+          /^[@#]/ || !NF { next }
+          { n = split($0, dims, ":"); file = sprintf("%s/%02d_%s.csv", dir, row++, dims[n])
+            for (c = 1; c < n; c++) { steps = split(dims[c], v, ","); for (t = 1; t <= steps; t++) x[c, t] = v[t] }
+            print "t,acc_x,acc_y,acc_z,gyr_x,gyr_y,gyr_z" > file
+            for (t = 1; t <= steps; t++) {
+              line = t - 1; for (c = 1; c < n; c++) line = line "," x[c, t]; print line > file }
+            close(file) }'
+  done
+  rm -rf "$out/basicmotions"; mv "$tmp/basicmotions" "$out/basicmotions"
+fi
 echo "$out"

@@ -165,14 +165,18 @@ def _truncated_dct(x: torch.Tensor, keep: int) -> torch.Tensor:
     return basis.T @ coefficients
 
 
-def test_a_fresh_dct_model_is_the_truncated_dct_of_every_window_length():
-    config = tiny_config(vocab_size=0, feature_dim=4, latent_dim=2, n_max=32, ratio=0.25, resize_init="dct")
+@pytest.mark.parametrize("ratio", [0.25, 0.75, 1.0])
+def test_a_fresh_dct_model_is_the_truncated_dct_of_every_window_length(ratio):
+    config = tiny_config(vocab_size=0, feature_dim=4, latent_dim=2, n_max=32, ratio=ratio, resize_init="dct")
     model = build_model(config, seed=0).eval()
-    x = torch.randn(3, 32, 4)
-    lengths = torch.tensor([32, 19, 5])  # a full window, and the shorter last windows of files
+    lengths = torch.tensor([32, 19, 5, 3, 1])  # a full window, and the shorter last windows of files
+    x = torch.randn(len(lengths), 32, 4)
     with torch.no_grad():
         out, latents, latent_lengths = model(x, lengths)
-    assert latent_lengths.tolist() == [8, 5, 2]
+    assert latent_lengths.tolist() == [config.latent_length(n) for n in lengths.tolist()]
+    with torch.no_grad():  # a batch of full windows alone takes the table as it is
+        alone, _, _ = model(x[:1], lengths[:1])
+    assert torch.allclose(alone, out[:1], atol=1e-6)
     for b, n in enumerate(lengths.tolist()):
         expected = _truncated_dct(x[b, :n], latent_lengths[b].item())
         # the first latent_dim features are stored and rebuilt; the others are not kept

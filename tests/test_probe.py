@@ -597,3 +597,28 @@ def test_an_audio_probe_reports_opus_next_to_the_budget_or_why_it_did_not_run(tm
     assert f"({opus['actual_bits_per_symbol']:.2f} stored)" in report and "- opus at n = 25, ratio 1/2: Opus" in report
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert {r["method"]: r["actual_bits_per_symbol"] for r in rows}["dct"] == ""
+
+
+def test_revin_windows_cut_anew_by_a_chronological_split_get_their_own_level(tmp_path):
+    from seqcompress.domains import get_domain
+
+    path = tmp_path / "s.csv"
+    t = np.arange(300)
+    path.write_text("t,v\n" + "".join(f"{i},{10 + 0.05 * i + np.sin(i / 5):.4f}\n" for i in t), encoding="utf-8")
+    plan = ProbePlan(domain="timeseries", domain_state={"patch": 1, "revin": True}, data=[str(path)],
+                     split="chronological", held_out=0.25, train_shifts=4, cells=[(64, 0.5)], seeds=1,
+                     model={"d_model": 16, "heads": 2, "layers": 1, "ffn_dim": 32, "latent_dim": 1})
+    probe_ = Probe(plan, get_domain("timeseries", {"patch": 1, "revin": True}), tmp_path / "out")
+    split = probe_.split(64)
+    for window in split.train + split.test + split.codec_windows(64)[:5]:
+        values = window[:, 0].double()
+        assert float(values.mean()) == pytest.approx(0.0, abs=1e-5)
+        if len(values) > 1:  # (one value: its own mean, scale 1)
+            assert float(values.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
+    # the tail starts a window of its own: its level is that of the test rows only
+    first = split.test[0]
+    domain = probe_.learned_domain()
+    level = (float(first[0, 2]) * domain.settings.scale[0]) + domain.settings.mean[0]
+    assert level == pytest.approx(float(np.mean(10 + 0.05 * t[225:289] + np.sin(t[225:289] / 5))), abs=1e-3)
+    budget = probe_._budget(probe_.config("attention", 64, 0.5), split.test)
+    assert budget["latent_floats_per_symbol"] == pytest.approx((32 + 2 + 6 + 2) / 75)  # 64 + 11 steps, 2 per window

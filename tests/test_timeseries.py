@@ -437,7 +437,8 @@ def test_invalid_settings_name_the_parameter(settings, message):
 def test_settings_parse_user_text_and_list_the_options():
     parsed = TimeSeriesSettings.parse({"patch": "4", "columns": "a, b", "time_col": "false", "huber_delta": "2"})
     assert parsed == {"patch": 4, "columns": ["a", "b"], "time_col": False, "huber_delta": 2.0}
-    assert TimeSeriesSettings.names() == ["patch", "time_col", "columns", "keep_columns", "loss", "huber_delta"]
+    assert TimeSeriesSettings.names() == ["patch", "time_col", "columns", "keep_columns", "loss", "huber_delta",
+                                          "revin"]
     with pytest.raises(InputError, match="unknown domain option 'mean'"):
         TimeSeriesSettings.parse({"mean": "[1]"})
 
@@ -793,3 +794,18 @@ def test_revin_side_information_is_checked(tmp_path):
         write_pieces(domain, [(pieces[0].windows, {**pieces[0].side, "window_stats": negative})], tmp_path / "b.csv")
     with pytest.raises(InputError, match="revin"):
         SequenceCompressor(settings={"revin": True}, max_steps=1).fit(np.random.default_rng(0).normal(size=(4, 64, 1)))
+
+
+def test_a_file_written_before_a_setting_existed_still_decodes_with_its_model():
+    """A .sqz header lists the settings of its time; one added later (revin) is missing there: its default."""
+    from types import SimpleNamespace
+
+    from seqcompress.compress import _writer_domain
+    from seqcompress.errors import ModelMismatchError
+
+    domain = learned([CO2])
+    older = {k: v for k, v in domain.settings.state().items() if k != "revin"}
+    assert _writer_domain(domain, SimpleNamespace(version=2, header={"settings": older}), force=False) is domain
+    other = SimpleNamespace(version=2, header={"settings": {**older, "revin": True}})
+    with pytest.raises(ModelMismatchError, match="revin"):
+        _writer_domain(domain, other, force=False)

@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seqcompress.domain import Codec, Domain, Piece, Settings, TokenObjective, Writer, option, split_windows
+from seqcompress.domain import (Codec, Domain, Piece, Settings, TokenObjective, Writer, option, real_positions,
+                                split_windows)
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress.model import build_model
 from seqcompress.train import (
@@ -132,8 +133,10 @@ def test_a_sampled_softmax_over_every_token_is_the_full_softmax():
     with torch.no_grad():
         hidden, _, _ = model(x, lengths, hidden=True)
         full = OBJECTIVE.loss(model.output(hidden), x, mask)
-        loss, prediction = OBJECTIVE.sampled_loss(hidden, model.embed.weight, x, mask, torch.arange(50))
-        fewer, _ = OBJECTIVE.sampled_loss(hidden, model.embed.weight, x, mask, torch.unique(x))
+        positions = real_positions(lengths, 16)
+        assert torch.equal(positions, torch.nonzero(mask.reshape(-1)).squeeze(1))
+        loss, prediction = OBJECTIVE.sampled_loss(hidden, model.embed.weight, x, positions, torch.arange(50))
+        fewer, _ = OBJECTIVE.sampled_loss(hidden, model.embed.weight, x, positions, torch.unique(x))
         assert OBJECTIVE.scored(prediction, x, mask) == OBJECTIVE.totals(model.output(hidden), x, mask)
         assert torch.equal(prediction[mask], OBJECTIVE.prediction(model.output(hidden))[mask])
     assert float(loss) == pytest.approx(float(full), rel=1e-5)

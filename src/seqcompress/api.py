@@ -347,7 +347,7 @@ def held_out_example(model_dir: str | os.PathLike, limit: int = 160) -> dict:
     x, lengths = collate([window])
     with torch.inference_mode():
         out, _, _ = model(x, lengths)
-    reconstructed = domain.objective.prediction(out)[0]
+    reconstructed = domain.with_side(domain.objective.prediction(out)[0], window)
     return {"original": domain.render(window, limit), "reconstructed": domain.render(reconstructed, limit)}
 
 

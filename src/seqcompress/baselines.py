@@ -92,16 +92,23 @@ class _SeriesBaseline(Baseline):
     then their observed mask (1 where a value was read), then with revin the window's mean and scale, which
     every method keeps (the probe counts them for all)."""
 
+    def _widths(self, window: torch.Tensor) -> tuple[int, int]:
+        """(P * C, C) of the windows: from the learned settings, or from the width (2PC) when not learned."""
+        s = self.domain.settings
+        if s.learned:
+            return s.values_width, s.channels
+        return window.shape[1] // 2, window.shape[1] // 2 // s.patch
+
     def values(self, window: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """A window -> normalised values (L*P, C) and the observed mask (L*P, C)."""
         x = window.double().numpy()
-        width, channels = self.domain.settings.values_width, self.domain.settings.channels
+        width, channels = self._widths(window)
         return x[:, :width].reshape(-1, channels), x[:, width : 2 * width].reshape(-1, channels) > 0.5
 
     def as_window(self, values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
         """Normalised values (L*P, C) -> a window like `like`, the rest of it kept."""
         out = like.clone().float()
-        out[:, : self.domain.settings.values_width] = torch.from_numpy(values.reshape(len(like), -1)).float()
+        out[:, : self._widths(like)[0]] = torch.from_numpy(values.reshape(len(like), -1)).float()
         return out
 
 

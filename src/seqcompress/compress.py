@@ -21,6 +21,7 @@ bfloat16, int8) is per chunk, and
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import hashlib
 import json
 import lzma
@@ -338,9 +339,12 @@ def _writer_domain(domain: Domain, reader: LatentReader, force: bool) -> Domain:
         return domain
     saved = reader.header["settings"]
     encode_names = set(domain.settings_class.encode_names())
-    # Compared as headers keep them (a file written before digests were kept has the full values: digested too).
+    # Compared as headers keep them (a file written before digests were kept has the full values: digested too);
+    # a setting added after the file was written is missing from its header: it had that setting's default.
     ours = {k: v for k, v in header_settings(domain.settings.state()).items() if k not in encode_names}
-    theirs = {k: v for k, v in header_settings(saved).items() if k in ours}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                for f in dataclasses.fields(domain.settings_class)}
+    theirs = {k: v for k, v in header_settings({**defaults, **saved}).items() if k in ours}
     if theirs != ours and not force:
         changed = sorted(k for k in ours if theirs.get(k) != ours[k])
         raise ModelMismatchError(f"this latent file was written with other {domain.name} settings than the model "

@@ -210,7 +210,7 @@ class Objective(ABC):
     def accumulator(self) -> "Totals":
         return Totals(self)
 
-    def sampled_loss(self, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+    def sampled_loss(self, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, positions: torch.Tensor,
                      candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A token domain's loss over `candidates` instead of the whole vocabulary (see `TokenObjective`)."""
         raise InputError(f"a sampled softmax needs token outputs; {type(self).__name__} has none")
@@ -218,6 +218,12 @@ class Objective(ABC):
     def scored(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
         """Totals of a prediction already made (token ids (B, N)), as `totals` gives them for model output."""
         raise InputError(f"{type(self).__name__} scores model output only")
+
+
+def real_positions(lengths: torch.Tensor, padded: int) -> torch.Tensor:
+    """(T,) the indices, in a (B, padded) batch flattened, of each sample's first lengths[b] positions."""
+    return torch.cat([torch.arange(n) + b * padded for b, n in enumerate(lengths.tolist())]) if len(lengths) \
+        else torch.zeros(0, dtype=torch.long)
 
 
 class Totals:
@@ -270,23 +276,25 @@ class TokenObjective(Objective):
     def values(self, totals: dict[str, float]) -> dict[str, float]:
         return {"token_accuracy": totals["correct_tokens"] / max(totals["tokens"], 1.0)}
 
-    def sampled_loss(self, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+    def sampled_loss(self, hidden: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, positions: torch.Tensor,
                      candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-entropy over a few candidate tokens instead of the whole vocabulary: training's cheap head.
 
-        hidden (B, N, D) final states, weight (V, D) the output embedding, target (B, N), mask (B, N),
-        candidates (C,) sorted token ids holding every target (training gives the batch's own tokens and some
+        hidden (B, N, D) final states, weight (V, D) the output embedding, target (B, N), positions (T,) the
+        real positions as indices into the B x N flattened (`real_positions`: made on the host, so that no GPU
+        waits for a boolean mask), candidates (C,) sorted token ids holding every target (training gives the batch's own tokens and some
         drawn from the whole vocabulary, `seqcompress.train.candidates`). Only the real positions' logits over
         the candidates are computed: T x C instead of B x N x V. Returns the mean loss over real tokens (the
         denominator of `loss`) and the prediction among the candidates (B, N), for `scored` (the target at
         padding; its accuracy is an upper bound of the full vocabulary's, which evaluation measures)."""
-        h, t = hidden[mask], target[mask]  # (T, D), (T,)
+        flat = target.reshape(-1)
+        h, t = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions), flat.index_select(0, positions)
         logits = h @ weight[candidates].T  # (T, C)
         loss = F.cross_entropy(logits.float(), torch.searchsorted(candidates, t))
         with torch.no_grad():
             never = (candidates == self.never) if self.never is not None else None
             chosen = logits.masked_fill(never, float("-inf")) if never is not None else logits
-            prediction = target.masked_scatter(mask, candidates[chosen.argmax(dim=-1)])
+            prediction = flat.index_copy(0, positions, candidates[chosen.argmax(dim=-1)]).view_as(target)
         return loss, prediction
 
 
@@ -339,6 +347,20 @@ class Domain(ABC):
     @abstractmethod
     def default_data(self) -> list[Path]:
         """The small sample bundled in the package, used when no data file is given."""
+
+    def joined(self, windows: list[torch.Tensor]) -> torch.Tensor:
+        """A file's windows as one stream of symbols (S, ...) that windows can be cut from anew (`cut`): the
+        probe cuts training streams at other offsets and a chronological tail off them. Default: concatenated."""
+        return torch.cat(windows)
+
+    def cut(self, symbols: torch.Tensor) -> torch.Tensor:
+        """A window of symbols cut from a `joined` stream, as the codec would give it. Default: as it is."""
+        return symbols
+
+    def with_side(self, prediction: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """A reconstructed window with the side numbers of the window it rebuilds (what the writer takes from the
+        side information, e.g. RevIN's mean and scale), for showing it. Default: as it is."""
+        return prediction
 
     def side_floats(self, window: torch.Tensor) -> int:
         """Numbers a window stores beside its latents that decoding needs (the time-series window's own mean and

@@ -43,17 +43,15 @@ def length_mask(lengths: torch.Tensor, size: int) -> torch.Tensor:
     return torch.arange(size, device=lengths.device)[None, :] < lengths[:, None]  # (B, size)
 
 
-def dct_matrix(out_max: int, in_max: int) -> torch.Tensor:
-    """Reducing (out_max <= in_max): the first out_max rows of the orthonormal DCT-II of in_max points, so W x keeps
-    a sequence's out_max lowest-frequency coefficients (a truncated DCT). Expanding: the transpose of the reducing
-    matrix, the inverse transform of those coefficients. Exact for sequences of the full length."""
-    m, n = (out_max, in_max) if out_max <= in_max else (in_max, out_max)
-    k = torch.arange(m, dtype=torch.float64)[:, None]
-    j = torch.arange(n, dtype=torch.float64)[None, :]
-    basis = torch.cos(math.pi * k * (j + 0.5) / n) * math.sqrt(2.0 / n)  # (m, n)
+def dct_matrix(rows: int, points: int) -> torch.Tensor:
+    """(rows, points): the first `rows` rows of the orthonormal DCT-II of `points` points (float32). W x keeps a
+    sequence's `rows` lowest-frequency coefficients (a truncated DCT); the transpose rebuilds the sequence from
+    them (the inverse transform, exact for what was kept)."""
+    k = torch.arange(rows, dtype=torch.float64)[:, None]
+    j = torch.arange(points, dtype=torch.float64)[None, :]
+    basis = torch.cos(math.pi * k * (j + 0.5) / points) * math.sqrt(2.0 / points)  # (rows, points)
     basis[0] /= math.sqrt(2.0)
-    basis = basis.float()
-    return basis if out_max <= in_max else basis.T.contiguous()
+    return basis.float()
 
 
 def pooling_matrix(out_max: int, in_max: int, ratio: float) -> torch.Tensor:

@@ -271,6 +271,10 @@ class SequenceAutoencoder(nn.Module):
                 linear.bias.zero_()
         if self.in_positions is not None:
             self.in_positions.zero_()
+        for stack, expanding in ((self.encoder, False), (self.decoder, True)):
+            for block in stack:
+                if block.resize is not None:
+                    block.resize.orient(expanding)
         for block in [*self.encoder, *self.decoder]:
             outputs = [block.ffn[2]] + ([block.attn.out] if block.attn is not None else [])
             for linear in outputs:

@@ -275,13 +275,16 @@ class Split:
     streams: list[torch.Tensor] | None = None
     train_links: list[Link] | None = None  # each window's stream and record start (models with memory)
     test_links: list[Link] | None = None
+    cut: Callable[[torch.Tensor], torch.Tensor] | None = None  # a window cut from a stream (`Domain.cut`)
 
     def codec_windows(self, seq_len: int) -> list[torch.Tensor]:
         """What a classical codec that learns fits on: every full window of the streams, at every symbol offset
-        (views, not copies), or the training windows of a random split."""
+        (views, not copies, unless the domain makes each cut its own window), or the training windows of a
+        random split."""
         if self.streams is None:
             return self.train
-        return [s[i : i + seq_len] for s in self.streams for i in range(len(s) - seq_len + 1)]
+        cut = self.cut or (lambda w: w)
+        return [cut(s[i : i + seq_len]) for s in self.streams for i in range(len(s) - seq_len + 1)]
 
 
 def tail_split(stream: torch.Tensor, held_out: float, where: str = "the data") -> tuple[torch.Tensor, torch.Tensor]:
@@ -341,6 +344,17 @@ class Probe:
     def done(self) -> set[str]:
         return {c["key"] for c in self.results["cells"]}
 
+    def check(self, cells: list[tuple[str, int, float, int | None]]) -> None:
+        """Refuse, before anything trains, a plan whose model cells cannot all be built or trained (e.g. the dct
+        start with another reducer, a sampled softmax on vector outputs): not after hours of earlier cells."""
+        for method, seq_len, ratio, seed in cells:
+            if seed is None:
+                continue
+            config = self.config(method, seq_len, ratio)
+            if self._options(seq_len).sampled_softmax and not config.vocab_size:
+                raise InputError("a sampled softmax (--sampled-softmax) is for token domains (text, DNA); the "
+                                 f"{self.plan.domain} domain's models output vectors")
+
     def run(self, on_cell: Callable[[int, int, dict | None], None] | None = None, jobs: int = 1) -> dict:
         """Run every unfinished cell; on_cell(finished, total, cell) after each one (cell None at the start).
         With `jobs` > 1, cells run in that many worker processes (`_Workers`), each finished cell saved as it
@@ -351,6 +365,7 @@ class Probe:
         if on_cell:
             on_cell(len(done), len(todo), None)
         left = [cell for cell in todo if cell_key(*cell) not in done]
+        self.check(left)
         # Classical codecs this machine cannot run (libsndfile without Opus) are named in the report, not scored.
         self.results.pop("skipped", None)
         if skipped := unavailable_baselines(self.domain) if self.plan.classical else {}:
@@ -409,10 +424,10 @@ class Probe:
             windows = domain.load_windows([path], seq_len)
             if not windows:
                 raise InputError(f"{path} gives no windows")
-            stream = torch.cat(windows)  # (S, ...) the file's symbols in order
+            stream = domain.joined(windows)  # (S, ...) the file's symbols in order
             if self.plan.split == "chronological":
                 stream, tail = tail_split(stream, self.plan.held_out, str(path))
-                tail_windows = split_windows(tail, seq_len)
+                tail_windows = [domain.cut(w) for w in split_windows(tail, seq_len)]
                 test_w += tail_windows
                 test_links += [Link(0, i == 0) for i in range(len(tail_windows))]
             streams.append(stream)
@@ -421,9 +436,9 @@ class Probe:
             test_w, test_links = [w for w, _ in pairs], [link for _, link in pairs]
         # A training stream is one file's symbols joined: each cut of it is one record for memory.
         cuts = [shifted_windows(s, seq_len, self.plan.train_shifts, per_offset=True) for s in streams]
-        train_w = [w for offsets in cuts for cut in offsets for w in cut]
+        train_w = [domain.cut(w) for offsets in cuts for cut in offsets for w in cut]
         train_links = [Link(0, i == 0) for offsets in cuts for cut in offsets for i in range(len(cut))]
-        return Split(train_w, test_w, streams, train_links, test_links)
+        return Split(train_w, test_w, streams, train_links, test_links, domain.cut)
 
     def _options(self, seq_len: int, seed: int = 0) -> TrainOptions:
         batch = {"batch_size": max(1, self.plan.batch_tokens // seq_len)} if self.plan.batch_tokens else {}
@@ -450,12 +465,13 @@ class Probe:
 
     def _budget(self, config: ModelConfig, windows: list[torch.Tensor]) -> dict:
         lengths = [len(w) for w in windows]
-        # the side numbers a window keeps (RevIN's mean and scale) count too: every method stores them
-        floats = (sum(config.latent_length(n) for n in lengths) * config.latent_dim
-                  + sum(self.learned_domain().side_floats(w) for w in windows))
-        per_symbol = floats / max(sum(lengths), 1)
-        return {"latent_len": config.m_max, "latent_dim": config.latent_dim,
-                "latent_floats_per_symbol": per_symbol, "bits_per_symbol": per_symbol * BITS[self.plan.dtype],
+        symbols = max(sum(lengths), 1)
+        latent = sum(config.latent_length(n) for n in lengths) * config.latent_dim
+        # The side numbers a window keeps (RevIN's mean and scale) count too, as float32 (every method stores them).
+        side = sum(self.learned_domain().side_floats(w) for w in windows)
+        per_symbol = (latent + side) / symbols
+        return {"latent_len": config.m_max, "latent_dim": config.latent_dim, "latent_floats_per_symbol": per_symbol,
+                "bits_per_symbol": (latent * BITS[self.plan.dtype] + side * 32) / symbols,
                 "dtype": self.plan.dtype, "test_windows": len(windows), "test_symbols": sum(lengths)}
 
     def train_model(self, model, windows: list[torch.Tensor], options: TrainOptions):

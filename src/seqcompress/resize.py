@@ -42,6 +42,7 @@ class ResizeMatrix(nn.Module):
     """
 
     per_length = False  # "dct": each sample's own length is a DCT of that length (set in __init__)
+    expanding = False  # "dct": W_E, the inverse transform (`orient`)
 
     def __init__(self, out_max: int, in_max: int, ratio: float, init: str = "pool") -> None:
         super().__init__()
@@ -50,24 +51,31 @@ class ResizeMatrix(nn.Module):
         if init == "pool":
             weight = 0.01 * weight + pooling_matrix(out_max, in_max, ratio)
         elif init == "dct":
-            weight = dct_matrix(out_max, in_max)
+            weight = _dct_table(out_max, in_max, out_max > in_max).clone()
         elif init != "random":
             raise ValueError(f"unknown resize init {init!r} (expected one of {', '.join(RESIZE_INITS)})")
         self.weight = nn.Parameter(weight)
         self.per_length = init == "dct"
+        self.expanding = out_max > in_max
 
+    @torch.no_grad()
+    def orient(self, expanding: bool) -> None:
+        """"dct": make this table the truncated DCT (reducing) or its inverse (expanding). The shape alone cannot
+        say which when the two lengths are equal (ratio 1), so the model says it (`start_as_dct`)."""
+        self.expanding = expanding
+        self.weight.copy_(_dct_table(self.out_max, self.in_max, expanding))
     def forward(self, out_mask: torch.Tensor, in_mask: torch.Tensor) -> torch.Tensor:
         """Per-sample W[:out_len, :in_len], zero elsewhere: (B, M, N) from masks (B, M) and (B, N)."""
         m, n = out_mask.shape[1], in_mask.shape[1]
         if m > self.out_max or n > self.in_max:
             raise ValueError(f"sequence of length {max(m, n)} exceeds this model's maximum ({self.in_max})")
         pair_mask = out_mask[:, :, None] & in_mask[:, None, :]  # (B, M, N)
-        w = self.weight[:m, :n] * pair_mask  # (B, M, N)
-        return w + self._length_offsets(out_mask, in_mask) if self.per_length else w
+        return self.weight[:m, :n] * pair_mask  # (B, M, N)
 
     def _length_offsets(self, out_mask: torch.Tensor, in_mask: torch.Tensor) -> torch.Tensor:
-        """(B, M, N): per sample, DCT(own length) - the table's slice at init, zero for a full-length sample."""
-        reducing = self.out_max <= self.in_max
+        """(B, M, N): per sample, DCT(own length) - the table's slice at init, zero for a full-length sample. Reads
+        the lengths off the masks (on a GPU a wait, paid only by dct models on batches with padding)."""
+        reducing = not self.expanding
         offsets = torch.zeros(out_mask.shape[0], out_mask.shape[1], in_mask.shape[1], device=out_mask.device)
         pairs = torch.stack([out_mask.sum(1), in_mask.sum(1)], 1).tolist()  # (out_len, in_len) per sample
         for out_len, in_len in {tuple(p) for p in pairs}:
@@ -75,22 +83,36 @@ class ResizeMatrix(nn.Module):
             if length in (0, self.in_max if reducing else self.out_max):
                 continue
             rows = [b for b, p in enumerate(pairs) if tuple(p) == (out_len, in_len)]
-            offsets[rows, :out_len, :in_len] = _dct_offset(self.out_max, self.in_max, out_len, in_len).to(offsets.device)
+            offset = _dct_offset(self.out_max, self.in_max, out_len, in_len, self.expanding)
+            offsets[rows, :out_len, :in_len] = offset.to(offsets.device)
         return offsets
 
+    def matrices(self, layout) -> torch.Tensor:
+        """(B, M, N): each sample's W; with "dct", a sample shorter than the table gets its own length's DCT
+        offset (only when the batch has padding, so a batch of full windows costs nothing more)."""
+        w = self(layout.out_mask, layout.in_mask)
+        return w + self._length_offsets(layout.out_mask, layout.in_mask) if self.per_length and not layout.all_real else w
+
     def apply(self, values: torch.Tensor, layout) -> torch.Tensor:
-        return self(layout.out_mask, layout.in_mask) @ values  # (B, M, D)
+        return self.matrices(layout) @ values  # (B, M, D)
 
     def mix(self, x, xn, attn, layout) -> torch.Tensor:
-        w = self(layout.out_mask, layout.in_mask)  # (B, M, N)
+        w = self.matrices(layout)  # (B, M, N)
         return w @ x + attn(w @ xn, xn, layout)  # (B, M, D)
 
 
-@functools.lru_cache(maxsize=256)
-def _dct_offset(out_max: int, in_max: int, out_len: int, in_len: int) -> torch.Tensor:
-    """The DCT of a sample's own length minus the (out_max, in_max) DCT table's slice, (out_len, in_len)."""
-    own = dct_matrix(out_len, in_len)  # reducing: out_len rows of the in_len-point DCT; expanding: the transpose
-    return own - dct_matrix(out_max, in_max)[:out_len, :in_len]
+@functools.lru_cache(maxsize=8)
+def _dct_table(out_max: int, in_max: int, expanding: bool) -> torch.Tensor:
+    """The (out_max, in_max) "dct" table: out_max coefficient rows of the in_max-point DCT, or the transpose of the
+    inverse's. Cached, read-only (callers clone)."""
+    return dct_matrix(in_max, out_max).T.contiguous() if expanding else dct_matrix(out_max, in_max)
+
+
+@functools.lru_cache(maxsize=16)  # a few lengths per model (a file's last window); at most 16 (out_len, in_len)
+def _dct_offset(out_max: int, in_max: int, out_len: int, in_len: int, expanding: bool) -> torch.Tensor:
+    """The DCT of a sample's own length minus the table's slice, (out_len, in_len)."""
+    own = _dct_table(out_len, in_len, expanding)
+    return own - _dct_table(out_max, in_max, expanding)[:out_len, :in_len]
 
 
 class RelativeResize(nn.Module):

@@ -40,7 +40,7 @@ from seqcompress.atomic import atomic_directory
 from seqcompress.attention import length_mask
 from seqcompress.compress import collate
 from seqcompress.distributed import World
-from seqcompress.domain import Domain, Objective
+from seqcompress.domain import Domain, Objective, real_positions
 from seqcompress.errors import InputError, ModelFileError, SeqCompressError
 from seqcompress.memory import MAX_STREAMS, Link, held_links, own_links, run_links
 from seqcompress.model import SequenceAutoencoder
@@ -661,7 +661,8 @@ def _step(net: torch.nn.Module, model: SequenceAutoencoder, objective: Objective
                 if chosen is None:
                     loss = objective.loss(out, x, mask)
                 else:
-                    loss, sampled = objective.sampled_loss(out, model.embed.weight, x, mask, chosen)
+                    positions = real_positions(lengths, x.shape[1]).to(device, non_blocking=True)
+                    loss, sampled = objective.sampled_loss(out, model.embed.weight, x, positions, chosen)
                 aux = model.aux_loss()  # what a kernel adds (routing's commitment or balance); None for most
             term = loss * share_of_batch
             if aux is not None:

@@ -779,8 +779,9 @@ class TimeSeriesCodec(Codec):
             windows = [w.detach().cpu().double() for w in windows]
             for i, numbers in enumerate(stats):
                 values = np.asarray(_finite_numbers(numbers, "a window's mean and scale", 2 * c), dtype=np.float64)
-                if not (values[c:] > 0).all():
-                    raise FormatError("timeseries side information: a window's scale must be positive")
+                if not (values[c:] > 0).all() or not (np.abs(values) <= _FLOAT32_MAX).all():
+                    raise FormatError("timeseries side information: a window's scale must be positive and its mean "
+                                      "and scale within float32's range")
                 level = torch.from_numpy(np.tile(values[:c], patch)), torch.from_numpy(np.tile(values[c:], patch))
                 w = windows[i].clone()
                 w[:, : self.settings.values_width] = w[:, : self.settings.values_width] * level[1] + level[0]
@@ -1014,6 +1015,31 @@ class TimeSeriesDomain(Domain):
 
     def model_fields(self) -> dict:
         return {"feature_dim": self.settings.feature_width}
+
+    def joined(self, windows: list[torch.Tensor]) -> torch.Tensor:
+        """`revin`: each window's level put back and its statistics dropped, so that a window cut anew gets its
+        own (`cut`); without it, the windows concatenated."""
+        if not self.settings.revin:
+            return torch.cat(windows)
+        s, w = self.settings, self.settings.values_width
+        out = []
+        for window in windows:
+            x = window[:, : 2 * w].clone()
+            stats = window[0, 2 * w :].double()
+            mean, scale = stats[: s.channels].repeat(s.patch), stats[s.channels :].repeat(s.patch)
+            x[:, :w] = (x[:, :w].double() * scale + mean).float() * (x[:, w:] > 0.5)
+            out.append(x)
+        return torch.cat(out)
+
+    def with_side(self, prediction: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        if not self.settings.revin:
+            return prediction
+        out = prediction.clone()
+        out[:, 2 * self.settings.values_width :] = window[: len(out), 2 * self.settings.values_width :]
+        return out
+
+    def cut(self, symbols: torch.Tensor) -> torch.Tensor:
+        return self.codec._instance_normalised(symbols) if self.settings.revin else symbols
 
     def side_floats(self, window: torch.Tensor) -> int:
         """`revin`: the window's mean and scale per channel, stored beside its latents."""
