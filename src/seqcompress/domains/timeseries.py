@@ -760,6 +760,15 @@ class TimeSeriesCodec(Codec):
         stats = torch.cat([mean, scale]).expand(len(window), 2 * c)
         return torch.cat([normalised.reshape(len(window), w), window[:, w:], stats], dim=1)
 
+    def leveled(self, window: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """`revin`: a window (L, 2PC[+2C]) -> (L, 2PC) float64, its values put back at the level of `stats` (the
+        window's [mean..., scale...]): the learned units."""
+        s, w = self.settings, self.settings.values_width
+        x = window[:, : 2 * w].detach().cpu().double().clone()
+        stats = stats.double()
+        x[:, :w] = x[:, :w] * stats[s.channels :].repeat(s.patch) + stats[: s.channels].repeat(s.patch)
+        return x
+
     @staticmethod
     def window_stats(windows: list[torch.Tensor], channels: int) -> list[list[float]]:
         """`revin`: each window's [mean..., scale...] (2C floats, as the windows carry them)."""
@@ -772,23 +781,22 @@ class TimeSeriesCodec(Codec):
         [mean..., scale...] (the side information `window_stats`), which puts its level back first."""
         c, patch = self.settings.channels, self.settings.patch
         width = self.settings.feature_width
+        windows = [w.detach().cpu().double() for w in windows]
+        for w in windows:
+            if w.ndim != 2 or w.shape[1] != width:
+                raise FormatError(f"timeseries windows must have {width} features per patch, got shape "
+                                  f"{tuple(w.shape)}")
         if self.settings.revin:
             if stats is None or len(stats) != len(windows):
                 raise FormatError(f"timeseries: {0 if stats is None else len(stats):,} window statistics for "
                                   f"{len(windows):,} windows (the model normalises each window: revin)")
-            windows = [w.detach().cpu().double() for w in windows]
             for i, numbers in enumerate(stats):
                 values = np.asarray(_finite_numbers(numbers, "a window's mean and scale", 2 * c), dtype=np.float64)
                 if not (values[c:] > 0).all() or not (np.abs(values) <= _FLOAT32_MAX).all():
                     raise FormatError("timeseries side information: a window's scale must be positive and its mean "
                                       "and scale within float32's range")
-                level = torch.from_numpy(np.tile(values[:c], patch)), torch.from_numpy(np.tile(values[c:], patch))
-                w = windows[i].clone()
-                w[:, : self.settings.values_width] = w[:, : self.settings.values_width] * level[1] + level[0]
-                windows[i] = w
-        x = torch.cat(list(windows)).detach().cpu().double().numpy() if windows else np.zeros((0, width))
-        if x.ndim != 2 or x.shape[1] != width:
-            raise FormatError(f"timeseries windows must have {width} features per patch, got shape {tuple(x.shape)}")
+                windows[i] = self.leveled(windows[i], torch.from_numpy(values))
+        x = torch.cat(windows).numpy() if windows else np.zeros((0, width))
         if len(x) != -(-rows // patch):
             raise FormatError(f"timeseries: {len(x):,} patches decoded for {rows:,} rows "
                               f"({-(-rows // patch):,} patches of {patch})")
@@ -1021,13 +1029,11 @@ class TimeSeriesDomain(Domain):
         own (`cut`); without it, the windows concatenated."""
         if not self.settings.revin:
             return torch.cat(windows)
-        s, w = self.settings, self.settings.values_width
+        w = self.settings.values_width
         out = []
         for window in windows:
-            x = window[:, : 2 * w].clone()
-            stats = window[0, 2 * w :].double()
-            mean, scale = stats[: s.channels].repeat(s.patch), stats[s.channels :].repeat(s.patch)
-            x[:, :w] = (x[:, :w].double() * scale + mean).float() * (x[:, w:] > 0.5)
+            x = self.codec.leveled(window, window[0, 2 * w :]).float()
+            x[:, :w] *= x[:, w:] > 0.5  # unobserved values stay 0, as the codec reads them
             out.append(x)
         return torch.cat(out)
 
