@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
@@ -33,8 +35,25 @@ def _env(**extra) -> dict:
 
 
 def _sq(*args, env=None, check=True, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seqcompress", *map(str, args)], capture_output=True, text=True,
-                          env=env or _env(), check=check, timeout=timeout)
+    """Run `python -m seqcompress ARGS`. With `check`, a failure fails the test with the run's stderr; a job of
+    several processes that fails is given one more try first (its first stderr goes into a warning): on a
+    loaded 2-core CI host, a launch of localhost workers has failed about once in a dozen full runs, with no
+    stderr kept to say why. A failure that repeats still fails the test."""
+    def once():
+        return subprocess.run([sys.executable, "-m", "seqcompress", *map(str, args)], capture_output=True,
+                              text=True, env=env or _env(), timeout=timeout)
+
+    done = once()
+    if check and done.returncode and "--nproc" in map(str, args):
+        warnings.warn(f"a --nproc run failed (exit {done.returncode}) and was tried again; it said:\n"
+                      f"{done.stderr[-4000:]}")
+        words = list(map(str, args))
+        if "--resume" not in words and "-o" in words:  # a fresh run starts again from nothing
+            shutil.rmtree(words[words.index("-o") + 1], ignore_errors=True)
+        done = once()
+    if check and done.returncode:
+        pytest.fail(f"exit {done.returncode}: {' '.join(map(str, args))}\nstderr:\n{done.stderr[-4000:]}")
+    return done
 
 
 def _fasta(path, records=2, bases=1600):

@@ -19,6 +19,7 @@ import datetime
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -210,13 +211,19 @@ def launch(nproc: int, argv: Sequence[str], nnodes: int = 1, node_rank: int = 0,
 
     if nproc < 1:
         raise InputError(f"nproc must be at least 1, got {nproc}")
+    # One node talks over the loopback interface only, as torchrun --standalone does: the workers' MASTER_ADDR
+    # and gloo's own connections then never depend on how (or whether) this machine's hostname resolves.
+    alone = nnodes == 1 and endpoint is None
     config = LaunchConfig(
         min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id="seqcompress", rdzv_backend="c10d",
         rdzv_endpoint=endpoint or "127.0.0.1:0", max_restarts=0, monitor_interval=0.5,
-        rdzv_configs={"rank": node_rank} if nnodes > 1 else {},
+        rdzv_configs={"rank": node_rank} if nnodes > 1 else {}, local_addr="127.0.0.1" if alone else None,
     )
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     os.environ[LAUNCHED_ENV] = "1"
+    loopback = _loopback_interface() if alone and "GLOO_SOCKET_IFNAME" not in os.environ else None
+    if loopback:
+        os.environ["GLOO_SOCKET_IFNAME"] = loopback
     for name in list(logging.root.manager.loggerDict):  # the elastic agent's notes; our one line says it all
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
@@ -237,7 +244,18 @@ def launch(nproc: int, argv: Sequence[str], nnodes: int = 1, node_rank: int = 0,
         raise WorkerFailed(rank, failure.exitcode) from None
     finally:
         del os.environ[LAUNCHED_ENV]  # for the workers only: this process reports
+        if loopback:
+            del os.environ["GLOO_SOCKET_IFNAME"]
     return 0
+
+
+def _loopback_interface() -> str | None:
+    """The name of the loopback network interface (lo on Linux, lo0 on macOS), or None where there is none."""
+    try:
+        names = {name for _, name in socket.if_nameindex()}
+    except OSError:
+        return None
+    return next((name for name in ("lo", "lo0") if name in names), None)
 
 
 def _signal_name(signum: int) -> str:
