@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,24 +37,34 @@ def _env(**extra) -> dict:
 
 
 def _sq(*args, env=None, check=True, timeout=240) -> subprocess.CompletedProcess:
-    """Run `python -m seqcompress ARGS`. With `check`, a failure fails the test with the run's stderr; a job of
-    several processes that fails is given one more try first (its first stderr goes into a warning): on a
+    """Run `python -m seqcompress ARGS`. With `check`, a failure fails the test with the run's stderr; a fresh
+    job of several processes that fails is given one more try first (its first stderr goes into a warning): on a
     loaded 2-core CI host, a launch of localhost workers has failed about once in a dozen full runs, with no
-    stderr kept to say why. A failure that repeats still fails the test."""
-    def once():
-        return subprocess.run([sys.executable, "-m", "seqcompress", *map(str, args)], capture_output=True,
-                              text=True, env=env or _env(), timeout=timeout)
+    stderr kept to say why. A failure that repeats still fails the test. A run past `timeout` is stopped with
+    its whole process group, so no worker of it lingers into the next test."""
+    words = list(map(str, args))
 
+    def once():
+        with subprocess.Popen([sys.executable, "-m", "seqcompress", *words], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env or _env(), start_new_session=True) as proc:
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    out_dir = Path(words[words.index("-o") + 1]) if "-o" in words else None
+    fresh = out_dir is not None and not out_dir.exists() and "--resume" not in words
     done = once()
-    if check and done.returncode and "--nproc" in map(str, args):
+    if check and done.returncode and "--nproc" in words and fresh:
         warnings.warn(f"a --nproc run failed (exit {done.returncode}) and was tried again; it said:\n"
                       f"{done.stderr[-4000:]}")
-        words = list(map(str, args))
-        if "--resume" not in words and "-o" in words:  # a fresh run starts again from nothing
-            shutil.rmtree(words[words.index("-o") + 1], ignore_errors=True)
+        shutil.rmtree(out_dir, ignore_errors=True)  # made by the failed try: start again from nothing
         done = once()
     if check and done.returncode:
-        pytest.fail(f"exit {done.returncode}: {' '.join(map(str, args))}\nstderr:\n{done.stderr[-4000:]}")
+        pytest.fail(f"exit {done.returncode}: {' '.join(words)}\nstderr:\n{done.stderr[-4000:]}")
     return done
 
 
@@ -108,6 +120,33 @@ def test_one_process_collectives_are_the_identity_and_nproc_leaves_the_worker_co
     assert distributed.gather_bytes(b"ab\n") == [b"ab\n"]
     assert distributed.rank0_says(True) is True
     assert _without_nproc(["fit", "--nproc", "2", "x.fa", "--nproc=3", "-o", "m"]) == ["fit", "x.fa", "-o", "m"]
+
+
+def test_one_node_launches_on_loopback_and_leaves_the_environment_as_it_was(monkeypatch):
+    import torch.distributed.launcher.api as launcher
+
+    seen = {}
+
+    def fake_launch(config, entrypoint):
+        def run(*argv):
+            seen.update(local_addr=config.local_addr, endpoint=config.rdzv_endpoint, argv=argv,
+                        ifname=os.environ.get("GLOO_SOCKET_IFNAME"), launched=os.environ.get(distributed.LAUNCHED_ENV))
+        return run
+
+    monkeypatch.setattr(launcher, "elastic_launch", fake_launch)
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.delenv(distributed.LAUNCHED_ENV, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))  # launch sets it if unset
+    assert distributed.launch(2, ["fit", "x"]) == 0
+    assert seen["local_addr"] == "127.0.0.1" and seen["endpoint"] == "127.0.0.1:0"
+    assert seen["argv"] == ("-m", "seqcompress", "fit", "x") and seen["launched"] == "1"
+    assert seen["ifname"] == distributed._loopback_interface()
+    assert "GLOO_SOCKET_IFNAME" not in os.environ and distributed.LAUNCHED_ENV not in os.environ
+    # A user's own interface is kept, and a rendezvous across machines uses the machine's own address.
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "eth7")
+    assert distributed.launch(1, ["fit"], nnodes=2, endpoint="10.0.0.1:29400") == 0
+    assert seen["local_addr"] is None and seen["endpoint"] == "10.0.0.1:29400" and seen["ifname"] == "eth7"
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7"
 
 
 # ---- real processes -------------------------------------------------------------------------------------

@@ -91,7 +91,9 @@ def fit(
         distributed.start(chosen)
     try:
         distributed.agree(error)
-        return _train_and_save(*run, out_dir, resume, force, on_step, on_eval)
+        summary = _train_and_save(*run, out_dir, resume, force, on_step, on_eval)
+        distributed.finish()  # every rank waits for rank 0's save before any leaves the group
+        return summary
     finally:
         if parallel:
             distributed.stop()

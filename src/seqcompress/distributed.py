@@ -133,6 +133,14 @@ def start(device: torch.device) -> tuple[World, torch.device]:
     return world, device
 
 
+def finish() -> None:
+    """The last collective of a job that went well: no rank leaves the process group while another (rank 0,
+    saving the model) still belongs to it, so a worker never sees its peers' sockets close under it."""
+    if dist.is_available() and dist.is_initialized():
+        with peers_checked():
+            dist.barrier()
+
+
 def stop() -> None:
     """Leave the process group (at the end of a worker)."""
     if dist.is_available() and dist.is_initialized():
@@ -211,8 +219,9 @@ def launch(nproc: int, argv: Sequence[str], nnodes: int = 1, node_rank: int = 0,
 
     if nproc < 1:
         raise InputError(f"nproc must be at least 1, got {nproc}")
-    # One node talks over the loopback interface only, as torchrun --standalone does: the workers' MASTER_ADDR
-    # and gloo's own connections then never depend on how (or whether) this machine's hostname resolves.
+    # One node talks over the loopback interface only: the store's address the workers get (MASTER_ADDR) and
+    # gloo's own connections then never depend on how (or whether) this machine's hostname resolves, or on
+    # which network interface the hostname's address lands on.
     alone = nnodes == 1 and endpoint is None
     config = LaunchConfig(
         min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, run_id="seqcompress", rdzv_backend="c10d",
@@ -243,9 +252,9 @@ def launch(nproc: int, argv: Sequence[str], nnodes: int = 1, node_rank: int = 0,
             raise Stopped(signal.SIGINT if interrupted else signal.SIGTERM) from None
         raise WorkerFailed(rank, failure.exitcode) from None
     finally:
-        del os.environ[LAUNCHED_ENV]  # for the workers only: this process reports
+        os.environ.pop(LAUNCHED_ENV, None)  # for the workers only: this process reports
         if loopback:
-            del os.environ["GLOO_SOCKET_IFNAME"]
+            os.environ.pop("GLOO_SOCKET_IFNAME", None)
     return 0
 
 
