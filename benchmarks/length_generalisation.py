@@ -40,7 +40,7 @@ def main() -> None:
                         "(n_max = that length, the same symbols per step and steps) and evaluate it there")
     args = parser.parse_args()
 
-    domain = get_domain("dna")
+    domain = get_domain("dna", {"k": 1})  # one base per token, as measured
     data = domain.default_data()
     domain = domain.learn(data)
     stream = torch.cat(domain.load_windows(data, args.train_len))  # (T,) every base in file order

@@ -51,7 +51,7 @@ def main() -> int:
 
         model, sqz, back = tmp / "model", tmp / "in.sqz", tmp / "back.fa"
         sq("fit", "fit", "--domain", "dna", fasta, "-o", model, "--seq-len", args.seq_len, "--ratio", args.ratio,
-           "--positions", "t5", "--memory", args.memory, "--max-steps", args.steps, "-q")
+           "-D", "k=1", "--decay-epochs", 5, "--positions", "t5", "--memory", args.memory, "--max-steps", args.steps, "-q")
         sq("encode", "encode", "-m", model, fasta, "-o", sqz)
         sq("decode", "decode", "-m", model, sqz, "-o", back)
         evaluated = json.loads(sq("evaluate", "evaluate", "-m", model, fasta, "--json"))

@@ -196,7 +196,7 @@ def test_domains_lists_every_domain_and_its_settings():
 
     assert set(listing) == set(REGISTRY)
     dna = {s["key"]: s for s in listing["dna"]["settings"]}
-    assert dna["k"]["default"] == "1" and dna["k"]["when"] == "fit" and dna["qualities"]["when"] == "encode"
+    assert dna["k"]["default"] == "3" and dna["k"]["when"] == "fit" and dna["qualities"]["when"] == "encode"
     table = runner.invoke(app, ["domains"])
     assert table.exit_code == 0 and "qualities" in table.stdout and "patch" in table.stdout
 

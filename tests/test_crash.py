@@ -17,7 +17,7 @@ import pytest
 from seqcompress.atomic import STALE_SECONDS, atomic_open
 from seqcompress.errors import InputError
 
-TINY = ["--domain", "dna", "--seq-len", "16", "--d-model", "16", "--heads", "2", "--layers", "1", "--batch-size", "8"]
+TINY = ["--domain", "dna", "-D", "k=1", "--seq-len", "16", "--d-model", "16", "--heads", "2", "--layers", "1", "--batch-size", "8"]
 FASTA = ">r1 one\n" + "ACGTTGCAAGGCTTAC" * 40 + "\n>r2\n" + "GGCATTACGATCAGTT" * 30 + "\n"
 
 

@@ -27,7 +27,7 @@ from seqcompress.domain import TokenObjective
 from seqcompress.memory import MAX_STREAMS, Link
 from seqcompress.train import ShareOf, share_of
 
-TINY = ["--domain", "dna", "--seq-len", "64", "--d-model", "32", "--heads", "2", "--layers", "1", "--device", "cpu"]
+TINY = ["--domain", "dna", "-D", "k=1", "--seq-len", "64", "--d-model", "32", "--heads", "2", "--layers", "1", "--device", "cpu"]
 
 
 def _env(**extra) -> dict:

@@ -148,7 +148,7 @@ def test_settings_restore_old_states_and_name_the_parameter():
     old = {"name": "dna", "k": 6, "vocab_size": 4098, "tokens": "PAD MIXED then the 4096 6-mers", "training": {"seed": 0}}
     domain = DnaDomain.from_state(old)
     assert (domain.settings.k, domain.settings.qualities, domain.model_fields()) == (6, "keep", {"vocab_size": 4098})
-    assert DnaDomain().state() == {"name": "dna", "k": 1, "qualities": "keep"}
+    assert DnaDomain().state() == {"name": "dna", "k": 3, "qualities": "keep"}  # 3-mers: docs/dna.md, "Settings"
     assert DnaSettings.encode_names() == ["qualities"]
     assert DnaSettings.parse({"k": "3", "qualities": "drop"}) == {"k": 3, "qualities": "drop"}
     with pytest.raises(InputError, match=r"^k \(the k-mer size\) must be an integer from 1 to 6, got 7$"):
@@ -157,6 +157,24 @@ def test_settings_restore_old_states_and_name_the_parameter():
         DnaSettings(k=True)
     with pytest.raises(InputError, match="^qualities must be 'keep' or 'drop', got 'lose'$"):
         DnaDomain().with_settings(qualities="lose")
+
+
+def test_fit_takes_the_domains_schedule_unless_one_is_given(tmp_path):
+    """DNA's measured defaults: 3-mer tokens and the learning rate falling over 50 epochs (the paper's 5
+    elsewhere); a schedule given by the caller is kept."""
+    from seqcompress.api import _prepare
+    from seqcompress.domains.text import TextDomain
+    from seqcompress.train import TrainOptions
+
+    def decay(domain, options):
+        return _prepare(domain, None, tmp_path / "m", 16, 0.5, None, None, options, False, False, None)[2].decay_epochs
+
+    assert DnaDomain().settings.k == 3
+    assert decay(DnaDomain(), TrainOptions(max_steps=1)) == 50.0
+    assert decay(DnaDomain(), TrainOptions(max_steps=1, decay_epochs=2)) == 2.0
+    assert decay(TextDomain(), TrainOptions(max_steps=1)) == 5.0
+    with pytest.raises(InputError, match="^decay_epochs must be positive, got 0$"):
+        TrainOptions(max_steps=1, decay_epochs=0)
 
 
 # ---- exact round trips with a perfect model ---------------------------------------------------
@@ -582,7 +600,7 @@ def logits_for(ids: list[list[int]], vocab: int) -> torch.Tensor:
 
 
 def test_metrics_on_a_hand_made_batch():
-    objective = DnaDomain().objective
+    objective = DnaDomain(DnaSettings(k=1)).objective
     assert isinstance(objective, DnaObjective) and objective.metric_name == "base_accuracy"
     # A C G T N OTHER | T T (pad)
     target = torch.tensor([[1, 2, 3, 4, 5, 6], [4, 4, 0, 0, 0, 0]])
@@ -612,9 +630,9 @@ def test_kmer_metrics_count_bases_within_tokens():
 
 
 def test_render_shows_bases_and_marks_side_information():
-    assert DnaDomain().render(torch.tensor([1, 2, 3, 4, 5, OTHER_ID, 1])) == "ACGTN?A"
+    assert DnaDomain(DnaSettings(k=1)).render(torch.tensor([1, 2, 3, 4, 5, OTHER_ID, 1])) == "ACGTN?A"
     assert DnaDomain(DnaSettings(k=3)).render(torch.tensor([2 + 0b000110, MIXED_ID])) == "ACG???"
-    assert DnaDomain().render(torch.ones(200, dtype=torch.long), limit=20) == "A" * 17 + "..."
+    assert DnaDomain(DnaSettings(k=1)).render(torch.ones(200, dtype=torch.long), limit=20) == "A" * 17 + "..."
 
 
 # ---- end to end: train, encode to .sqz, decode ----------------------------------------------------
@@ -624,7 +642,7 @@ def test_fit_encode_decode_keeps_the_file_structure(tmp_path):
     from seqcompress.model import load_model
     from seqcompress.train import TrainOptions
 
-    summary = fit(DnaDomain(), [bundled("yeast_sample.fa.gz")], tmp_path / "model", seq_len=64, ratio=0.5,
+    summary = fit(DnaDomain(DnaSettings(k=1)), [bundled("yeast_sample.fa.gz")], tmp_path / "model", seq_len=64, ratio=0.5,
                   model_options={"d_model": 32, "heads": 2, "layers": 1, "ffn_dim": 64, "latent_dim": 32},
                   options=TrainOptions(epochs=None, max_steps=5))
     assert summary["metric"] == "base_accuracy" and 0 <= summary["value"] <= 1
@@ -654,7 +672,7 @@ def test_cli_fit_encode_decode_on_a_fasta_keeps_ids_lengths_and_layout(tmp_path)
     runner = CliRunner()
     fasta = tmp_path / "yeast.fasta"
     fasta.write_bytes(gzip.decompress(bundled("yeast_sample.fa.gz").read_bytes()))
-    tiny = ["--seq-len", "64", "--d-model", "32", "--heads", "2", "--layers", "1", "--max-steps", "3"]
+    tiny = ["-D", "k=1", "--seq-len", "64", "--d-model", "32", "--heads", "2", "--layers", "1", "--max-steps", "3"]
     r = runner.invoke(app, ["fit", "--domain", "dna", str(fasta), "-o", str(tmp_path / "m"), *tiny, "--json"])
     assert r.exit_code == 0, r.stderr
     r = runner.invoke(app, ["encode", "-m", str(tmp_path / "m"), str(fasta), "-o", str(tmp_path / "y.sqz"), "--json"])

@@ -256,7 +256,8 @@ def real_pieces(csv_domain):
     sf.write(wav, np.stack([0.3 * np.sin(2 * np.pi * 300 * t)] * 2, axis=1), 16000, format="WAVEX", subtype="PCM_16")
     text = scratch(b"first document here.\n\nsecond one, longer than the first.\n", ".txt")
     real = {
-        "dna": (DnaDomain(), read_all(DnaDomain(), scratch(FASTQ, ".fq"), 4), "out.fq"),
+        "dna": (DnaDomain(DnaSettings(k=1)), read_all(DnaDomain(DnaSettings(k=1)), scratch(FASTQ, ".fq"), 4), "out.fq"),
+        "dna3": (DnaDomain(), read_all(DnaDomain(), scratch(FASTQ, ".fq"), 4), "out.fq"),
         "timeseries": (csv_domain, read_all(csv_domain, scratch(CSV.encode(), ".csv"), 2), "out.csv"),
         "audio": (audio, read_all(audio, wav, 4), "out.wav"),
         "text": (TextDomain(), read_all(TextDomain(), text, 4), "out.txt"),
@@ -267,7 +268,7 @@ def real_pieces(csv_domain):
 
 
 @FUZZ
-@given(st.sampled_from(["dna", "timeseries", "audio", "text"]), st.data())
+@given(st.sampled_from(["dna", "dna3", "timeseries", "audio", "text"]), st.data())
 def test_fuzz_side_information_reaching_the_writer(real_pieces, name, data):
     domain, pieces, out = real_pieces[name]
     index = data.draw(st.integers(0, len(pieces) - 1))
@@ -280,7 +281,7 @@ def test_fuzz_side_information_reaching_the_writer(real_pieces, name, data):
 
 
 @FUZZ
-@given(st.sampled_from(["dna", "timeseries", "audio", "text"]), JSON)
+@given(st.sampled_from(["dna", "dna3", "timeseries", "audio", "text"]), JSON)
 def test_fuzz_whole_sides_of_garbage(real_pieces, name, garbage):
     domain, pieces, out = real_pieces[name]
     windows, side, *_ = pieces[0]
@@ -300,7 +301,7 @@ LEGACY_FASTQ = {"exact": [[], [[4, 1, "R"], [5, 1, "Y"]]], "final_newline": True
 def test_fuzz_format1_side_information(real_pieces, data):
     name = data.draw(st.sampled_from(["dna", "timeseries", "audio"]))
     if name == "dna":
-        domain, side, out = DnaDomain(), LEGACY_FASTQ, "out.fq"
+        domain, side, out = DnaDomain(DnaSettings(k=1)), LEGACY_FASTQ, "out.fq"
         windows = [torch.randint(1, 6, (n,)) for n in (16, 10)]
     else:
         domain, pieces, out = real_pieces[name]

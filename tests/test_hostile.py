@@ -46,7 +46,7 @@ _CHILD = textwrap.dedent("""
 
 
 def _model(directory: Path, **changes) -> Path:
-    domain = get_domain("dna")
+    domain = get_domain("dna", {"k": 1})
     config = ModelConfig(**{**dict(n_max=16, ratio=0.5, d_model=16, heads=2, layers=1, ffn_dim=32, latent_dim=16),
                             **changes, **domain.model_fields()})
     build_model(config, seed=0).save(directory, domain=domain.state())

@@ -248,7 +248,7 @@ def test_dna_records_and_audio_channels_are_marked(tmp_path):
 
     fasta = tmp_path / "r.fa"
     fasta.write_text(">a\n" + "ACGT" * 5 + "\n>b\n" + "GATC" * 3 + "\n")
-    links = [link for _, link in get_domain("dna").linked_windows([fasta], 8)]
+    links = [link for _, link in get_domain("dna", {"k": 1}).linked_windows([fasta], 8)]
     assert links == [Link(0, True), Link(0), Link(0), Link(0, True), Link(0)]
     wav = tmp_path / "s.wav"
     sf.write(wav, np.zeros((16000, 2), dtype=np.float32), 16000)
@@ -299,8 +299,8 @@ def test_a_long_fasta_round_trips_with_memory_from_the_cli(tmp_path):
                               env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
     model = tmp_path / "m"
-    sq("fit", "--domain", "dna", fasta, "-o", model, "--seq-len", 64, "--d-model", 32, "--heads", 2, "--layers", 1,
-       "--positions", "t5", "--memory", 64, "--max-steps", 20, "--batch-size", 16, "-q")
+    sq("fit", "--domain", "dna", fasta, "-o", model, "-D", "k=1", "--seq-len", 64, "--d-model", 32, "--heads", 2,
+       "--layers", 1, "--positions", "t5", "--memory", 64, "--max-steps", 20, "--batch-size", 16, "-q")
     assert json.loads((model / "config.json").read_text())["model"]["memory"] == 64
     sq("encode", "-m", model, fasta, "-o", tmp_path / "y.sqz")
     sq("decode", "-m", model, tmp_path / "y.sqz", "-o", tmp_path / "back.fa")

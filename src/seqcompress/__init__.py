@@ -1,7 +1,7 @@
 """seqcompress: shorten sequences into latent sequences with a reducing-attention autoencoder, and rebuild them.
 
     import seqcompress
-    summary = seqcompress.fit("dna", ["genome.fa"], "dna_model", seq_len=512, ratio=0.25, max_minutes=10)
+    summary = seqcompress.fit("dna", ["genome.fa"], "dna_model", seq_len=512, ratio=0.75, max_minutes=10)
     c = seqcompress.load("dna_model")
     c.encode_file("reads.fa", "reads.sqz")
     c.decode_file("reads.sqz", "back.fa")

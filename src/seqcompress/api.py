@@ -177,6 +177,8 @@ def _prepare(domain, paths, out_dir: Path, seq_len, ratio, latent_len, model_opt
         options = options or TrainOptions()
         if device is not None:
             options = replace(options, device=device)
+        if options.decay_epochs is None:  # recorded as chosen, so a resumed run keeps its schedule
+            options = replace(options, decay_epochs=domain.default_decay_epochs)
         if (out_dir / CONFIG_FILE).exists() and not force:
             raise InputError(f"{out_dir} already holds a model; set force to replace it or resume to continue it")
         if (ckpt / STATE_FILE).exists() and not force:

@@ -17,7 +17,7 @@ class TrainOptions:
     batch_size: int = DEFAULT_BATCH  # windows per step; small batches leave the early plateau sooner on CPU
     lr: float = 1e-3  # initial learning rate (paper: 1e-3)
     lr_end: float = 1e-4  # learning rate after the decay (paper: 1e-4)
-    decay_epochs: float = 5.0  # epochs of linear decay (paper: 5)
+    decay_epochs: float | None = None  # epochs of linear decay; None: the domain's (paper and most domains: 5)
     warmup_steps: int = 0  # optional linear warm-up steps before the decay
     weight_decay: float = 0.01
     grad_clip: float = 1.0
@@ -53,6 +53,8 @@ class TrainOptions:
             raise InputError(f"log_every must be at least 1, got {self.log_every}")
         if self.sampled_softmax < 0:
             raise InputError(f"sampled_softmax must be 0 (off) or a number of drawn tokens, got {self.sampled_softmax}")
+        if self.decay_epochs is not None and not self.decay_epochs > 0:
+            raise InputError(f"decay_epochs must be positive, got {self.decay_epochs}")
         if self.grad_accum < 1:
             raise InputError(f"grad_accum must be at least 1, got {self.grad_accum}")
         if self.shuffle_buffer < 1:

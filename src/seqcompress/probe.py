@@ -36,7 +36,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -442,7 +442,10 @@ class Probe:
 
     def _options(self, seq_len: int, seed: int = 0) -> TrainOptions:
         batch = {"batch_size": max(1, self.plan.batch_tokens // seq_len)} if self.plan.batch_tokens else {}
-        return TrainOptions(**{"val_fraction": 0.02, **self.plan.training, **batch, "seed": seed})
+        options = TrainOptions(**{"val_fraction": 0.02, **self.plan.training, **batch, "seed": seed})
+        if options.decay_epochs is None:  # a plan that names no schedule takes the domain's
+            options = replace(options, decay_epochs=self.domain.default_decay_epochs)
+        return options
 
     def _block(self, seq_len: int) -> int:
         """Windows held out together: a training run when memory variants run (`run_windows`), else 1."""

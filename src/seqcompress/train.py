@@ -39,6 +39,7 @@ from seqcompress import distributed, faults
 from seqcompress.atomic import atomic_directory
 from seqcompress.attention import length_mask
 from seqcompress.compress import collate
+from seqcompress.defaults import PAPER_DECAY_EPOCHS
 from seqcompress.distributed import World
 from seqcompress.domain import Domain, Objective, real_positions
 from seqcompress.errors import InputError, ModelFileError, SeqCompressError
@@ -467,7 +468,8 @@ class _Schedule:
     """Linear warm-up, then linear decay lr -> lr_end over `decay_steps`, then constant."""
 
     def __init__(self, opts: TrainOptions, steps_per_epoch: int) -> None:
-        self.opts, self.decay_steps = opts, max(1, round(opts.decay_epochs * steps_per_epoch))
+        decay = PAPER_DECAY_EPOCHS if opts.decay_epochs is None else opts.decay_epochs  # `fit` gives the domain's
+        self.opts, self.decay_steps = opts, max(1, round(decay * steps_per_epoch))
 
     def __call__(self, step: int) -> float:
         o = self.opts

@@ -29,7 +29,7 @@ def fit(
     batch_size: int = TRAIN_BATCH,
     lr: float = LR,
     lr_end: float = LR_END,
-    decay_epochs: float = DECAY_EPOCHS,
+    decay_epochs: Optional[float] = DECAY_EPOCHS,
     warmup_steps: int = typer.Option(0, "--warmup-steps", help="Linear warm-up steps."),
     d_model: int = D_MODEL,
     heads: int = HEADS,

@@ -12,7 +12,8 @@ from seqcompress.options import TrainOptions
 # The options `fit` and `probe` share, defined once, with the defaults of the dataclasses that take them.
 LR = typer.Option(TrainOptions.lr, "--lr", help=f"Initial learning rate (paper: 1e-3).")
 LR_END = typer.Option(TrainOptions.lr_end, "--lr-end", help="Learning rate after the decay (paper: 1e-4).")
-DECAY_EPOCHS = typer.Option(TrainOptions.decay_epochs, "--decay-epochs", help="Epochs of linear LR decay (paper: 5).")
+DECAY_EPOCHS = typer.Option(None, "--decay-epochs", help="Epochs of linear LR decay; default: the domain's "
+                            "(paper: 5; dna: 50, measured in docs/dna.md).")
 TRAIN_BATCH = typer.Option(TrainOptions.batch_size, "--batch-size", help="Windows per optimizer step.")
 D_MODEL = typer.Option(256, "--d-model", help="Model width.")
 HEADS = typer.Option(4, "--heads", help="Attention heads.")

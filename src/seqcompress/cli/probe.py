@@ -86,7 +86,7 @@ def probe(
                                         "baselines, model and budget (docs/reproduction.md)."),
     lr: float = LR,
     lr_end: float = LR_END,
-    decay_epochs: float = DECAY_EPOCHS,
+    decay_epochs: Optional[float] = DECAY_EPOCHS,
     d_model: int = D_MODEL,
     heads: int = HEADS,
     layers: int = LAYERS,
@@ -133,6 +133,8 @@ def probe(
     if sampled_softmax:
         training["sampled_softmax"] = sampled_softmax
     dom = make_domain(domain, domain_options(domain_option, domain, tokenizer))
+    if training["decay_epochs"] is None:  # the plan records the schedule it ran
+        training["decay_epochs"] = dom.default_decay_epochs
     if cells:
         plan_cells = parse_cells(cells)
     else:

@@ -13,7 +13,7 @@ for byte up to the bases the model gets wrong:
 - FASTQ: the '+' lines and quality strings, unless `qualities` is "drop", in which case the writer
   produces FASTA.
 
-Tokens (k = 1, the default): PAD=0 (never read), A=1, C=2, G=3, T=4, N=5, OTHER=6. With k > 1, a record
+Tokens (k = 1; the default is k = 3, below): PAD=0 (never read), A=1, C=2, G=3, T=4, N=5, OTHER=6. With k > 1, a record
 is cut into non-overlapping k-base chunks: a chunk of k plain A/C/G/T bases is one of 4^k k-mer tokens
 (ids 2 .. 4^k + 1), anything else (an N, a rare IUPAC code, or the record's last chunk when shorter than
 k) is MIXED=1 and its exact bases are side information.
@@ -836,7 +836,8 @@ def _fragment_length(frag: object) -> int:
 # ---- settings, codec, objective, domain -----------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class DnaSettings(Settings):
-    k: int = option(1, f"k-mer size: bases per token, 1 to {MAX_K} (vocabulary 7 for k = 1, 4^k + 2 above)")
+    k: int = option(3, f"k-mer size: bases per token, 1 to {MAX_K} (vocabulary 7 for k = 1, 4^k + 2 above); "
+                    "3 measured best at equal floats per base (docs/dna.md)")
     qualities: str = option("keep", "FASTQ quality strings: keep, or drop (the decoded file is then FASTA)",
                             encode=True)
 
@@ -988,6 +989,9 @@ class DnaDomain(Domain):
     name = "dna"
     settings_class = DnaSettings
     default_seq_len = 512
+    # Held-out species, 5 minutes: 3-mers at ratio 1/2 reach 0.941 when the rate falls over 5 epochs and 0.987
+    # over 50 (docs/dna.md, "Settings"): on DNA the model keeps learning fast at 1e-3 long after the paper's decay.
+    default_decay_epochs = 50.0
 
     settings: DnaSettings
 
