@@ -28,8 +28,8 @@ fi
 # Paragraphs of the bundled Wikipedia sample (CC BY-SA), one per line, at most 400 characters each.
 "$PY" - "$CACHE/paragraphs.txt" <<'PYEOF'
 import sys
-from seqcompress.domains.text import sample_path
-docs = [d.strip().replace("\n", " ") for d in sample_path().read_text(encoding="utf-8").split("\n\n") if d.strip()]
+from seqcompress.domain import bundled
+docs = [d.strip().replace("\n", " ") for d in bundled("wiki_sample.txt").read_text(encoding="utf-8").split("\n\n") if d.strip()]
 with open(sys.argv[1], "w", encoding="utf-8") as f:
     for d in docs[:120]:
         f.write(d[:400].rsplit(" ", 1)[0] + "\n")

@@ -147,6 +147,25 @@ def test_dct_is_orthonormal_and_matches_the_matrix_definition():
     torch.testing.assert_close(dct(x).square().sum(-1), x.square().sum(-1))  # Parseval
 
 
+def test_a_model_started_as_the_dct_keeps_each_frames_lowest_coefficients():
+    from seqcompress.model import ModelConfig, build_model
+
+    domain = audio(AudioSettings(frame_ms=1.0))  # 16 samples a frame
+    s = domain.settings.frame_samples
+    basis = domain.feature_basis()
+    assert torch.allclose(basis @ basis.T, torch.eye(s + 1, dtype=torch.float64), atol=1e-12)
+    config = ModelConfig(n_max=8, ratio=1.0, d_model=32, heads=4, layers=2, ffn_dim=64, latent_dim=5,
+                         feature_dim=s + 1, resize_init="dct")
+    model = build_model(config, seed=0, feature_basis=basis).eval()
+    samples = torch.randn(2, 8, s)
+    x = torch.cat([samples, torch.ones(2, 8, 1)], dim=2)
+    with torch.no_grad():
+        out, _, _ = model(x, torch.full((2,), 8))
+    kept = dct(samples.double())
+    kept[..., 5:] = 0  # the 5 stored floats of a frame: its 5 lowest DCT coefficients, a low-pass
+    assert torch.allclose(out[..., :s].double(), idct(kept), atol=1e-5)
+
+
 def test_mu_law_round_trip_error_is_small_near_zero_and_codes_span_8_bits():
     x = torch.linspace(-1, 1, 1001)
     codes = mu_law_encode(x)

@@ -199,6 +199,33 @@ def test_a_dct_model_trains_from_the_dct_and_saves_and_loads(tmp_path):
     assert torch.equal(loaded(x, lengths)[0], model.eval()(x, lengths)[0])
 
 
+def test_a_dct_start_in_a_feature_basis_keeps_the_leading_basis_coefficients():
+    config = tiny_config(vocab_size=0, feature_dim=4, latent_dim=2, n_max=8, ratio=1.0, resize_init="dct")
+    basis, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64))  # orthonormal columns
+    basis = basis.T  # rows: the basis vectors
+    model = build_model(config, seed=0, feature_basis=basis).eval()
+    x = torch.randn(3, 8, 4)
+    with torch.no_grad():
+        out, _, _ = model(x, torch.full((3,), 8))
+    # ratio 1 keeps every position: each symbol keeps its first two coordinates in the basis, nothing else
+    expected = (x.double() @ basis[:2].T) @ basis[:2]
+    assert torch.allclose(out.double(), expected, atol=1e-5)
+    identity = build_model(config, seed=0).eval()
+    with torch.no_grad():
+        plain, _, _ = identity(x, torch.full((3,), 8))
+    assert torch.allclose(plain[..., :2], x[..., :2], atol=1e-5) and not torch.allclose(plain, out, atol=1e-3)
+
+
+@pytest.mark.parametrize("basis, message", [
+    (torch.eye(3), "4 x 4"),
+    (2 * torch.eye(4), "orthonormal"),
+])
+def test_a_feature_basis_that_is_not_an_orthonormal_square_is_refused(basis, message):
+    config = tiny_config(vocab_size=0, feature_dim=4, latent_dim=2, n_max=8, ratio=0.5, resize_init="dct")
+    with pytest.raises(InputError, match=message):
+        build_model(config, seed=0, feature_basis=basis)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"vocab_size": 50}, "token inputs"),
     ({"feature_dim": 2, "vocab_size": 0, "resize": "relative"}, "absolute"),

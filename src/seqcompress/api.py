@@ -102,7 +102,7 @@ def fit(
 def _train_and_save(domain: Domain, data: list[Path], options: TrainOptions, config: ModelConfig, out_dir: Path,
                     resume: bool, force: bool, on_step, on_eval) -> dict:
     world = distributed.current()
-    model = build_model(config, seed=options.seed)
+    model = build_model(config, seed=options.seed, feature_basis=domain.feature_basis())
     # Absolute paths: a resume may start in another working directory (a cron job, a CI step).
     record = {"model": asdict(config), "domain": domain.state(), "data": [str(p.resolve()) for p in data]}
     with distributed.peers_checked():

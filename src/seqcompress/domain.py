@@ -347,6 +347,12 @@ class Domain(ABC):
     def model_fields(self) -> dict:
         """ModelConfig fields this domain fixes: {"vocab_size": V} or {"feature_dim": F}."""
 
+    def feature_basis(self) -> torch.Tensor | None:
+        """Vector domains: the orthonormal basis (F x F, rows most important first) in which a model started
+        as the truncated DCT (`--resize-init dct`) carries each symbol's F features, so that the latent_dim
+        features it keeps are the most important ones. None: the features as they are, in their order."""
+        return None
+
     @abstractmethod
     def default_data(self) -> list[Path]:
         """The small sample bundled in the package, used when no data file is given."""

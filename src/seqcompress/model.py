@@ -248,8 +248,14 @@ class SequenceAutoencoder(nn.Module):
             self.start_as_dct()
 
     @torch.no_grad()
-    def start_as_dct(self) -> None:
+    def start_as_dct(self, basis: torch.Tensor | None = None) -> None:
         """Make this model compute the truncated DCT along the sequence: the classical codec it starts from.
+
+        `basis` (feature_dim x feature_dim, orthonormal rows, most important first; default the identity) is
+        the order in which the width carries a symbol's features: channel f holds <basis[f], x> and the head
+        maps back with its transpose. A domain whose feature vector is itself a signal (an audio frame) gives
+        its transform here (`Domain.feature_basis`), so that keeping the first latent_dim channels keeps the
+        frame's lowest coefficients, not its first samples.
 
         Input feature f is carried in channel f of the width (the embedding, the head and the latent maps are
         identities on their first channels), every block's attention and feed-forward branch starts at zero
@@ -261,9 +267,18 @@ class SequenceAutoencoder(nn.Module):
         leading rows of the same matrices, close to its own DCT but not equal."""
         c = self.config
         eye = lambda rows, cols: torch.eye(rows, cols)  # noqa: E731
-        self.embed.weight.copy_(eye(c.d_model, c.feature_dim))
+        carried = eye(c.d_model, c.feature_dim)  # (d_model, F): channel f <- feature f
+        if basis is not None:
+            basis = torch.as_tensor(basis, dtype=torch.float64)
+            if basis.shape != (c.feature_dim, c.feature_dim):
+                raise InputError(f"a feature basis for the DCT start must be {c.feature_dim} x {c.feature_dim}, "
+                                 f"got {tuple(basis.shape)}")
+            if not torch.allclose(basis @ basis.T, torch.eye(c.feature_dim, dtype=torch.float64), atol=1e-6):
+                raise InputError("a feature basis for the DCT start must have orthonormal rows")
+            carried = carried.double() @ basis
+        self.embed.weight.copy_(carried)
         self.embed.bias.zero_()
-        self.head.weight.copy_(eye(c.feature_dim, c.d_model))
+        self.head.weight.copy_(carried.T)
         self.head.bias.zero_()
         for linear in (self.to_latent, self.from_latent):
             if isinstance(linear, nn.Linear):
@@ -627,10 +642,14 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     return model.to(device).eval(), meta
 
 
-def build_model(config: ModelConfig, seed: int = 0) -> SequenceAutoencoder:
-    """A freshly initialised model, seeded for reproducibility."""
+def build_model(config: ModelConfig, seed: int = 0, feature_basis: torch.Tensor | None = None) -> SequenceAutoencoder:
+    """A freshly initialised model, seeded for reproducibility; a "dct" start carries the features in
+    `feature_basis` (the domain's, `Domain.feature_basis`; see `SequenceAutoencoder.start_as_dct`)."""
     torch.manual_seed(seed)
     try:
-        return SequenceAutoencoder(config)
+        model = SequenceAutoencoder(config)
     except ValueError as exc:  # an option value a kernel, scheme or resize refuses
         raise InputError(str(exc)) from None
+    if config.resize_init == "dct" and feature_basis is not None:
+        model.start_as_dct(feature_basis)
+    return model

@@ -38,7 +38,7 @@ import torch
 from seqcompress.domain import (
     Codec, Domain, Objective, Piece, Settings, SideCheck, Writer, bundled, check_data_paths, option, shorten,
 )
-from seqcompress.domains.audio_signal import Resampler, fit_length, log_mel, multi_resolution_stft_loss, resample
+from seqcompress.domains.audio_signal import Resampler, dct, fit_length, log_mel, multi_resolution_stft_loss, resample
 from seqcompress.errors import FormatError, InputError
 from seqcompress.memory import Link
 
@@ -788,6 +788,16 @@ class AudioDomain(Domain):
 
     def model_fields(self) -> dict:
         return {"feature_dim": self.settings.frame_samples + 1}
+
+    def feature_basis(self) -> torch.Tensor:
+        """A frame's orthonormal DCT-II (coefficient k of the frame's S samples in channel k, lowest first), then
+        the real-share feature: a model started as the DCT (`--resize-init dct`) then keeps each frame's lowest
+        latent_dim coefficients, a low-pass like the probe's `dct` codec, instead of its first samples."""
+        s = self.settings.frame_samples
+        basis = torch.zeros(s + 1, s + 1, dtype=torch.float64)
+        basis[:s, :s] = dct(torch.eye(s, dtype=torch.float64)).T  # row k: the k-th DCT-II basis vector
+        basis[s, s] = 1.0
+        return basis
 
     def default_data(self) -> list[Path]:
         """The bundled sample: 5 s of espeak-ng speech, 16 kHz mono 16-bit FLAC (seqcompress/data/NOTICE.md)."""
