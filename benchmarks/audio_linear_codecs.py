@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 
 import numpy as np
 import soundfile as sf
 import torch
 
+from seqcompress.domains.audio import SILENCE_POWER, SISDR_CAP
 from seqcompress.domains.audio_signal import dct, idct, resample
-
-SILENCE_POWER = 1e-10  # the audio domain's: windows quieter than this are skipped
 
 
 def windows(paths: list[str], rate: int, length: int) -> torch.Tensor:
@@ -49,16 +49,19 @@ def windows(paths: list[str], rate: int, length: int) -> torch.Tensor:
 
 
 def si_sdr(y: torch.Tensor, x: torch.Tensor) -> float:
+    """Reconstructions y and windows x (W, N) -> mean SI-SDR (dB) of the non-silent windows, each capped at
+    +-SISDR_CAP: `AudioObjective.totals`'s definition for full windows."""
     energy = x.square().sum(1)
     audible = energy > SILENCE_POWER * x.shape[1]
     alpha = (y * x).sum(1) / energy.clamp(min=1e-300)
     projected = alpha.square() * energy
     residual = (y - alpha[:, None] * x).square().sum(1)
-    value = (10 * torch.log10(projected.clamp(min=1e-300) / residual.clamp(min=1e-300))).clamp(-100, 100)
+    value = (10 * torch.log10(projected.clamp(min=1e-300) / residual.clamp(min=1e-300))).clamp(-SISDR_CAP, SISDR_CAP)
     return float(value[audible].mean())
 
 
 def keep_low(c: torch.Tensor, k: int) -> torch.Tensor:
+    """Coefficients (..., N) -> the same with all but the first k zeroed."""
     out = torch.zeros_like(c)
     out[..., :k] = c[..., :k]
     return out
@@ -111,7 +114,7 @@ def main() -> None:
     print(json.dumps({"benchmark": "audio_linear_codecs", "rate": args.rate, "frame_samples": frame,
                       "seq_len": args.seq_len, "latent_dim": args.latent_dim, "train_windows": len(train),
                       "test_windows": len(test), "metric": "si_sdr_db", "cells": cells,
-                      "machine": {"processor": platform.machine(), "torch": torch.__version__}}, indent=1))
+                      "machine": {"processor": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__}}, indent=1))
 
 
 if __name__ == "__main__":
