@@ -199,7 +199,8 @@ _SCHEME1_FIELDS = ("n_max", "ratio", "d_model", "heads", "layers", "ffn_dim", "l
 
 
 class SequenceAutoencoder(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, feature_basis: torch.Tensor | None = None) -> None:
+        """A fresh model of `config`; a "dct" start carries the features in `feature_basis` (`start_as_dct`)."""
         super().__init__()
         self.config = c = config
         scheme = POSITIONS[c.positions]
@@ -245,7 +246,7 @@ class SequenceAutoencoder(nn.Module):
         # Token domains: logits through the (tied) embedding matrix; vector domains: a linear map back.
         self.head = None if c.vocab_size else nn.Linear(c.d_model, c.feature_dim)
         if c.resize_init == "dct":
-            self.start_as_dct()
+            self.start_as_dct(feature_basis)
 
     @torch.no_grad()
     def start_as_dct(self, basis: torch.Tensor | None = None) -> None:
@@ -257,14 +258,14 @@ class SequenceAutoencoder(nn.Module):
         its transform here (`Domain.feature_basis`), so that keeping the first latent_dim channels keeps the
         frame's lowest coefficients, not its first samples.
 
-        Input feature f (coordinate f in `basis`, below) is carried in channel f of the width (the embedding, the head and the latent maps are
-        identities on their first channels), every block's attention and feed-forward branch starts at zero
-        (its output layer is zero: the residual passes unchanged, and training moves it from there), positions
-        start at zero, and W_S/W_E are the DCT and its inverse (`resize_init` "dct"). A window of n_max symbols
-        then keeps, per feature, its m lowest DCT coefficients, the first latent_dim features of each latent
-        row being stored: with one value per feature and latent_dim features stored, that is exactly the
-        truncated DCT at the same number of stored floats (tests/test_model.py); a shorter window gets the
-        leading rows of the same matrices, close to its own DCT but not equal."""
+        Input feature f (coordinate f in `basis`) is carried in channel f of the width (the embedding, the head
+        and the latent maps are identities on their first channels), every block's attention and feed-forward
+        branch starts at zero (its output layer is zero: the residual passes unchanged, and training moves it
+        from there), positions start at zero, and W_S/W_E are the DCT and its inverse (`resize_init` "dct"). A
+        window of n_max symbols then keeps, per feature, its m lowest DCT coefficients, the first latent_dim
+        features of each latent row being stored: with one value per feature and latent_dim features stored,
+        that is exactly the truncated DCT at the same number of stored floats (tests/test_model.py); a shorter
+        window gets the leading rows of the same matrices, close to its own DCT but not equal."""
         c = self.config
         eye = lambda rows, cols: torch.eye(rows, cols)  # noqa: E731
         carried = eye(c.d_model, c.feature_dim)  # (d_model, F): channel f <- feature f
@@ -642,14 +643,12 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     return model.to(device).eval(), meta
 
 
-def build_model(config: ModelConfig, seed: int = 0, feature_basis: torch.Tensor | None = None) -> SequenceAutoencoder:
+def build_model(config: ModelConfig, seed: int = 0,
+                feature_basis: torch.Tensor | None = None) -> SequenceAutoencoder:
     """A freshly initialised model, seeded for reproducibility; a "dct" start carries the features in
     `feature_basis` (the domain's, `Domain.feature_basis`; see `SequenceAutoencoder.start_as_dct`)."""
     torch.manual_seed(seed)
     try:
-        model = SequenceAutoencoder(config)
+        return SequenceAutoencoder(config, feature_basis)
     except ValueError as exc:  # an option value a kernel, scheme or resize refuses
         raise InputError(str(exc)) from None
-    if config.resize_init == "dct" and feature_basis is not None:
-        model.start_as_dct(feature_basis)
-    return model
