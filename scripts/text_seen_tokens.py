@@ -1,8 +1,9 @@
 """Held-out token accuracy of a text model split by whether each token occurs in the training windows.
 
 A held-out token that never occurs in the windows a model trained on has an embedding that training never
-moved toward it (only away, as a negative), so no model of this kind rebuilds it; on a small corpus these
-tokens cap the accuracy. This script measures that cap on the held-out split a run recorded.
+moved toward it (only away, as a negative), so a model trained without token noise (`fit --token-noise`)
+does not rebuild it; on a small corpus these tokens cap the accuracy. This script measures that cap, and
+how much of it a run got back, on the held-out split the run recorded.
 
 Usage: python scripts/text_seen_tokens.py RUN_DIR [--json OUT]
 RUN_DIR is a `seqcompress fit` output directory: its model, or, when the run was stopped before saving one,

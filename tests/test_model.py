@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from seqcompress.classical import principal_axes
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress.model import ModelConfig, build_model, load_model, read_model_meta
 from tests.conftest import tiny_config
@@ -216,6 +218,21 @@ def test_a_dct_start_in_a_feature_basis_keeps_the_leading_basis_coefficients():
     assert torch.allclose(plain[..., :2], x[..., :2], atol=1e-5) and not torch.allclose(plain, out, atol=1e-3)
 
 
+def test_principal_axes_are_orthonormal_rows_largest_first_and_skip_rows_with_nan():
+    g = torch.Generator().manual_seed(0)
+    direction = torch.tensor([3.0, 4.0, 0.0]) / 5
+    strong = torch.randn(400, 1, generator=g, dtype=torch.float64) * 10 * direction  # along `direction`
+    weak = torch.randn(400, 3, generator=g, dtype=torch.float64) * 0.1
+    windows = [(strong + weak)[:250], (strong + weak)[250:], torch.full((5, 3), float("nan")), torch.zeros(0, 3)]
+    axes = principal_axes(w.numpy() for w in windows)
+    assert axes.shape == (3, 3) and np.allclose(axes @ axes.T, np.eye(3), atol=1e-12)
+    assert np.allclose(axes[0], direction.numpy(), atol=0.01)  # sign fixed: largest entry positive
+    moment = ((strong + weak).T @ (strong + weak) / 400).numpy()
+    spread = [float(a @ moment @ a) for a in axes]
+    assert spread == sorted(spread, reverse=True) and spread[0] > 100 * spread[1]
+    assert principal_axes([torch.full((2, 3), float("nan")).numpy()]) is None and principal_axes([]) is None
+
+
 @pytest.mark.parametrize("basis, message", [
     (torch.eye(3), "4 x 4"),
     (2 * torch.eye(4), "orthonormal"),
@@ -232,6 +249,7 @@ def test_a_feature_basis_that_is_not_an_orthonormal_square_is_refused(basis, mes
     ({"feature_dim": 2, "vocab_size": 0, "stages": [0.5, 1.0]}, "one stage"),
     ({"feature_dim": 64, "vocab_size": 0}, "d_model"),
 ])
-def test_dct_start_is_refused_where_no_truncated_dct_can_be_built(changes, message):
+@pytest.mark.parametrize("start", ["dct", "pca"])
+def test_dct_start_is_refused_where_no_truncated_dct_can_be_built(changes, message, start):
     with pytest.raises(InputError, match=message):
-        tiny_config(**{"resize_init": "dct", **changes})
+        tiny_config(**{"resize_init": start, **changes})

@@ -747,6 +747,46 @@ def test_fit_encode_decode_round_trips_the_csv_shape(tmp_path):
     assert values["metric"] == "nrmse" and values["metrics"]["observed_values"] == 595.0
 
 
+# ---- resize_init "pca": the DCT start on the principal axes of the training data --------------------------
+def _linked_channels(tmp_path) -> Path:
+    """Two channels that move together (b = 2a + 1) and one of their own: two of three floats per step hold
+    everything, but not the first two channels."""
+    g = np.random.default_rng(0)
+    a, c = np.cumsum(g.normal(size=(2, 400)), axis=1)
+    path = tmp_path / "linked.csv"
+    pd.DataFrame({"a": a, "b": 2 * a + 1, "c": c}).to_csv(path, index=False)
+    return path
+
+
+def test_a_pca_start_keeps_the_principal_axes_of_the_values_and_leaves_mask_and_statistics_in_place(tmp_path):
+    path = _linked_channels(tmp_path)
+    domain = learned([path], revin=True, patch=1)
+    windows = domain.load_windows([path], 16)
+    basis = domain.start_basis("pca", lambda: iter(windows))
+    width, values = domain.settings.feature_width, domain.settings.values_width
+    assert basis.shape == (width, width) and values == 3 and width == 3 + 3 + 6
+    assert torch.allclose(basis @ basis.T, torch.eye(width, dtype=torch.float64), atol=1e-9)
+    assert torch.equal(basis[values:, values:], torch.eye(width - values, dtype=torch.float64))
+    assert not basis[:values, values:].any() and not basis[values:, :values].any()
+    # the dct start keeps the channels as they are, and reads no data for it
+    assert domain.start_basis("dct", lambda: pytest.fail("the data is read only for a pca start")) is None
+
+
+@pytest.mark.parametrize("start, most", [("pca", 0.01), ("dct", None)])
+def test_a_fresh_pca_model_keeps_channels_that_move_together_in_fewer_floats_than_the_dct(tmp_path, start, most):
+    path = _linked_channels(tmp_path)
+    summary = fit(get_domain("timeseries", {"patch": 1}), [path], tmp_path / start, seq_len=32, ratio=1.0,
+                  model_options={"d_model": 8, "heads": 2, "layers": 1, "ffn_dim": 16, "latent_dim": 2,
+                                 "resize_init": start},
+                  options=TrainOptions(epochs=None, max_steps=1, lr=1e-9, lr_end=1e-9, seed=0, device="cpu",
+                                       val_fraction=0.0))
+    # ratio 1 and 2 floats per step of 3 channels: the pca start keeps a and c (b is a's), the DCT start a and b
+    if most is not None:
+        assert summary["value"] < most, summary
+    else:
+        assert summary["value"] > 0.3, summary  # channel c is lost: NRMSE near 1 on a third of the values
+
+
 # ---- revin: each window normalised by its own mean and scale ---------------------------------------------
 def test_revin_windows_sit_at_level_zero_and_round_trip_byte_for_byte(tmp_path):
     domain = learned([CO2], revin=True)

@@ -18,7 +18,7 @@ from seqcompress.domain import (Codec, Domain, Piece, Settings, TokenObjective, 
 from seqcompress.errors import InputError, ModelFileError
 from seqcompress.model import build_model
 from seqcompress.train import (
-    SHUFFLE_BYTES, Split, TrainOptions, TrainWindows, WindowSource, candidates, evaluate, held_out_draw,
+    SHUFFLE_BYTES, Split, TokenNoise, TrainOptions, TrainWindows, WindowSource, candidates, evaluate, held_out_draw,
     held_out_windows, scan, shuffle_buffer_size, split_held_out, train,
 )
 from tests.conftest import tiny_config
@@ -172,6 +172,41 @@ def test_a_sampled_softmax_is_refused_for_vector_outputs():
         train(model, OBJECTIVE, [torch.randn(8, 3)] * 4, TrainOptions(epochs=1, sampled_softmax=8))
     with pytest.raises(InputError, match="sampled_softmax"):
         TrainOptions(sampled_softmax=-1)
+
+
+def test_token_noise_replaces_a_share_of_tokens_drawn_by_seed_and_step():
+    noise = TokenNoise(0.25, 50, seed=0)
+    windows = [torch.zeros(4000, dtype=torch.long), torch.zeros(7, dtype=torch.long)]
+    noised = noise(windows, step=3)
+    assert [w.shape for w in noised] == [w.shape for w in windows] and noised[0].dtype == torch.long
+    assert 0.22 < float((noised[0] != 0).float().mean()) < 0.27  # a 1/50 draw gives 0 back
+    assert int(noised[0].max()) < 50 and len(torch.unique(noised[0])) == 50
+    assert not windows[0].any()  # the batch itself is left alone
+    assert all(torch.equal(a, b) for a, b in zip(noised, noise(windows, step=3)))  # every rank, a resumed run
+    assert not torch.equal(noised[0], noise(windows, step=4)[0])
+    assert not torch.equal(noised[0], TokenNoise(0.25, 50, seed=1)(windows, step=3)[0])
+
+
+def test_token_noise_teaches_the_model_tokens_the_training_windows_never_hold():
+    g = torch.Generator().manual_seed(0)
+    seen = [torch.randint(1, 25, (16,), generator=g) for _ in range(128)]  # training: tokens 1-24 only
+    unseen = [torch.randint(25, 50, (16,), generator=g) for _ in range(32)]  # tokens 25-49 only
+    options = dict(epochs=None, max_steps=120, batch_size=8, lr=3e-3, lr_end=1e-3, val_fraction=0.0)
+    scores = {}
+    for rate in (0.0, 0.3):
+        model = build_model(tiny_config(d_model=64, ffn_dim=128, latent_dim=64), seed=0)
+        train(model, OBJECTIVE, seen, TrainOptions(**options, token_noise=rate))
+        scores[rate] = evaluate(model, OBJECTIVE, unseen)["token_accuracy"]
+    assert scores[0.0] < 0.1 and scores[0.3] > 0.3, scores
+
+
+def test_token_noise_is_refused_for_vector_outputs_and_out_of_range():
+    model = build_model(tiny_config(vocab_size=0, feature_dim=3), seed=0)
+    with pytest.raises(InputError, match="token noise"):
+        train(model, OBJECTIVE, [torch.randn(8, 3)] * 4, TrainOptions(epochs=1, token_noise=0.1))
+    for rate in (-0.1, 1.0):
+        with pytest.raises(InputError, match="token_noise"):
+            TrainOptions(token_noise=rate)
 
 
 def test_training_is_reproducible():

@@ -30,7 +30,7 @@ from seqcompress.format import DTYPES
 from seqcompress.model import CONFIG_FILE, ModelConfig, build_model, check_config_against_weights, load_model
 from seqcompress.train import (
     CHECKPOINT_DIR, STATE_FILE, TENSORS_FILE, Split, TrainOptions, WindowSource, collate, held_out_windows, pick_device,
-    read_checkpoint_record, scan, train,
+    read_checkpoint_record, scan, train, training_windows,
 )
 
 log = logging.getLogger("seqcompress")
@@ -102,11 +102,19 @@ def fit(
 def _train_and_save(domain: Domain, data: list[Path], options: TrainOptions, config: ModelConfig, out_dir: Path,
                     resume: bool, force: bool, on_step, on_eval) -> dict:
     world = distributed.current()
-    model = build_model(config, seed=options.seed, feature_basis=domain.feature_basis())
+    source = WindowSource.files(domain, data, config.n_max)
+
+    def training():  # the windows training will draw from (the held-out split as `train` settles it)
+        block = options.run_windows if config.memory else 1
+        return training_windows(source, scan(source, options.val_fraction, options.seed, block))
+
+    # A resumed run loads its weights: its start (and a "pca" start's pass over the data) is not needed.
+    basis = None if resume else domain.start_basis(config.resize_init, training)
+    model = build_model(config, seed=options.seed, feature_basis=basis)
     # Absolute paths: a resume may start in another working directory (a cron job, a CI step).
     record = {"model": asdict(config), "domain": domain.state(), "data": [str(p.resolve()) for p in data]}
     with distributed.peers_checked():
-        result = train(model, domain.objective, WindowSource.files(domain, data, config.n_max), options,
+        result = train(model, domain.objective, source, options,
                        checkpoint_dir=out_dir, resume=resume, on_step=on_step, on_eval=on_eval, record=record)
     summary = {
         "domain": domain.name,
@@ -236,7 +244,7 @@ _RECORDED = {
     "positions": ("model", "positions"), "resize": ("model", "resize"), "domain": ("domain", "name"),
     "memory": ("model", "memory"), "run_windows": ("options", "run_windows"),
     "grad_accum": ("options", "grad_accum"), "log_every": ("options", "log_every"),
-    "sampled_softmax": ("options", "sampled_softmax"),
+    "sampled_softmax": ("options", "sampled_softmax"), "token_noise": ("options", "token_noise"),
 }
 
 

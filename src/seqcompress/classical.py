@@ -69,3 +69,28 @@ class WindowPCA:
         comp = self.components[:k].T.reshape(self.n_max, c, k)[:n].reshape(n * c, k)  # a shorter window's rows
         rec = least_squares(comp, (values - mean).reshape(-1), observed.reshape(-1))
         return rec.reshape(n, c) + mean
+
+
+def principal_axes(windows) -> np.ndarray | None:
+    """The principal axes of the symbols of `windows` (each (n, F); rows holding a NaN are left out): the
+    eigenvectors of their second-moment matrix (not centred: a linear map with no offset keeps the mean
+    through them), as orthonormal rows (F x F), largest eigenvalue first; None when no window has a symbol.
+    Read one window at a time, in float64: a pass over a stream in F x F memory."""
+    moment, count = None, 0
+    for window in windows:
+        x = np.asarray(window, dtype=np.float64)
+        if not x.size:
+            continue
+        x = x.reshape(len(x), -1)
+        x = x[np.isfinite(x).all(axis=1)]
+        if not len(x):
+            continue
+        moment = x.T @ x if moment is None else moment + x.T @ x
+        count += len(x)
+    if moment is None:
+        return None
+    values, vectors = np.linalg.eigh(moment / count)  # ascending
+    axes = vectors[:, ::-1].T.copy()
+    axes *= np.where(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+    return axes
+

@@ -29,7 +29,7 @@ import json
 import typing
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -38,6 +38,7 @@ from typing import Any, BinaryIO, ClassVar, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from seqcompress.classical import principal_axes
 from seqcompress.defaults import PAPER_DECAY_EPOCHS
 from seqcompress.errors import FormatError, InputError
 from seqcompress.memory import Link, file_links
@@ -352,6 +353,28 @@ class Domain(ABC):
         as the truncated DCT (`--resize-init dct`) carries each symbol's F features, so that the latent_dim
         features it keeps are the most important ones. None: the features as they are, in their order."""
         return None
+
+    def signal_features(self) -> int | None:
+        """How many leading features of a symbol are its signal: the part a "pca" start turns onto its principal
+        axes (`start_basis`); the features after it (a time series' observed mask and RevIN statistics) stay
+        as they are. None: every feature."""
+        return None
+
+    def start_basis(self, resize_init: str, training: Callable[[], Iterable[torch.Tensor]]) -> torch.Tensor | None:
+        """The feature basis a fresh model of `resize_init` starts in (`SequenceAutoencoder.start_as_dct`):
+        "pca", the principal axes of the signal features (`signal_features`) of the training windows'
+        symbols (`training()` iterates the windows, read once and only for "pca"), so that the latent_dim
+        features a model keeps are those the data varies most along, wherever they lie (one channel, channels
+        that move together, the time steps of a patch); any other start, `feature_basis`."""
+        if resize_init != "pca":
+            return self.feature_basis()
+        signal = self.signal_features()
+        axes = principal_axes(w[:, :signal].numpy() for w in training())
+        if axes is None:
+            raise InputError("resize_init 'pca' fits the start on the training windows, and they hold no symbol")
+        basis = torch.eye(self.model_fields()["feature_dim"], dtype=torch.float64)
+        basis[: len(axes), : len(axes)] = torch.from_numpy(axes)
+        return basis
 
     @abstractmethod
     def default_data(self) -> list[Path]:

@@ -39,7 +39,7 @@ from seqcompress.lengths import Geometry, latent_length, latent_positions, lengt
 from seqcompress.memory import Link, Memory, MemoryBatch
 from seqcompress.positions import POSITIONS, make_positions
 from seqcompress.reducers import REDUCERS
-from seqcompress.resize import RESIZE_INITS, RESIZES
+from seqcompress.resize import DCT_STARTS, RESIZE_INITS, RESIZES
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 MODEL_FORMAT = "seqcompress-model"
@@ -79,7 +79,8 @@ class ModelConfig:
     dropout: float = 0.0  # dropout in attention and feed-forward layers
     positions: str = "learned"  # position scheme (seqcompress/positions/): learned, none, t5, alibi, rope
     resize_init: str = "pool"  # W_S/W_E start as segment pooling ("pool"), N(0, 1/n) ("random"), or the model as a
-    # truncated DCT ("dct": vector inputs, see SequenceAutoencoder.start_as_dct)
+    # truncated DCT ("dct": vector inputs, see SequenceAutoencoder.start_as_dct; "pca": the same, with each
+    # symbol's features on their principal axes in the training windows, `Domain.start_basis`)
     reducer: str = "attention"  # the length-changing layer: this project's, or a baseline (seqcompress/reducers.py)
     vocab_size: int = 0  # token domains: size of the vocabulary (0 for vector inputs)
     feature_dim: int = 0  # vector domains: features per input position (0 for token inputs)
@@ -123,15 +124,16 @@ class ModelConfig:
                 raise InputError(f"every stage ratio must be in (0, 1], got {self.stages}")
             if abs(math.prod(self.stages) - self.ratio) > 1e-9:
                 raise InputError(f"the stages {self.stages} multiply to {math.prod(self.stages):.6g}, not the ratio {self.ratio}")
-        if self.resize_init == "dct":
+        if self.resize_init in DCT_STARTS:
+            start = f"resize_init {self.resize_init!r}"
             if self.vocab_size:
-                raise InputError("resize_init 'dct' starts a model of vector inputs (time series, audio) as a "
+                raise InputError(f"{start} starts a model of vector inputs (time series, audio) as a "
                                  "truncated DCT; token inputs have no DCT")
             if self.reducer != "attention" or self.resize != "absolute" or len(self.stage_ratios) != 1:
-                raise InputError("resize_init 'dct' needs reducer 'attention', resize 'absolute' and one stage: "
+                raise InputError(f"{start} needs reducer 'attention', resize 'absolute' and one stage: "
                                  "W_S and W_E are then one DCT and its inverse")
             if not self.feature_dim <= self.d_model or not self.latent_dim <= self.d_model:
-                raise InputError(f"resize_init 'dct' carries the {self.feature_dim} input features and the "
+                raise InputError(f"{start} carries the {self.feature_dim} input features and the "
                                  f"{self.latent_dim} latent floats in the model's width: d_model ({self.d_model}) "
                                  "must be at least both")
         if self.resize == "relative" and self.reducer != "attention":
@@ -200,7 +202,8 @@ _SCHEME1_FIELDS = ("n_max", "ratio", "d_model", "heads", "layers", "ffn_dim", "l
 
 class SequenceAutoencoder(nn.Module):
     def __init__(self, config: ModelConfig, feature_basis: torch.Tensor | None = None) -> None:
-        """A fresh model of `config`; a "dct" start carries the features in `feature_basis` (`start_as_dct`)."""
+        """A fresh model of `config`; a "dct" or "pca" start carries the features in `feature_basis`
+        (`start_as_dct`)."""
         super().__init__()
         self.config = c = config
         scheme = POSITIONS[c.positions]
@@ -235,17 +238,17 @@ class SequenceAutoencoder(nn.Module):
         self.encoder = nn.ModuleList(
             [resizing(maxes[s + 1], maxes[s], r, "reduce") for s, r in enumerate(ratios)]
             + [plain(maxes[-1]) for _ in range(c.layers - 1)])
-        # "dct" leaves out the two final norms: they would rescale every latent and every output row.
-        self.enc_norm = nn.LayerNorm(c.d_model) if c.resize_init != "dct" else nn.Identity()
+        # "dct" and "pca" leave out the two final norms: they would rescale every latent and every output row.
+        self.enc_norm = nn.LayerNorm(c.d_model) if c.resize_init not in DCT_STARTS else nn.Identity()
         self.to_latent = nn.Linear(c.d_model, c.latent_dim) if c.latent_dim != c.d_model else nn.Identity()
         self.from_latent = nn.Linear(c.latent_dim, c.d_model) if c.latent_dim != c.d_model else nn.Identity()
         self.decoder = nn.ModuleList(
             [resizing(maxes[s], maxes[s + 1], ratios[s], "expand") for s in reversed(range(len(ratios)))]
             + [plain(c.n_max) for _ in range(c.layers - 1)])
-        self.dec_norm = nn.LayerNorm(c.d_model) if c.resize_init != "dct" else nn.Identity()
+        self.dec_norm = nn.LayerNorm(c.d_model) if c.resize_init not in DCT_STARTS else nn.Identity()
         # Token domains: logits through the (tied) embedding matrix; vector domains: a linear map back.
         self.head = None if c.vocab_size else nn.Linear(c.d_model, c.feature_dim)
-        if c.resize_init == "dct":
+        if c.resize_init in DCT_STARTS:
             self.start_as_dct(feature_basis)
 
     @torch.no_grad()
@@ -645,8 +648,8 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
 
 def build_model(config: ModelConfig, seed: int = 0,
                 feature_basis: torch.Tensor | None = None) -> SequenceAutoencoder:
-    """A freshly initialised model, seeded for reproducibility; a "dct" start carries the features in
-    `feature_basis` (the domain's, `Domain.feature_basis`; see `SequenceAutoencoder.start_as_dct`)."""
+    """A freshly initialised model, seeded for reproducibility; a "dct" or "pca" start carries the features in
+    `feature_basis` (`Domain.start_basis`; see `SequenceAutoencoder.start_as_dct`)."""
     torch.manual_seed(seed)
     try:
         return SequenceAutoencoder(config, feature_basis)

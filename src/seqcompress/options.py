@@ -33,6 +33,8 @@ class TrainOptions:
     log_every: int = 1  # report (progress, logs, the loss check) every N steps: each report syncs a GPU with the host
     sampled_softmax: int = 0  # token domains: train on the batch's own tokens and this many drawn from the
     # vocabulary instead of all of it (0: the full softmax); evaluation always scores the full vocabulary
+    token_noise: float = 0.0  # token domains: the share of training tokens replaced by tokens drawn uniformly
+    # from the vocabulary, in input and target alike, so the model learns to rebuild tokens the corpus never shows
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -53,6 +55,8 @@ class TrainOptions:
             raise InputError(f"log_every must be at least 1, got {self.log_every}")
         if self.sampled_softmax < 0:
             raise InputError(f"sampled_softmax must be 0 (off) or a number of drawn tokens, got {self.sampled_softmax}")
+        if not 0 <= self.token_noise < 1:
+            raise InputError(f"token_noise must be in [0, 1), got {self.token_noise}")
         if self.decay_epochs is not None and not self.decay_epochs > 0:
             raise InputError(f"decay_epochs must be positive, got {self.decay_epochs}")
         if self.grad_accum < 1:

@@ -484,7 +484,7 @@ class Probe:
     def model_cell(self, method: str, seq_len: int, ratio: float, seed: int, split: Split) -> dict:
         domain = self.learned_domain()
         config = self.config(method, seq_len, ratio)
-        model = build_model(config, seed=seed, feature_basis=domain.feature_basis())
+        model = build_model(config, seed=seed, feature_basis=domain.start_basis(config.resize_init, lambda: split.train))
         options = self._options(seq_len, seed)
         result = self.train_model(model, WindowSource.of(split.train, split.train_links), options)
         model.cpu().eval()

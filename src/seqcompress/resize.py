@@ -22,14 +22,16 @@ from torch import nn
 
 from seqcompress.lengths import as_fraction, dct_matrix, latent_positions, pooling_matrix
 
-__all__ = ["RESIZES", "ResizeMatrix", "RelativeResize"]
+__all__ = ["DCT_STARTS", "RESIZES", "RESIZE_INITS", "ResizeMatrix", "RelativeResize"]
 
 RESIZES = ("absolute", "relative")
 
 
 # How W_S/W_E start (ModelConfig.resize_init). "dct": W_S keeps the lowest-frequency DCT coefficients and W_E
-# inverts them, and the whole model starts as that truncated DCT (`SequenceAutoencoder`, seqcompress/model.py).
-RESIZE_INITS = ("pool", "random", "dct")
+# inverts them, and the whole model starts as that truncated DCT (`SequenceAutoencoder`, seqcompress/model.py);
+# "pca" is the same start with each symbol's features on their principal axes in the training windows.
+RESIZE_INITS = ("pool", "random", "dct", "pca")
+DCT_STARTS = ("dct", "pca")  # the starts whose W_S/W_E are the truncated DCT and its inverse
 
 class ResizeMatrix(nn.Module):
     """The absolute table: (out_max, in_max), sliced and masked per sample.
@@ -50,12 +52,12 @@ class ResizeMatrix(nn.Module):
         weight = torch.randn(out_max, in_max) / math.sqrt(in_max)  # (out_max, in_max)
         if init == "pool":
             weight = 0.01 * weight + pooling_matrix(out_max, in_max, ratio)
-        elif init == "dct":
+        elif init in DCT_STARTS:
             weight = _dct_table(out_max, in_max, out_max > in_max).clone()
         elif init != "random":
             raise ValueError(f"unknown resize init {init!r} (expected one of {', '.join(RESIZE_INITS)})")
         self.weight = nn.Parameter(weight)
-        self.per_length = init == "dct"
+        self.per_length = init in DCT_STARTS
         self.expanding = out_max > in_max
 
     @torch.no_grad()

@@ -184,6 +184,11 @@ def scan(source: Iterable[torch.Tensor], fraction: float, seed: int, block: int 
     return Split(fraction, seed, count, held, forced, largest, block)
 
 
+def training_windows(source: Iterable[torch.Tensor], split: Split) -> Iterator[torch.Tensor]:
+    """The windows of a stream that training draws its batches from, in stream order."""
+    return (w for i, w in enumerate(source) if split.trains_on(i))
+
+
 def held_out_windows(source: Iterable[torch.Tensor], split: Split) -> Iterator[torch.Tensor]:
     """The held-out windows of a stream, in stream order (every window when held_out_is_train)."""
     return (w for i, w in enumerate(source) if split.evaluates_on(i))
@@ -310,15 +315,20 @@ class ShareOf:
     r + ranks, ... as its parts. Every rank sees the global batch, so it knows the whole batch's loss weight,
     which weights its parts: the gradients DDP averages are then one process's over the whole batch."""
 
-    def __init__(self, world: World, accum: int, linked: bool, objective: Objective, sampled: bool = False) -> None:
+    def __init__(self, world: World, accum: int, linked: bool, objective: Objective, sampled: bool = False,
+                 noise: TokenNoise | None = None) -> None:
         self.world, self.accum, self.linked, self.objective = world, accum, linked, objective
         self.sampled = sampled  # name the whole batch's tokens: every part's candidates (`candidates`)
+        self.noise = noise  # token noise (`TokenNoise`), drawn for the step the loop names in `step`
+        self.step = 0
 
     def _shard(self, index: int, item) -> int:
         return shard_of(item[1].stream // MAX_STREAMS if self.linked else index, self.world, self.accum)
 
     def __call__(self, items: list) -> Share:
         windows = [item[0] for item in items] if self.linked else items
+        if self.noise is not None:  # on the global batch, so every rank draws the same and knows all the tokens
+            windows = self.noise(windows, self.step)
         weights = [self.objective.loss_weight(w[None], torch.ones(1, len(w), dtype=torch.bool)) for w in windows]
         parts = []
         for a in range(self.accum):
@@ -333,6 +343,34 @@ class ShareOf:
             parts.append(Part(x, lengths, links, sum(weights[i] for i in mine)))
         tokens = torch.unique(torch.cat(windows)) if self.sampled else None
         return Share(parts, sum(len(w) for w in windows), sum(weights), tokens)
+
+
+@dataclass
+class TokenNoise:
+    """Replace each training token, with probability `rate`, by a token drawn uniformly from the vocabulary.
+
+    An autoencoder's target is its input, so a noised window is as true a training example as any: it shows
+    the model every token of the vocabulary, also the ones the corpus never does. Without it, a token absent
+    from the training windows has an embedding training only ever pushed away (as a negative), and no model
+    rebuilds it; on a small corpus those tokens cap the held-out accuracy (`scripts/text_seen_tokens.py`).
+    The draw depends on (seed, step) only, so every rank, and a resumed run, draws the same."""
+
+    rate: float
+    vocab: int
+    seed: int
+
+    def __call__(self, windows: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(_splitmix64(((self.seed << 32) ^ step) + _NOISE_STREAM)
+                                                  & (2**63 - 1))
+        noised = []
+        for window in windows:
+            hit = torch.rand(window.shape, generator=generator) < self.rate
+            drawn = torch.randint(self.vocab, window.shape, generator=generator, dtype=window.dtype)
+            noised.append(torch.where(hit, drawn, window))
+        return noised
+
+
+_NOISE_STREAM = 0x6E6F697365  # keeps the noise draw apart from the candidates' draw of the same (seed, step)
 
 
 def candidates(tokens: torch.Tensor, drawn: int, vocab: int, seed: int, step: int) -> torch.Tensor:
@@ -517,6 +555,8 @@ def train(
     if opts.sampled_softmax and (not model.config.vocab_size or model.head is not None):
         raise InputError("a sampled softmax (sampled_softmax) is for token domains (text, DNA); this model "
                          "outputs vectors")
+    if opts.token_noise and (not model.config.vocab_size or model.head is not None):
+        raise InputError("token noise (token_noise) is for token domains (text, DNA); this model outputs vectors")
     if opts.batch_size < world.size * opts.grad_accum:
         raise InputError(f"batch_size ({opts.batch_size}) must be at least the number of processes ({world.size}) "
                          f"times grad_accum ({opts.grad_accum})")
@@ -550,8 +590,11 @@ def train(
     dataset = TrainWindows(source, split, shuffle_buffer_size(opts, split), opts.seed, run, opts.batch_size)
     # A DataLoader draws a base seed at every iter(); its own generator keeps that draw off the global one,
     # whose sequence (dropout) a resumed run must continue exactly.
-    loader = DataLoader(dataset, batch_size=opts.batch_size, generator=torch.Generator(),
-                        collate_fn=ShareOf(world, opts.grad_accum, bool(run), objective, opts.sampled_softmax > 0))
+    noise = TokenNoise(opts.token_noise, model.config.vocab_size, opts.seed) if opts.token_noise else None
+    # The loader reads no batch ahead (no workers), so the collate function builds each batch when the loop
+    # asks for it and can be told the step it is for (the token noise's draw).
+    collate_share = ShareOf(world, opts.grad_accum, bool(run), objective, opts.sampled_softmax > 0, noise)
+    loader = DataLoader(dataset, batch_size=opts.batch_size, generator=torch.Generator(), collate_fn=collate_share)
     stream = _epoch_batches(loader, dataset, steps_per_epoch, epoch, done)
     held_out = lambda: _held_out(source, split, run)  # noqa: E731
     evaluating = dict(batch_size=opts.batch_size * 4, device=device, linked=bool(run), world=world)
@@ -564,6 +607,7 @@ def train(
         checks = opts.max_minutes is not None and (not world.parallel or step % opts.log_every == 0)
         if checks and distributed.rank0_says(elapsed >= opts.max_minutes * 60):
             break
+        collate_share.step = step
         epoch, done, share = next(stream)
         lr = schedule(step)
         for group in optimizer.param_groups:

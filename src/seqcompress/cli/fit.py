@@ -35,8 +35,9 @@ def fit(
     heads: int = HEADS,
     layers: int = LAYERS,
     latent_dim: Optional[int] = LATENT_DIM,
-    resize_init: str = typer.Option("pool", "--resize-init", help="W_S/W_E initialisation: pool, random, or dct (vector "
-                                    "domains: the model starts as the truncated DCT of each window)."),
+    resize_init: str = typer.Option("pool", "--resize-init", help="W_S/W_E initialisation: pool, random, dct or pca "
+                                    "(vector domains: the model starts as the truncated DCT of each window, with pca "
+                                    "each symbol's features on their principal axes in the training data)."),
     attention: str = typer.Option("full", "--attention", help="Attention kernel: full, lowrank, local, lsh or routing "
                                   "(docs/attention.md)."),
     positions: str = typer.Option("learned", "--positions", help="Position scheme: learned, none, t5, alibi or rope."),
@@ -68,6 +69,9 @@ def fit(
     sampled_softmax: int = typer.Option(0, "--sampled-softmax", help="Token domains: train the output layer on the "
                                         "batch's own tokens and N drawn from the vocabulary instead of all of it "
                                         "(0: the full softmax); held-out scores always use the whole vocabulary."),
+    token_noise: float = typer.Option(0.0, "--token-noise", help="Token domains: replace this share of the "
+                                      "training tokens by tokens drawn from the whole vocabulary (input and target), "
+                                      "so the model also rebuilds tokens the corpus never shows (docs/text.md)."),
     log_dir: Optional[Path] = typer.Option(None, "--log-dir", help="Write the run's scalars there: scalars.csv, "
                                            "and TensorBoard event files when tensorboard is installed "
                                            "(`seqcompress plot DIR` draws the curve)."),
@@ -120,7 +124,7 @@ def fit(
         epochs=epochs, max_steps=max_steps, max_minutes=minutes, batch_size=batch_size, lr=lr, lr_end=lr_end,
         decay_epochs=decay_epochs, warmup_steps=warmup_steps, seed=seed, device=device,
         val_fraction=val_fraction, eval_every=eval_every, run_windows=run_windows, grad_accum=grad_accum,
-        log_every=log_every, compile=compile_model, sampled_softmax=sampled_softmax,
+        log_every=log_every, compile=compile_model, sampled_softmax=sampled_softmax, token_noise=token_noise,
     )
     model_options = {"d_model": d_model, "heads": heads, "layers": layers, "ffn_dim": 4 * d_model,
                      "latent_dim": latent_dim or d_model, "resize_init": resize_init, "attention": attention,

@@ -91,11 +91,14 @@ def probe(
     heads: int = HEADS,
     layers: int = LAYERS,
     latent_dim: Optional[int] = LATENT_DIM,
-    resize_init: str = typer.Option("pool", "--resize-init", help="How W_S/W_E start: pool, random, or dct (vector "
-                                    "domains: the model starts as the truncated DCT, docs/timeseries.md)."),
+    resize_init: str = typer.Option("pool", "--resize-init", help="How W_S/W_E start: pool, random, dct or pca (vector "
+                                    "domains: the model starts as the truncated DCT, with pca on the features' "
+                                    "principal axes in the training windows; docs/timeseries.md)."),
     sampled_softmax: int = typer.Option(0, "--sampled-softmax", help="Token domains: train on the batch's own "
                                         "tokens and N drawn from the vocabulary instead of all of it (0: the full "
                                         "softmax); scores always use the whole vocabulary."),
+    token_noise: float = typer.Option(0.0, "--token-noise", help="Token domains: replace this share of the "
+                                      "training tokens by tokens drawn from the whole vocabulary (docs/text.md)."),
     dtype: str = typer.Option(STORED_DTYPE, "--dtype", help="Score latents stored as float32, float16, bfloat16 or int8."),
     device: str = DEVICE,
     output: Path = typer.Option(..., "--output", "-o", help="Report directory (resumes the probe already there)."),
@@ -132,6 +135,8 @@ def probe(
         model["resize_init"] = resize_init
     if sampled_softmax:
         training["sampled_softmax"] = sampled_softmax
+    if token_noise:  # only when asked, as above
+        training["token_noise"] = token_noise
     dom = make_domain(domain, domain_options(domain_option, domain, tokenizer))
     if training["decay_epochs"] is None:  # the plan records the schedule it ran
         training["decay_epochs"] = dom.default_decay_epochs

@@ -1024,6 +1024,10 @@ class TimeSeriesDomain(Domain):
     def model_fields(self) -> dict:
         return {"feature_dim": self.settings.feature_width}
 
+    def signal_features(self) -> int:
+        """The values of a patch (patch x C), ahead of their observed mask and RevIN's statistics."""
+        return self.settings.values_width
+
     def joined(self, windows: list[torch.Tensor]) -> torch.Tensor:
         """`revin`: each window's level put back and its statistics dropped, so that a window cut anew gets its
         own (`cut`); without it, the windows concatenated."""
