@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import pytest
 import torch
 
 import seqcompress  # noqa: F401  (package import first, as the console script does)
 from seqcompress.model import ModelConfig, build_model
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: one thread per worker, so N workers fill N cores
+    torch.set_num_threads(1)
 
 
 def tiny_config(**overrides) -> ModelConfig:
