@@ -354,6 +354,9 @@ class Probe:
             if self._options(seq_len).sampled_softmax and not config.vocab_size:
                 raise InputError("a sampled softmax (--sampled-softmax) is for token domains (text, DNA); the "
                                  f"{self.plan.domain} domain's models output vectors")
+            if self._options(seq_len).token_noise and not config.vocab_size:
+                raise InputError("token noise (--token-noise) is for token domains (text, DNA); the "
+                                 f"{self.plan.domain} domain's models output vectors")
 
     def run(self, on_cell: Callable[[int, int, dict | None], None] | None = None, jobs: int = 1) -> dict:
         """Run every unfinished cell; on_cell(finished, total, cell) after each one (cell None at the start).

@@ -358,14 +358,18 @@ class TokenNoise:
     rate: float
     vocab: int
     seed: int
+    never: int | None = None  # the objective's padding id, never a real token: never drawn
 
     def __call__(self, windows: list[torch.Tensor], step: int) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(_splitmix64(((self.seed << 32) ^ step) + _NOISE_STREAM)
                                                   & (2**63 - 1))
+        choices = self.vocab - (self.never is not None)
         noised = []
         for window in windows:
             hit = torch.rand(window.shape, generator=generator) < self.rate
-            drawn = torch.randint(self.vocab, window.shape, generator=generator, dtype=window.dtype)
+            drawn = torch.randint(choices, window.shape, generator=generator, dtype=window.dtype)
+            if self.never is not None:
+                drawn += drawn >= self.never  # skip the padding id
             noised.append(torch.where(hit, drawn, window))
         return noised
 
@@ -590,7 +594,8 @@ def train(
     dataset = TrainWindows(source, split, shuffle_buffer_size(opts, split), opts.seed, run, opts.batch_size)
     # A DataLoader draws a base seed at every iter(); its own generator keeps that draw off the global one,
     # whose sequence (dropout) a resumed run must continue exactly.
-    noise = TokenNoise(opts.token_noise, model.config.vocab_size, opts.seed) if opts.token_noise else None
+    noise = (TokenNoise(opts.token_noise, model.config.vocab_size, opts.seed, getattr(objective, "never", None))
+             if opts.token_noise else None)
     # The loader reads no batch ahead (no workers), so the collate function builds each batch when the loop
     # asks for it and can be told the step it is for (the token noise's draw).
     collate_share = ShareOf(world, opts.grad_accum, bool(run), objective, opts.sampled_softmax > 0, noise)
@@ -730,7 +735,7 @@ def _held_out(source: WindowSource, split: Split, run: int) -> Iterator:
 
 # ---- checkpoints: weights, optimizer and random state in safetensors, counters in JSON -------------
 # Options that fix the batch stream.
-_RESUME_MATCH = ("seed", "batch_size", "val_fraction", "shuffle_buffer", "run_windows")
+_RESUME_MATCH = ("seed", "batch_size", "val_fraction", "shuffle_buffer", "run_windows", "token_noise")
 
 
 RUN_FILE, STATE_FILE, TENSORS_FILE = "run.json", "state.json", "train.safetensors"  # one checkpoint
