@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import sys
+import time
 
 import typer
 from typer import exceptions as typer_exceptions
@@ -20,7 +21,7 @@ from typer._click import exceptions as click_exceptions
 from typer.core import TyperGroup
 
 from seqcompress.cli.text import printable
-from seqcompress.defaults import LAUNCHED_ENV, PEER_LOST_EXIT
+from seqcompress.defaults import LAUNCHED_ENV, PEER_LOST_EXIT, PEER_LOST_GRACE_S
 from seqcompress.errors import PeerLost, SeqCompressError
 
 
@@ -73,6 +74,7 @@ class _Group(TyperGroup):
             if (ctx.obj or {}).get("debug"):
                 raise
             if isinstance(exc, PeerLost) and launched():
+                _await_launcher()
                 ctx.exit(PEER_LOST_EXIT)  # a worker whose peer stopped: the launcher names the one that failed
             if isinstance(exc, SeqCompressError):
                 message = f"error: {_as_flag(ctx, str(exc))}"
@@ -82,6 +84,18 @@ class _Group(TyperGroup):
                 message = f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
             typer.echo(printable(" ".join(message.split())), err=True)
             ctx.exit(1)
+
+
+def _await_launcher() -> None:
+    """A launched worker whose peer failed waits for the launcher to stop it (SIGTERM ends the wait).
+
+    The peer that failed is still reporting (its one line, its cleanup); were this worker to exit first, the
+    launcher would see this exit as the first failure and stop the peer before it said why, or between its line
+    and its exit code. Waiting lets the peer's own exit come first. A peer that never exits (a hung process on
+    another node) does not hold the job past the grace period."""
+    end = time.monotonic() + PEER_LOST_GRACE_S
+    while time.monotonic() < end:
+        time.sleep(0.1)
 
 
 def _as_flag(ctx, message: str) -> str:
