@@ -772,6 +772,20 @@ def test_a_pca_start_keeps_the_principal_axes_of_the_values_and_leaves_mask_and_
     assert domain.start_basis("dct", lambda: pytest.fail("the data is read only for a pca start")) is None
 
 
+def test_a_pca_start_samples_a_patch_at_every_time_step_and_leaves_out_runs_with_a_missing_value(tmp_path):
+    path = tmp_path / "gap.csv"
+    pd.DataFrame({"a": [1.0, 2, 3, 4, 5, 6, 7, 8], "b": [10.0, 20, None, 40, 50, 60, 70, 80]}).to_csv(path, index=False)
+    domain = learned([path], patch=2)
+    (window,) = domain.load_windows([path], 4)
+    rows = domain.basis_samples(window)
+    assert rows.shape == (7, 4)  # 8 time steps: runs of 2 starting at each of the first 7
+    symbols = window[:, :4].double().numpy()  # the patches: rows 0, 2, 4 and 6 of the runs, time-major
+    assert np.array_equal(rows[[0, 4, 6]], symbols[[0, 2, 3]])
+    assert np.isnan(rows[1]).sum() == 1 and np.isnan(rows[2]).sum() == 1  # the runs that hold b's gap
+    assert np.isfinite(np.delete(rows, [1, 2], axis=0)).all()
+    assert np.isnan(rows[2, 1]) and np.isnan(rows[1, 3])  # (step, channel) order within a run, as in a patch
+
+
 @pytest.mark.parametrize("start, most", [("pca", 0.01), ("dct", None)])
 def test_a_fresh_pca_model_keeps_channels_that_move_together_in_fewer_floats_than_the_dct(tmp_path, start, most):
     path = _linked_channels(tmp_path)

@@ -360,16 +360,20 @@ class Domain(ABC):
         as they are. None: every feature."""
         return None
 
+    def basis_samples(self, window: torch.Tensor):
+        """The rows (k x signal_features) a "pca" start's principal axes are fitted on, from one training window;
+        a row holding a NaN is left out. Default: each symbol's signal features."""
+        return window[:, : self.signal_features()].numpy()
+
     def start_basis(self, resize_init: str, training: Callable[[], Iterable[torch.Tensor]]) -> torch.Tensor | None:
         """The feature basis a fresh model of `resize_init` starts in (`SequenceAutoencoder.start_as_dct`):
         "pca", the principal axes of the signal features (`signal_features`) of the training windows'
-        symbols (`training()` iterates the windows, read once and only for "pca"), so that the latent_dim
-        features a model keeps are those the data varies most along, wherever they lie (one channel, channels
+        symbols, sampled as `basis_samples` says (`training()` iterates the windows, read once and only for
+        "pca"), so that the latent_dim features a model keeps are those the data varies most along, wherever they lie (one channel, channels
         that move together, the time steps of a patch); any other start, `feature_basis`."""
         if resize_init != "pca":
             return self.feature_basis()
-        signal = self.signal_features()
-        axes = principal_axes(w[:, :signal].numpy() for w in training())
+        axes = principal_axes(self.basis_samples(w) for w in training())
         if axes is None:
             raise InputError("resize_init 'pca' fits the start on the training windows, and they hold no symbol")
         basis = torch.eye(self.model_fields()["feature_dim"], dtype=torch.float64)
