@@ -31,7 +31,7 @@ from seqcompress.probe import Probe, ProbePlan
 WINDOW = 512  # time steps per window, as in the probe's tables
 # (patch, ratio, latent_dim): ratio 1 with narrow rows, and shorter sequences of wider rows
 LAYOUTS = [(1, 1.0, 2), (2, 1.0, 5), (4, 1.0, 10), (8, 1.0, 20), (16, 1.0, 40),
-           (1, 1.0, 1), (2, 1.0, 2), (4, 1.0, 5), (8, 1.0, 10), (16, 1.0, 20), (32, 1.0, 40),
+           (1, 1.0, 1), (2, 1.0, 2), (4, 1.0, 5), (8, 1.0, 10), (16, 1.0, 20), (32, 1.0, 40), (64, 1.0, 80),
            (2, 0.5, 5), (4, 0.5, 10), (8, 0.5, 20), (16, 0.5, 40), (8, 0.25, 40), (4, 0.5, 20), (8, 0.5, 40)]
 
 
