@@ -197,6 +197,28 @@ def test_a_refusal_is_said_once(tmp_path):
         "error: --batch-size (1) must be at least the number of processes (2) times grad_accum (1)"]
 
 
+def test_a_worker_whose_peer_failed_waits_for_its_launcher_and_its_stop_ends_the_wait():
+    """The wait that lets the failing worker's exit reach the launcher first: SIGTERM (the launcher stopping the
+    worker) ends it at once, as the worker's other stops do; left alone, it ends after the grace."""
+    code = ("import os, signal, sys, threading, time\n"
+            "from seqcompress.cli import main\n"
+            "signal.signal(signal.SIGTERM, main._terminate)\n"
+            "threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+            "start = time.monotonic()\n"
+            "try:\n"
+            "    main._await_launcher(30.0)\n"
+            "except main.Terminated as stop:\n"
+            "    print(stop.signum, time.monotonic() - start)\n"
+            "start = time.monotonic()\n"
+            "main._await_launcher(0.3)\n"
+            "print(time.monotonic() - start)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=_env())
+    assert done.returncode == 0, done.stderr
+    signum, stopped_after, waited = done.stdout.split()
+    assert int(signum) == signal.SIGTERM and 0.4 < float(stopped_after) < 5  # the stop, not the 30 s grace
+    assert 0.3 <= float(waited) < 5
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

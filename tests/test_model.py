@@ -218,7 +218,7 @@ def test_a_dct_start_in_a_feature_basis_keeps_the_leading_basis_coefficients():
     assert torch.allclose(plain[..., :2], x[..., :2], atol=1e-5) and not torch.allclose(plain, out, atol=1e-3)
 
 
-def test_principal_axes_are_orthonormal_rows_largest_first_and_skip_rows_with_nan():
+def test_principal_axes_are_orthonormal_rows_largest_first_and_read_around_missing_values():
     g = torch.Generator().manual_seed(0)
     direction = torch.tensor([3.0, 4.0, 0.0]) / 5
     strong = torch.randn(400, 1, generator=g, dtype=torch.float64) * 10 * direction  # along `direction`
@@ -230,6 +230,14 @@ def test_principal_axes_are_orthonormal_rows_largest_first_and_skip_rows_with_na
     moment = ((strong + weak).T @ (strong + weak) / 400).numpy()
     spread = [float(a @ moment @ a) for a in axes]
     assert spread == sorted(spread, reverse=True) and spread[0] > 100 * spread[1]
+    # Gaps in two of every three rows (the first feature missing in one, the second in the other) are read
+    # around, not as zeros: the same leading axis. As zeros, the products of the two shrink more than their
+    # squares, and the axis turns away from the direction.
+    gappy = (strong + weak).clone()
+    gappy[::3, 0] = float("nan")
+    gappy[1::3, 1] = float("nan")
+    assert np.allclose(principal_axes([gappy.numpy()])[0], direction.numpy(), atol=0.02)
+    assert not np.allclose(principal_axes([torch.nan_to_num(gappy).numpy()])[0], direction.numpy(), atol=0.05)
     assert principal_axes([torch.full((2, 3), float("nan")).numpy()]) is None and principal_axes([]) is None
 
 

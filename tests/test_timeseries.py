@@ -772,18 +772,31 @@ def test_a_pca_start_keeps_the_principal_axes_of_the_values_and_leaves_mask_and_
     assert domain.start_basis("dct", lambda: pytest.fail("the data is read only for a pca start")) is None
 
 
-def test_a_pca_start_samples_a_patch_at_every_time_step_and_leaves_out_runs_with_a_missing_value(tmp_path):
+@pytest.mark.parametrize("revin", [False, True])
+def test_a_pca_start_samples_a_patch_at_every_time_step_with_missing_values_as_nan(tmp_path, revin):
     path = tmp_path / "gap.csv"
-    pd.DataFrame({"a": [1.0, 2, 3, 4, 5, 6, 7, 8], "b": [10.0, 20, None, 40, 50, 60, 70, 80]}).to_csv(path, index=False)
-    domain = learned([path], patch=2)
-    (window,) = domain.load_windows([path], 4)
-    rows = domain.basis_samples(window)
-    assert rows.shape == (7, 4)  # 8 time steps: runs of 2 starting at each of the first 7
+    pd.DataFrame({"a": [1.0, 2, 3, 4, 5, 6, 7], "b": [10.0, 20, None, 40, 50, 60, 70]}).to_csv(path, index=False)
+    domain = learned([path], patch=2, revin=revin)
+    (window,) = domain.load_windows([path], 4)  # 7 steps: the last patch holds one, and one unobserved pad
+    rows = np.concatenate(list(domain.basis_samples(window)))
+    assert rows.shape == (7, 4)  # 8 time steps (the pad included): runs of 2 starting at each of the first 7
     symbols = window[:, :4].double().numpy()  # the patches: rows 0, 2, 4 and 6 of the runs, time-major
-    assert np.array_equal(rows[[0, 4, 6]], symbols[[0, 2, 3]])
+    assert np.array_equal(rows[[0, 4]], symbols[[0, 2]])
     assert np.isnan(rows[1]).sum() == 1 and np.isnan(rows[2]).sum() == 1  # the runs that hold b's gap
-    assert np.isfinite(np.delete(rows, [1, 2], axis=0)).all()
     assert np.isnan(rows[2, 1]) and np.isnan(rows[1, 3])  # (step, channel) order within a run, as in a patch
+    assert np.isnan(rows[6, 2:]).all() and np.isnan(rows[5, 2:]).sum() == 0  # the pad: not observed
+    assert np.isfinite(np.delete(rows, [1, 2, 6], axis=0)).all()
+
+
+def test_a_pca_start_fits_when_every_patch_holds_a_gap(tmp_path):
+    path = tmp_path / "weekly.csv"
+    a = np.sin(np.arange(64) / 5)
+    b = np.where(np.arange(64) % 7 == 0, np.cos(np.arange(64) / 5), np.nan)  # read once a week
+    pd.DataFrame({"a": a, "b": b}).to_csv(path, index=False)
+    domain = learned([path], patch=8)
+    basis = domain.start_basis("pca", lambda: iter(domain.load_windows([path], 4)))
+    w = domain.settings.values_width
+    assert torch.allclose(basis[:w, :w] @ basis[:w, :w].T, torch.eye(w, dtype=torch.float64), atol=1e-9)
 
 
 @pytest.mark.parametrize("start, most", [("pca", 0.01), ("dct", None)])

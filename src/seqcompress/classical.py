@@ -72,25 +72,26 @@ class WindowPCA:
 
 
 def principal_axes(windows) -> np.ndarray | None:
-    """The principal axes of the symbols of `windows` (each (n, F); rows holding a NaN are left out): the
+    """The principal axes of the symbols of `windows` (each (n, F); NaN marks a value not observed): the
     eigenvectors of their second-moment matrix (not centred: a linear map with no offset keeps the mean
-    through them), as orthonormal rows (F x F), largest eigenvalue first; None when no window has a symbol.
-    Read one window at a time, in float64: a pass over a stream in F x F memory."""
-    moment, count = None, 0
+    through them), as orthonormal rows (F x F), largest eigenvalue first; None when no symbol holds a value.
+    Each entry of the matrix is the mean product over the symbols where both features are observed
+    (pairwise complete), so a gap neither enters as a zero nor costs the rest of its row. Read one window at
+    a time, in float64: a pass over a stream in F x F memory."""
+    moment, count = None, None
     for window in windows:
         x = np.asarray(window, dtype=np.float64)
         if not x.size:
             continue
         x = x.reshape(len(x), -1)
-        x = x[np.isfinite(x).all(axis=1)]
-        if not len(x):
-            continue
+        seen = np.isfinite(x)
+        x, seen = np.where(seen, x, 0.0), seen.astype(np.float64)
         moment = x.T @ x if moment is None else moment + x.T @ x
-        count += len(x)
-    if moment is None:
+        count = seen.T @ seen if count is None else count + seen.T @ seen
+    if count is None or not count.any():
         return None
-    values, vectors = np.linalg.eigh(moment / count)  # ascending
-    axes = vectors[:, ::-1].T.copy()
+    values, vectors = np.linalg.eigh(np.divide(moment, count, out=np.zeros_like(moment), where=count > 0))
+    axes = vectors[:, ::-1].T.copy()  # eigh's order is ascending
     axes *= np.where(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
     return axes
 

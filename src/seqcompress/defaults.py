@@ -7,4 +7,4 @@ CHUNK_WINDOWS = 64  # windows per stored .sqz chunk, and per int8 scale
 STORED_DTYPE = "float16"  # what `encode` stores, and so what `evaluate` measures by default
 LAUNCHED_ENV = "SEQCOMPRESS_LAUNCHED"  # set to 1 in the workers `fit --nproc` starts: their launcher reports failures
 PEER_LOST_EXIT = 3  # a launched worker that stopped because another one did (its launcher names that one)
-PEER_LOST_GRACE_S = 60.0  # how long such a worker waits for its launcher to stop it before it exits by itself
+PEER_LOST_GRACE_S = 20.0  # how long such a worker waits for its launcher to stop it before it exits by itself

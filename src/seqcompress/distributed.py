@@ -53,7 +53,8 @@ class Stopped(SeqCompressError):
 
 
 class WorkerFailed(SeqCompressError):
-    """A worker of `launch` ended with an error (exit status 1: it said why itself) or was killed."""
+    """A worker of `launch` ended with an error (exit status 1, or PEER_LOST_EXIT when the job lost a peer that
+    its launcher does not watch: it said why itself) or was killed."""
 
     def __init__(self, rank: int, exitcode: int) -> None:
         how = f"was killed by {_signal_name(-exitcode)}" if exitcode < 0 else f"failed with exit status {exitcode}"
@@ -241,12 +242,16 @@ def launch(nproc: int, argv: Sequence[str], nnodes: int = 1, node_rank: int = 0,
     except SignalException as exc:  # the launcher was told to stop; the agent has stopped the workers
         raise Stopped(int(exc.sigval)) from None
     except ChildFailedError as exc:
-        # The first failure that is not a worker stopping because another one did (PEER_LOST_EXIT) or because the
-        # launcher stopped it (SIGTERM); the launcher's own order goes by whole seconds, then rank.
+        # The first failure of a worker that failed by itself, before one that stopped because another one did
+        # (PEER_LOST_EXIT), before one the launcher stopped (SIGTERM); within each, the launcher's own order (whole
+        # seconds, then rank).
         stops = {-signal.SIGTERM, 128 + signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGINT}
-        after = {PEER_LOST_EXIT, *stops}
-        failures = sorted(exc.failures.items(), key=lambda f: (f[1].exitcode in after, f[1].timestamp, f[0]))
-        rank, failure = failures[0]
+
+        def order(item):
+            rank, failure = item
+            return (failure.exitcode in stops, failure.exitcode == PEER_LOST_EXIT, failure.timestamp, rank)
+
+        rank, failure = min(exc.failures.items(), key=order)
         if failure.exitcode in stops:  # every worker was stopped by a signal: Ctrl-C or a stop sent to them
             interrupted = any(f.exitcode in (-signal.SIGINT, 128 + signal.SIGINT) for f in exc.failures.values())
             raise Stopped(signal.SIGINT if interrupted else signal.SIGTERM) from None

@@ -360,10 +360,10 @@ class Domain(ABC):
         as they are. None: every feature."""
         return None
 
-    def basis_samples(self, window: torch.Tensor):
-        """The rows (k x signal_features) a "pca" start's principal axes are fitted on, from one training window;
-        a row holding a NaN is left out. Default: each symbol's signal features."""
-        return window[:, : self.signal_features()].numpy()
+    def basis_samples(self, window: torch.Tensor) -> Iterator:
+        """The rows a "pca" start's principal axes are fitted on, from one training window, in blocks (each
+        k x signal_features; NaN marks a value not observed). Default: each symbol's signal features."""
+        yield window[:, : self.signal_features()].numpy()
 
     def start_basis(self, resize_init: str, training: Callable[[], Iterable[torch.Tensor]]) -> torch.Tensor | None:
         """The feature basis a fresh model of `resize_init` starts in (`SequenceAutoencoder.start_as_dct`):
@@ -373,9 +373,9 @@ class Domain(ABC):
         that move together, the time steps of a patch); any other start, `feature_basis`."""
         if resize_init != "pca":
             return self.feature_basis()
-        axes = principal_axes(self.basis_samples(w) for w in training())
+        axes = principal_axes(rows for w in training() for rows in self.basis_samples(w))
         if axes is None:
-            raise InputError("resize_init 'pca' fits the start on the training windows, and they hold no symbol")
+            raise InputError("resize_init 'pca' fits the start on the training windows, and they hold no observed value")
         basis = torch.eye(self.model_fields()["feature_dim"], dtype=torch.float64)
         basis[: len(axes), : len(axes)] = torch.from_numpy(axes)
         return basis

@@ -11,6 +11,7 @@ import typer
 from seqcompress.cli.options import TRAIN_BATCH, LR, LR_END, DECAY_EPOCHS, D_MODEL, HEADS, LAYERS, LATENT_DIM, DEVICE, DOMAIN_OPTION, TOKENIZER
 
 from seqcompress.domains import DEFAULT_DOMAIN
+from seqcompress.defaults import PEER_LOST_EXIT
 
 
 def fit(
@@ -108,7 +109,7 @@ def fit(
         except distributed.Stopped as stop:
             raise Terminated(stop.signum) from None  # reported as any stopped command is
         except distributed.WorkerFailed as failed:
-            if failed.exitcode == 1:  # an expected error, which that worker reported in one line
+            if failed.exitcode in (1, PEER_LOST_EXIT):  # an expected error, which that worker reported in one line
                 raise typer.Exit(1) from None
             raise
         return

@@ -73,27 +73,31 @@ class _Group(TyperGroup):
         except Exception as exc:  # noqa: BLE001 - every failure reaches the user as one line
             if (ctx.obj or {}).get("debug"):
                 raise
-            if isinstance(exc, PeerLost) and launched():
-                _await_launcher()
-                ctx.exit(PEER_LOST_EXIT)  # a worker whose peer stopped: the launcher names the one that failed
             if isinstance(exc, SeqCompressError):
                 message = f"error: {_as_flag(ctx, str(exc))}"
             elif isinstance(exc, MemoryError):
                 message = "error: out of memory (a smaller --batch-size needs less)"
             else:
                 message = f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+            if isinstance(exc, PeerLost) and launched():
+                # A worker whose peer stopped: the launcher names the one that failed, and stops this one (its
+                # SIGTERM ends the wait). Not stopped within the grace, it says why it stopped itself.
+                _await_launcher(PEER_LOST_GRACE_S)
+                typer.echo(printable(" ".join(message.split())), err=True)
+                ctx.exit(PEER_LOST_EXIT)
             typer.echo(printable(" ".join(message.split())), err=True)
             ctx.exit(1)
 
 
-def _await_launcher() -> None:
-    """A launched worker whose peer failed waits for the launcher to stop it (SIGTERM ends the wait).
+def _await_launcher(grace: float) -> None:
+    """A launched worker whose peer failed waits up to `grace` seconds for the launcher to stop it.
 
     The peer that failed is still reporting (its one line, its cleanup); were this worker to exit first, the
     launcher would see this exit as the first failure and stop the peer before it said why, or between its line
-    and its exit code. Waiting lets the peer's own exit come first. A peer that never exits (a hung process on
-    another node) does not hold the job past the grace period."""
-    end = time.monotonic() + PEER_LOST_GRACE_S
+    and its exit code. Waiting lets the peer's own exit come first; the launcher then stops this worker with
+    SIGTERM, which raises Terminated here. A peer that does not exit (a rank that hangs, or one on another node,
+    whose failure this node's launcher never sees) holds the job no longer than the grace."""
+    end = time.monotonic() + grace
     while time.monotonic() < end:
         time.sleep(0.1)
 

@@ -1028,19 +1028,22 @@ class TimeSeriesDomain(Domain):
         """The values of a patch (patch x C), ahead of their observed mask and RevIN's statistics."""
         return self.settings.values_width
 
-    def basis_samples(self, window: torch.Tensor) -> np.ndarray:
+    def basis_samples(self, window: torch.Tensor) -> Iterator[np.ndarray]:
         """Every run of `patch` consecutive time steps in the window, one step apart (not one patch apart: a
         patch's principal axes are those of its values wherever a patch may start, and a long patch's many
-        features need the patch times as many samples), with unobserved values as NaN, so that a run holding one
-        is left out instead of entering the fit as a zero."""
+        features need the patch times as many samples), unobserved values as NaN (left out of the fit, not
+        read as zeros); in blocks of about a million values, whatever the patch and channel count."""
         c, w, patch = self.settings.channels, self.settings.values_width, self.settings.patch
         values = window[:, :w].double().reshape(-1, c).numpy()
         observed = window[:, w : 2 * w].reshape(-1, c).numpy() > 0.5
         steps = np.where(observed, values, np.nan)  # (time steps, C)
         if len(steps) < patch:
-            return np.empty((0, w))
-        runs = np.lib.stride_tricks.sliding_window_view(steps, patch, axis=0)  # (T - patch + 1, C, patch)
-        return runs.transpose(0, 2, 1).reshape(len(runs), w)  # time-major within a run, as in a patch
+            return
+        runs = np.lib.stride_tricks.sliding_window_view(steps, patch, axis=0)  # (T - patch + 1, C, patch): a view
+        block = max(1, (1 << 20) // w)
+        for start in range(0, len(runs), block):  # time-major within a run, as in a patch
+            chunk = runs[start : start + block]
+            yield chunk.transpose(0, 2, 1).reshape(len(chunk), w)
 
     def joined(self, windows: list[torch.Tensor]) -> torch.Tensor:
         """`revin`: each window's level put back and its statistics dropped, so that a window cut anew gets its
