@@ -369,13 +369,15 @@ class Domain(ABC):
         """The feature basis a fresh model of `resize_init` starts in (`SequenceAutoencoder.start_as_dct`):
         "pca", the principal axes of the signal features (`signal_features`) of the training windows'
         symbols, sampled as `basis_samples` says (`training()` iterates the windows, read once and only for
-        "pca"), so that the latent_dim features a model keeps are those the data varies most along, wherever they lie (one channel, channels
-        that move together, the time steps of a patch); any other start, `feature_basis`."""
+        "pca"), so that the latent_dim features a model keeps are those the data varies most along, wherever
+        they lie (one channel, channels that move together, the time steps of a patch); any other start,
+        `feature_basis`."""
         if resize_init != "pca":
             return self.feature_basis()
         axes = principal_axes(rows for w in training() for rows in self.basis_samples(w))
         if axes is None:
-            raise InputError("resize_init 'pca' fits the start on the training windows, and they hold no observed value")
+            raise InputError("resize_init 'pca' fits the start on the training windows, and they hold no "
+                             "observed value")
         basis = torch.eye(self.model_fields()["feature_dim"], dtype=torch.float64)
         basis[: len(axes), : len(axes)] = torch.from_numpy(axes)
         return basis

@@ -79,14 +79,11 @@ class _Group(TyperGroup):
                 message = "error: out of memory (a smaller --batch-size needs less)"
             else:
                 message = f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
-            if isinstance(exc, PeerLost) and launched():
-                # A worker whose peer stopped: the launcher names the one that failed, and stops this one (its
-                # SIGTERM ends the wait). Not stopped within the grace, it says why it stopped itself.
-                _await_launcher(PEER_LOST_GRACE_S)
-                typer.echo(printable(" ".join(message.split())), err=True)
-                ctx.exit(PEER_LOST_EXIT)
+            lost = isinstance(exc, PeerLost) and launched()
+            if lost:  # the launcher names the worker that failed and stops this one (its SIGTERM ends the wait);
+                _await_launcher(PEER_LOST_GRACE_S)  # not stopped within the grace, this one says why it stopped
             typer.echo(printable(" ".join(message.split())), err=True)
-            ctx.exit(1)
+            ctx.exit(PEER_LOST_EXIT if lost else 1)
 
 
 def _await_launcher(grace: float) -> None:
