@@ -72,11 +72,12 @@ def start_row(path: Path, columns: list[str], patch: int, ratio: float, latent_d
     metrics = evaluate_quantized(model, domain.objective, split.test, "float32")
     floats = [config.latent_length(len(w)) * latent_dim for w in split.test]
     layout = SeriesPca(domain)  # reads and writes this layout's windows; the fit is the patch-1 one
-    totals = domain.objective.accumulator()
+    totals, observed = domain.objective.accumulator(), 0
     for window, budget in zip(split.test, floats):
-        rebuilt = layout.as_window(pca.reconstruct(*layout.values(window), budget), window)
+        values, seen = layout.values(window)
+        rebuilt = layout.as_window(pca.reconstruct(values, seen, budget), window)
         totals.add(rebuilt[None].float(), window[None], torch.ones(1, len(window), dtype=torch.bool))
-    observed = sum(int(layout.values(w)[1].sum()) for w in split.test)
+        observed += int(seen.sum())
     values = sum(len(w) for w in split.test) * patch * len(columns)
     side = sum(domain.side_floats(w) for w in split.test)
     return {"patch": patch, "ratio": ratio, "latent_dim": latent_dim,
